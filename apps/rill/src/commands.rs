@@ -1,0 +1,273 @@
+//! The commands behind the CLI. Exit codes: 0 success, 1 pipeline failure,
+//! 2 bad input.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rill_core::registry::Registry;
+use rill_core::spec::{self, Machine, Pipeline};
+use rill_runtime::{Run, RunError, RunOptions};
+
+use crate::summary;
+
+pub const OK: u8 = 0;
+pub const FAILED: u8 = 1;
+pub const BAD_INPUT: u8 = 2;
+
+/// The node types of this build (test-only types with `RILL_TEST_NODES=1`).
+pub fn registry() -> Registry {
+    let mut r = rill_nodes::registry();
+    if std::env::var("RILL_TEST_NODES").is_ok_and(|v| v == "1") {
+        rill_nodes::testing::register_testing(&mut r);
+    }
+    r
+}
+
+fn load(file: &Path) -> Result<Pipeline, u8> {
+    spec::load(file, &registry(), &Machine::detect()).map_err(|errs| {
+        for e in &errs.0 {
+            eprintln!("error: {e}");
+        }
+        let n = errs.0.len();
+        eprintln!("{} error{} in {}", n, if n == 1 { "" } else { "s" }, file.display());
+        BAD_INPUT
+    })
+}
+
+pub fn with_runtime(fut: impl std::future::Future<Output = u8>) -> u8 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()).max(2))
+        .enable_all()
+        .build();
+    match rt {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            FAILED
+        }
+    }
+}
+
+pub fn validate(file: &Path) -> u8 {
+    match load(file) {
+        Ok(p) => {
+            println!(
+                "{}: pipeline `{}` is valid: {} stage{}",
+                file.display(),
+                p.name,
+                p.stages.len(),
+                if p.stages.len() == 1 { "" } else { "s" }
+            );
+            for s in &p.stages {
+                let inputs: Vec<String> = s.inputs.iter().map(|i| i.to_string()).collect();
+                let from = if inputs.is_empty() { String::new() } else { format!(" <- {}", inputs.join(", ")) };
+                println!("  {} ({}, {}){from}", s.name, s.type_name, s.kind);
+            }
+            OK
+        }
+        Err(code) => code,
+    }
+}
+
+pub fn types() -> u8 {
+    for (name, doc) in registry().docs() {
+        println!("{name:<16} {doc}");
+    }
+    OK
+}
+
+fn dot_id(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+pub fn graph(file: &Path, mermaid: bool) -> u8 {
+    let p = match load(file) {
+        Ok(p) => p,
+        Err(c) => return c,
+    };
+    let mut out = String::new();
+    if mermaid {
+        out.push_str("flowchart LR\n");
+        let id = |name: &str| format!("s{}", p.stages.iter().position(|s| s.name == name).unwrap_or(0));
+        for s in &p.stages {
+            let label = format!("{}<br/><i>{}</i>", s.name, s.type_name).replace('"', "#quot;");
+            out.push_str(&format!("    {}[\"{label}\"]\n", id(&s.name)));
+        }
+        for s in &p.stages {
+            for i in &s.inputs {
+                match &i.output {
+                    Some(o) => out.push_str(&format!("    {} -. {o} .-> {}\n", id(&i.stage), id(&s.name))),
+                    None => out.push_str(&format!("    {} --> {}\n", id(&i.stage), id(&s.name))),
+                }
+            }
+        }
+    } else {
+        out.push_str(&format!("digraph {} {{\n    rankdir=LR;\n    node [shape=box];\n", dot_id(&p.name)));
+        for s in &p.stages {
+            out.push_str(&format!(
+                "    {} [label={}];\n",
+                dot_id(&s.name),
+                dot_id(&format!("{}\n{}", s.name, s.type_name))
+            ));
+        }
+        for s in &p.stages {
+            for i in &s.inputs {
+                match &i.output {
+                    Some(o) => out.push_str(&format!(
+                        "    {} -> {} [label={}, style=dashed];\n",
+                        dot_id(&i.stage),
+                        dot_id(&s.name),
+                        dot_id(o)
+                    )),
+                    None => out.push_str(&format!("    {} -> {};\n", dot_id(&i.stage), dot_id(&s.name))),
+                }
+            }
+        }
+        out.push_str("}\n");
+    }
+    print!("{out}");
+    OK
+}
+
+pub async fn run(file: PathBuf, stages: Option<Vec<String>>, listen: Vec<String>, connect: Vec<String>, quiet: bool) -> u8 {
+    let pipeline = match load(&file) {
+        Ok(p) => Arc::new(p),
+        Err(c) => return c,
+    };
+    let opts = RunOptions {
+        stages,
+        listen: (!listen.is_empty()).then_some(listen),
+        connect: (!connect.is_empty()).then_some(connect),
+        base_dir: None,
+    };
+    let run = match Run::start(pipeline.clone(), opts).await {
+        Ok(r) => r,
+        Err(RunError::BadInput(e)) => {
+            eprintln!("error: {e}");
+            return BAD_INPUT;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return FAILED;
+        }
+    };
+    let stopper = run.stopper();
+    let metrics: Vec<_> = run.metrics().to_vec();
+    let progress = (!quiet && std::io::stderr().is_terminal()).then(|| summary::Progress::start(metrics.clone()));
+    let signals = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping (Ctrl-C)...");
+            stopper.stop();
+        }
+    });
+    let result = run.wait().await;
+    signals.abort();
+    if let Some(p) = progress {
+        p.finish();
+    }
+    match result {
+        Ok(report) => {
+            if !quiet {
+                summary::print(&report, "finished");
+            }
+            OK
+        }
+        Err(RunError::StageFailed {
+            stage,
+            error,
+            restarts,
+            history,
+            report,
+        }) => {
+            if !quiet {
+                summary::print(&report, "failed");
+            }
+            eprintln!("error: pipeline `{}` failed: stage `{stage}` failed after {restarts} restart(s): {error}", pipeline.name);
+            if history.len() > 1 {
+                eprintln!("restart history of `{stage}`:");
+                for h in history {
+                    eprintln!("  {h}");
+                }
+            }
+            FAILED
+        }
+        Err(RunError::Stopped(report)) => {
+            if !quiet {
+                summary::print(&report, "stopped");
+            }
+            FAILED
+        }
+        Err(RunError::BadInput(e)) => {
+            eprintln!("error: {e}");
+            BAD_INPUT
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            FAILED
+        }
+    }
+}
+
+pub async fn tap(key: String, listen: Vec<String>, connect: Vec<String>, count: Option<u64>) -> u8 {
+    if let Err(e) = zenoh::key_expr::KeyExpr::try_from(key.clone()) {
+        eprintln!("error: `{key}` is not a valid Zenoh key expression: {e}");
+        return BAD_INPUT;
+    }
+    let mut z = spec::ZenohOptions::default();
+    if !listen.is_empty() {
+        z.listen = listen;
+    }
+    z.connect = connect;
+    let session = match rill_runtime::transport::open(&z).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return BAD_INPUT;
+        }
+    };
+    let sub = match session
+        .declare_subscriber(key.clone())
+        .with(zenoh::handlers::FifoChannel::new(1024))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot subscribe to {key}: {e}");
+            return FAILED;
+        }
+    };
+    let mut seen = 0u64;
+    let mut stdout = std::io::stdout();
+    loop {
+        let sample = tokio::select! {
+            s = sub.recv_async() => match s { Ok(s) => s, Err(_) => break },
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let bytes = sample.payload().to_bytes();
+        let lines: Vec<String> = match rill_core::wire::decode_data(&bytes) {
+            Ok(rill_core::wire::DataMsg::Batch { records, .. }) => {
+                records.iter().map(rill_core::json::record_to_json_line).collect()
+            }
+            Ok(rill_core::wire::DataMsg::End { .. }) => Vec::new(),
+            Err(_) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(j) => vec![j.to_string()],
+                Err(_) => vec![serde_json::json!({"key_expr": sample.key_expr().as_str(), "bytes": bytes.len()}).to_string()],
+            },
+        };
+        for l in lines {
+            if writeln!(stdout, "{l}").is_err() {
+                return OK;
+            }
+            seen += 1;
+            if count.is_some_and(|c| seen >= c) {
+                let _ = stdout.flush();
+                let _ = tokio::time::timeout(Duration::from_secs(2), session.close()).await;
+                return OK;
+            }
+        }
+        let _ = stdout.flush();
+    }
+    OK
+}

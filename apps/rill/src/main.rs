@@ -1,0 +1,97 @@
+//! The `rill` command line. `main` only parses arguments and sets up
+//! logging; each command lives in [`commands`].
+
+mod commands;
+mod summary;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// rill: machine-learning pipelines over streaming data, on your own box.
+#[derive(Parser, Debug)]
+#[command(name = "rill", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a pipeline (all its stages, or some with --stages).
+    Run {
+        /// The pipeline YAML file.
+        file: PathBuf,
+        /// Run only these stages (comma separated); run the rest elsewhere.
+        #[arg(long, value_delimiter = ',')]
+        stages: Option<Vec<String>>,
+        /// Zenoh endpoint to listen on (replaces options.zenoh.listen).
+        #[arg(long = "listen", value_name = "ENDPOINT")]
+        listen: Vec<String>,
+        /// Zenoh endpoint to connect to (replaces options.zenoh.connect).
+        #[arg(long = "connect", value_name = "ENDPOINT")]
+        connect: Vec<String>,
+        /// No progress and no summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a pipeline without running it.
+    Validate { file: PathBuf },
+    /// Print the pipeline graph.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
+    },
+    /// Print the records published on a Zenoh key as JSON lines.
+    Tap {
+        /// Key expression, e.g. `rill/quickstart/enrich/out`.
+        key: String,
+        #[arg(long = "listen", value_name = "ENDPOINT")]
+        listen: Vec<String>,
+        #[arg(long = "connect", value_name = "ENDPOINT")]
+        connect: Vec<String>,
+        /// Exit after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// List the node types this build knows.
+    Types,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RILL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,zenoh=error,zenoh_transport=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let code = match cli.command {
+        Command::Validate { file } => commands::validate(&file),
+        Command::Graph { file, format } => commands::graph(&file, format == GraphFormat::Mermaid),
+        Command::Types => commands::types(),
+        Command::Run {
+            file,
+            stages,
+            listen,
+            connect,
+            quiet,
+        } => commands::with_runtime(commands::run(file, stages, listen, connect, quiet)),
+        Command::Tap {
+            key,
+            listen,
+            connect,
+            count,
+        } => commands::with_runtime(commands::tap(key, listen, connect, count)),
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,249 @@
+//! The JSON mapping of values, used by JSON Lines files, `LogForTesting`
+//! and `rill tap`.
+//!
+//! | value  | JSON |
+//! |--------|------|
+//! | null, bool, string, list, map | the same |
+//! | int    | an integer number |
+//! | float  | a number with a fraction or exponent (`1.0`); NaN and ±inf become `null` |
+//! | bytes  | `{"$bytes": "<base64>"}` |
+//! | tensor | `{"dtype": "f32", "shape": [2, 3], "data": [...]}` (flat, row-major) |
+//!
+//! On reading, a JSON integer that fits `i64` is an int, every other number a
+//! float, an object with exactly the keys `dtype`, `shape`, `data` and a known
+//! dtype is a tensor, and `{"$bytes": "..."}` is bytes.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map as JsonMap, Number, Value as Json};
+
+use crate::value::{DType, Fields, Record, Tensor, TensorData, Value};
+
+/// Why a JSON document could not become a record.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JsonError {
+    #[error("invalid JSON: {0}")]
+    Syntax(String),
+    #[error("expected a JSON object per record, found {0}")]
+    NotAnObject(&'static str),
+    #[error("bad tensor: {0}")]
+    Tensor(String),
+    #[error("bad $bytes value: {0}")]
+    Bytes(String),
+}
+
+/// A value as JSON.
+pub fn value_to_json(v: &Value) -> Json {
+    match v {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::Number((*i).into()),
+        Value::Float(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        Value::String(s) => Json::String(s.clone()),
+        Value::Bytes(b) => {
+            let mut m = JsonMap::new();
+            m.insert("$bytes".into(), Json::String(B64.encode(b)));
+            Json::Object(m)
+        }
+        Value::List(items) => Json::Array(items.iter().map(value_to_json).collect()),
+        Value::Map(fields) => Json::Object(fields_to_json(fields)),
+        Value::Tensor(t) => tensor_to_json(t),
+    }
+}
+
+fn fields_to_json(fields: &Fields) -> JsonMap<String, Json> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect()
+}
+
+fn tensor_to_json(t: &Tensor) -> Json {
+    let data: Vec<Json> = match t.data() {
+        TensorData::F32(v) => v
+            .iter()
+            .map(|x| Number::from_f64(f64::from(*x)).map_or(Json::Null, Json::Number))
+            .collect(),
+        TensorData::F64(v) => v
+            .iter()
+            .map(|x| Number::from_f64(*x).map_or(Json::Null, Json::Number))
+            .collect(),
+        TensorData::I64(v) => v.iter().map(|x| Json::Number((*x).into())).collect(),
+        TensorData::U8(v) => v.iter().map(|x| Json::Number((*x).into())).collect(),
+    };
+    let mut m = JsonMap::new();
+    m.insert("dtype".into(), Json::String(t.dtype().name().into()));
+    m.insert(
+        "shape".into(),
+        Json::Array(t.shape().iter().map(|d| Json::Number((*d).into())).collect()),
+    );
+    m.insert("data".into(), Json::Array(data));
+    Json::Object(m)
+}
+
+/// A record's fields as one JSON object (key and event time are not part of
+/// the object; sources take them from fields).
+pub fn record_to_json(r: &Record) -> Json {
+    Json::Object(fields_to_json(&r.fields))
+}
+
+/// A record's fields as one line of JSON (no trailing newline).
+pub fn record_to_json_line(r: &Record) -> String {
+    record_to_json(r).to_string()
+}
+
+/// JSON to a value (see the module docs for the mapping).
+pub fn json_to_value(j: &Json) -> Result<Value, JsonError> {
+    Ok(match j {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Value::String(s.clone()),
+        Json::Array(items) => Value::List(items.iter().map(json_to_value).collect::<Result<_, _>>()?),
+        Json::Object(m) => {
+            if let Some(t) = json_to_tensor(m)? {
+                return Ok(Value::Tensor(t));
+            }
+            if m.len() == 1
+                && let Some(Json::String(b)) = m.get("$bytes")
+            {
+                return B64
+                    .decode(b)
+                    .map(Value::Bytes)
+                    .map_err(|e| JsonError::Bytes(e.to_string()));
+            }
+            let mut fields = Fields::with_capacity(m.len());
+            for (k, v) in m {
+                fields.insert(k.clone(), json_to_value(v)?);
+            }
+            Value::Map(fields)
+        }
+    })
+}
+
+/// An object is a tensor when it has exactly `dtype`, `shape` and `data` and
+/// `dtype` names a known element type; it is then an error for shape and data
+/// to disagree.
+fn json_to_tensor(m: &JsonMap<String, Json>) -> Result<Option<Tensor>, JsonError> {
+    if m.len() != 3 {
+        return Ok(None);
+    }
+    let (Some(Json::String(dt)), Some(shape), Some(data)) = (m.get("dtype"), m.get("shape"), m.get("data")) else {
+        return Ok(None);
+    };
+    let Some(dtype) = DType::parse(dt) else {
+        return Ok(None);
+    };
+    let bad = |what: String| JsonError::Tensor(what);
+    let shape: Vec<usize> = shape
+        .as_array()
+        .ok_or_else(|| bad("shape must be a list of sizes".into()))?
+        .iter()
+        .map(|d| d.as_u64().map(|d| d as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad("shape must hold non-negative integers".into()))?;
+    let data = data
+        .as_array()
+        .ok_or_else(|| bad("data must be a flat list of numbers".into()))?;
+    let num = |i: usize, x: &Json| -> Result<f64, JsonError> {
+        x.as_f64()
+            .ok_or_else(|| bad(format!("data[{i}] is not a number")))
+    };
+    let int = |i: usize, x: &Json| -> Result<i64, JsonError> {
+        x.as_i64()
+            .ok_or_else(|| bad(format!("data[{i}] is not an integer")))
+    };
+    let td = match dtype {
+        DType::F32 => TensorData::F32(
+            data.iter()
+                .enumerate()
+                .map(|(i, x)| num(i, x).map(|f| f as f32))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::F64 => TensorData::F64(data.iter().enumerate().map(|(i, x)| num(i, x)).collect::<Result<_, _>>()?),
+        DType::I64 => TensorData::I64(data.iter().enumerate().map(|(i, x)| int(i, x)).collect::<Result<_, _>>()?),
+        DType::U8 => TensorData::U8(
+            data.iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    int(i, x).and_then(|v| u8::try_from(v).map_err(|_| bad(format!("data[{i}] = {v} is not a u8"))))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    Tensor::new(shape, td).map(Some).map_err(|e| bad(e.to_string()))
+}
+
+/// One JSON object to record fields.
+pub fn json_to_fields(j: &Json) -> Result<Fields, JsonError> {
+    match j {
+        Json::Object(_) => match json_to_value(j)? {
+            Value::Map(f) => Ok(f),
+            // a top-level object shaped like a tensor is still a row
+            other => {
+                let mut f = Fields::new();
+                f.insert("element".into(), other);
+                Ok(f)
+            }
+        },
+        other => Err(JsonError::NotAnObject(json_type(other))),
+    }
+}
+
+/// Parses one line of JSON Lines into record fields.
+pub fn parse_json_line(line: &str) -> Result<Fields, JsonError> {
+    let j: Json = serde_json::from_str(line).map_err(|e| JsonError::Syntax(e.to_string()))?;
+    json_to_fields(&j)
+}
+
+fn json_type(j: &Json) -> &'static str {
+    match j {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_json_round_trip() {
+        let f = parse_json_line(r#"{"x": {"dtype": "f32", "shape": [2, 3], "data": [1,2,3,4,5,6]}, "n": 3, "f": 1.5}"#)
+            .unwrap();
+        let Value::Tensor(t) = &f["x"] else { panic!("not a tensor: {:?}", f["x"]) };
+        assert_eq!(t.shape(), &[2, 3]);
+        assert_eq!(f["n"], Value::Int(3));
+        assert_eq!(f["f"], Value::Float(1.5));
+        let back = record_to_json_line(&Record::new(f.clone()));
+        assert_eq!(parse_json_line(&back).unwrap(), f);
+    }
+
+    #[test]
+    fn bad_tensor_is_an_error() {
+        let e = parse_json_line(r#"{"x": {"dtype": "f32", "shape": [2, 3], "data": [1,2]}}"#).unwrap_err();
+        assert!(e.to_string().contains("needs 6 elements"), "{e}");
+    }
+
+    #[test]
+    fn floats_stay_floats_and_bytes_round_trip() {
+        let r = crate::record! {"a" => 1.0, "b" => Value::Bytes(vec![0, 255, 7])};
+        let line = record_to_json_line(&r);
+        assert!(line.contains("1.0"), "{line}");
+        assert_eq!(parse_json_line(&line).unwrap(), r.fields);
+    }
+
+    #[test]
+    fn non_object_line_is_refused() {
+        assert!(matches!(parse_json_line("[1,2]"), Err(JsonError::NotAnObject("an array"))));
+        assert!(matches!(parse_json_line("{oops"), Err(JsonError::Syntax(_))));
+    }
+}

@@ -1,0 +1,347 @@
+//! The traits a node implements, and what it gets to work with.
+//!
+//! A node goes through four steps, as Vector's components do:
+//! 1. **config**: a serde struct read from the stage's `config` mapping
+//!    (`deny_unknown_fields`, so typos are errors with positions);
+//! 2. **validate**: [`NodeConfig::validate`] is pure: no I/O, no await, so
+//!    `rill validate` checks a whole pipeline without opening anything;
+//! 3. **build**: [`NodeConfig::build`] opens files, sockets, devices and
+//!    returns a running [`Node`];
+//! 4. **run**: the runtime calls [`Source::poll`], [`Transform::process`] or
+//!    [`Sink::write`] with batches of records, on a thread where blocking is
+//!    allowed.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::value::Record;
+
+/// What a node does in the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    /// Makes records; has no inputs.
+    Source,
+    /// Reads records and makes records.
+    Transform,
+    /// Reads records and has effects; has no main output.
+    Sink,
+}
+
+impl fmt::Display for NodeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeKind::Source => "source",
+            NodeKind::Transform => "transform",
+            NodeKind::Sink => "sink",
+        })
+    }
+}
+
+/// An error of a running node that fails the stage (the supervisor then
+/// applies the stage's restart policy). A failure of one record is not a
+/// `NodeError`: report it with [`Emitter::fail`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("record failed: {msg}")]
+    Record {
+        msg: String,
+        /// The record that failed, when known.
+        record: Option<Box<Record>>,
+    },
+}
+
+impl NodeError {
+    pub fn failed(msg: impl Into<String>) -> NodeError {
+        NodeError::Failed(msg.into())
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> NodeError {
+        NodeError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// A record the node could not process, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub record: Record,
+    pub msg: String,
+}
+
+/// Collects what a node makes from one call: records for its main output,
+/// records for named outputs, and records that failed.
+#[derive(Debug, Default)]
+pub struct Emitter {
+    main: Vec<Record>,
+    named: Vec<(String, Vec<Record>)>,
+    failures: Vec<Failure>,
+}
+
+impl Emitter {
+    pub fn new() -> Emitter {
+        Emitter::default()
+    }
+
+    /// Emits a record on the main output.
+    pub fn emit(&mut self, r: Record) {
+        self.main.push(r);
+    }
+
+    /// Emits a record on a named output the node declared in
+    /// [`NodeConfig::outputs`].
+    pub fn emit_to(&mut self, output: &str, r: Record) {
+        match self.named.iter_mut().find(|(n, _)| n == output) {
+            Some((_, v)) => v.push(r),
+            None => self.named.push((output.to_owned(), vec![r])),
+        }
+    }
+
+    /// Reports that `record` failed. With `error_handling` it becomes a dead
+    /// letter on the stage's error output and the other records flow on;
+    /// without, it fails the stage.
+    pub fn fail(&mut self, record: Record, msg: impl Into<String>) {
+        self.failures.push(Failure {
+            record,
+            msg: msg.into(),
+        });
+    }
+
+    pub fn main(&self) -> &[Record] {
+        &self.main
+    }
+
+    pub fn failures(&self) -> &[Failure] {
+        &self.failures
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.main.is_empty() && self.failures.is_empty() && self.named.iter().all(|(_, v)| v.is_empty())
+    }
+
+    pub fn len(&self) -> usize {
+        self.main.len() + self.named.iter().map(|(_, v)| v.len()).sum::<usize>()
+    }
+
+    /// Takes everything out: (main, named outputs, failures).
+    pub fn take(&mut self) -> (Vec<Record>, Vec<(String, Vec<Record>)>, Vec<Failure>) {
+        (
+            std::mem::take(&mut self.main),
+            std::mem::take(&mut self.named),
+            std::mem::take(&mut self.failures),
+        )
+    }
+}
+
+/// What a source says after a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// More may be ready now: poll again when there is room downstream.
+    More,
+    /// Nothing more for now: poll again after this long (or earlier).
+    Wait(Duration),
+    /// The source is exhausted (a bounded source reached its end).
+    Done,
+}
+
+/// A node that makes records.
+pub trait Source: Send {
+    /// Emits at most `max` records into `out`.
+    fn poll(&mut self, max: usize, out: &mut Emitter) -> Result<SourceStatus, NodeError>;
+}
+
+/// A node that turns records into records.
+pub trait Transform: Send {
+    /// Processes one batch. Emit outputs into `out`; report per-record
+    /// failures with [`Emitter::fail`].
+    fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError>;
+
+    /// All inputs have ended: emit what is still held (open windows, buffers).
+    fn finish(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
+/// A node with effects outside the pipeline (files, sockets).
+pub trait Sink: Send {
+    /// Writes one batch. When this returns `Ok`, the batch must be handed to
+    /// the operating system (not held in a user-space buffer): the runtime
+    /// acknowledges it upstream next. `out` only takes failures.
+    fn write(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError>;
+
+    /// All inputs have ended: flush and close.
+    fn finish(&mut self) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
+/// A built, running node.
+pub enum Node {
+    Source(Box<dyn Source>),
+    Transform(Box<dyn Transform>),
+    Sink(Box<dyn Sink>),
+}
+
+impl Node {
+    pub fn kind(&self) -> NodeKind {
+        match self {
+            Node::Source(_) => NodeKind::Source,
+            Node::Transform(_) => NodeKind::Transform,
+            Node::Sink(_) => NodeKind::Sink,
+        }
+    }
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Node({})", self.kind())
+    }
+}
+
+/// Process-wide things a node may need at build time (the runtime puts its
+/// Zenoh session here, for example), looked up by type.
+#[derive(Default, Clone)]
+pub struct Extensions {
+    map: HashMap<TypeId, Arc<dyn Any + Send + Sync>>,
+}
+
+impl Extensions {
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        self.map.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.map.get(&TypeId::of::<T>()).and_then(|a| a.downcast_ref())
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Extensions({} entries)", self.map.len())
+    }
+}
+
+/// What [`NodeConfig::build`] gets.
+#[derive(Debug, Clone)]
+pub struct BuildContext<'a> {
+    pub pipeline: &'a str,
+    pub stage: &'a str,
+    /// 0 on first start, then the number of restarts so far. A sink opens
+    /// its file for appending after a restart instead of truncating it.
+    pub attempt: u32,
+    /// Directory relative paths are resolved against (the working directory
+    /// of `rill run`, as in Beam).
+    pub base_dir: &'a Path,
+    pub extensions: &'a Extensions,
+}
+
+impl BuildContext<'_> {
+    /// Resolves a path from a config against [`BuildContext::base_dir`].
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// A node type's configuration: the serde struct for the stage's `config`.
+///
+/// ```
+/// use rill_core::node::*;
+/// use rill_core::Record;
+///
+/// #[derive(Debug, serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct Double { field: String }
+///
+/// struct DoubleNode(String);
+/// impl Transform for DoubleNode {
+///     fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+///         for mut r in batch {
+///             match r.fields.get(&self.0).and_then(|v| v.as_i64()) {
+///                 Some(n) => { r.fields.insert(self.0.clone(), (n * 2).into()); out.emit(r) }
+///                 None => out.fail(r, format!("field `{}` is not an int", self.0)),
+///             }
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// impl NodeConfig for Double {
+///     fn kind(&self) -> NodeKind { NodeKind::Transform }
+///     fn validate(&self) -> Result<(), String> {
+///         if self.field.is_empty() { return Err("`field` must not be empty".into()) }
+///         Ok(())
+///     }
+///     fn build(&self, _ctx: &BuildContext) -> Result<Node, NodeError> {
+///         Ok(Node::Transform(Box::new(DoubleNode(self.field.clone()))))
+///     }
+/// }
+///
+/// let mut registry = rill_core::registry::Registry::new();
+/// registry.register::<Double>("Double", "doubles an int field");
+/// ```
+pub trait NodeConfig: DeserializeOwned + fmt::Debug + Send + Sync + 'static {
+    /// Source, transform or sink.
+    fn kind(&self) -> NodeKind;
+
+    /// Checks the config without touching anything outside it. The message
+    /// says what is wrong and what would be right.
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Named outputs besides the main one and the error output.
+    fn outputs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether the stage can take more than one input stream.
+    fn multiple_inputs(&self) -> bool {
+        true
+    }
+
+    /// Makes the running node.
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
+}
+
+/// An object-safe view of a validated [`NodeConfig`].
+pub trait DynNode: fmt::Debug + Send + Sync {
+    fn kind(&self) -> NodeKind;
+    fn outputs(&self) -> Vec<String>;
+    fn multiple_inputs(&self) -> bool;
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
+}
+
+impl<C: NodeConfig> DynNode for C {
+    fn kind(&self) -> NodeKind {
+        NodeConfig::kind(self)
+    }
+    fn outputs(&self) -> Vec<String> {
+        NodeConfig::outputs(self)
+    }
+    fn multiple_inputs(&self) -> bool {
+        NodeConfig::multiple_inputs(self)
+    }
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        NodeConfig::build(self, ctx)
+    }
+}

@@ -1,0 +1,245 @@
+//! # rill-runtime
+//!
+//! Runs a checked [`Pipeline`]: every stage is a ractor actor under one
+//! [`supervisor::Supervisor`] per process, and stages exchange records over
+//! Zenoh using the protocol in [`protocol`], also when they share a process.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let mut registry = rill_core::registry::Registry::new();
+//! // rill_nodes::register_all(&mut registry);
+//! let machine = rill_core::spec::Machine::detect();
+//! let pipeline = rill_core::spec::load("configs/quickstart.yaml".as_ref(), &registry, &machine)?;
+//! let report = rill_runtime::Run::start(Arc::new(pipeline), rill_runtime::RunOptions::default())
+//!     .await?
+//!     .wait()
+//!     .await?;
+//! println!("{} stages finished", report.stages.len());
+//! # Ok(()) }
+//! ```
+
+pub mod log;
+pub mod metrics;
+pub mod protocol;
+pub mod stage;
+pub mod supervisor;
+pub mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorRef};
+use rill_core::node::{BuildContext, Extensions};
+use rill_core::spec::Pipeline;
+use tokio::sync::Mutex;
+
+pub use metrics::{StageMetrics, StageSnapshot};
+pub use supervisor::Outcome;
+
+use crate::stage::StageShared;
+use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+
+/// How to run a pipeline in this process.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Run only these stages (all when `None`); the others run elsewhere.
+    pub stages: Option<Vec<String>>,
+    /// Zenoh endpoints to listen on / connect to, replacing `options.zenoh`.
+    pub listen: Option<Vec<String>>,
+    pub connect: Option<Vec<String>>,
+    /// Directory relative paths in configs resolve against (default: the
+    /// working directory).
+    pub base_dir: Option<PathBuf>,
+}
+
+/// Why a run could not start or did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Bad input: unknown stage names, bad endpoints, a node that cannot be
+    /// built (missing file, ...). The CLI exits 2.
+    #[error("{0}")]
+    BadInput(String),
+    /// A stage failed past its restart policy. The CLI exits 1.
+    #[error("stage `{stage}` failed after {restarts} restart(s): {error}{}", history_text(history))]
+    StageFailed {
+        stage: String,
+        error: String,
+        restarts: u32,
+        history: Vec<String>,
+        report: RunReport,
+    },
+    /// Stopped by a signal before the end.
+    #[error("stopped before the end")]
+    Stopped(RunReport),
+    #[error("runtime error: {0}")]
+    Internal(String),
+}
+
+fn history_text(h: &[String]) -> String {
+    if h.len() <= 1 {
+        return String::new();
+    }
+    let mut s = String::from("\nrestart history:");
+    for e in h {
+        s.push_str("\n  ");
+        s.push_str(e);
+    }
+    s
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub stages: Vec<StageSnapshot>,
+    pub elapsed: Duration,
+}
+
+/// A running pipeline.
+pub struct Run {
+    pipeline: Arc<Pipeline>,
+    metrics: Vec<Arc<StageMetrics>>,
+    supervisor: ActorRef<SupervisorMsg>,
+    join: tokio::task::JoinHandle<()>,
+    outcome: Arc<std::sync::Mutex<Outcome>>,
+    session: zenoh::Session,
+    started: Instant,
+}
+
+impl Run {
+    /// Opens the Zenoh session, builds every local node (a node that cannot
+    /// be built is [`RunError::BadInput`]), and starts the stages.
+    pub async fn start(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<Run, RunError> {
+        let started = Instant::now();
+        let local: Vec<_> = match &opts.stages {
+            None => pipeline.stages.iter().collect(),
+            Some(names) => {
+                for n in names {
+                    if pipeline.stage(n).is_none() {
+                        let known: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+                        return Err(RunError::BadInput(format!(
+                            "--stages names `{n}`, which is not a stage of `{}`; stages are: {}",
+                            pipeline.name,
+                            known.join(", ")
+                        )));
+                    }
+                }
+                pipeline.stages.iter().filter(|s| names.contains(&s.name)).collect()
+            }
+        };
+        let mut zopts = pipeline.options.zenoh.clone();
+        if let Some(l) = &opts.listen {
+            zopts.listen = l.clone();
+        }
+        if let Some(c) = &opts.connect {
+            zopts.connect = c.clone();
+        }
+        let session = transport::open(&zopts).await.map_err(RunError::BadInput)?;
+        let base_dir = match opts.base_dir {
+            Some(d) => d,
+            None => std::env::current_dir().map_err(|e| RunError::Internal(e.to_string()))?,
+        };
+        let mut extensions = Extensions::default();
+        extensions.insert(session.clone());
+        let epoch = fastrand::u64(..);
+
+        let mut stages = Vec::new();
+        let mut metrics = Vec::new();
+        for s in local {
+            let ctx = BuildContext {
+                pipeline: &pipeline.name,
+                stage: &s.name,
+                attempt: 0,
+                base_dir: &base_dir,
+                extensions: &extensions,
+            };
+            let node = s
+                .node
+                .build(&ctx)
+                .map_err(|e| RunError::BadInput(format!("stage `{}` ({}): {e}", s.name, s.type_name)))?;
+            let m = Arc::new(StageMetrics::new(&s.name, &s.type_name));
+            let shared = StageShared::new(&session, &pipeline, s, epoch, m.clone(), node)
+                .await
+                .map_err(|e| RunError::Internal(format!("stage `{}`: {e}", s.name)))?;
+            metrics.push(m);
+            stages.push((s.clone(), Arc::new(Mutex::new(shared))));
+        }
+        let outcome = Arc::new(std::sync::Mutex::new(Outcome::Running));
+        let args = SupervisorArgs {
+            stages,
+            session: session.clone(),
+            base_dir,
+            extensions,
+            outcome: outcome.clone(),
+        };
+        let (supervisor, join) = Actor::spawn(None, Supervisor, args)
+            .await
+            .map_err(|e| RunError::Internal(e.to_string()))?;
+        Ok(Run {
+            pipeline,
+            metrics,
+            supervisor,
+            join,
+            outcome,
+            session,
+            started,
+        })
+    }
+
+    /// The live counters of the local stages.
+    pub fn metrics(&self) -> &[Arc<StageMetrics>] {
+        &self.metrics
+    }
+
+    /// A handle to ask the run to stop.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.supervisor.clone())
+    }
+
+    /// Waits for the end of the run.
+    pub async fn wait(self) -> Result<RunReport, RunError> {
+        let _ = self.join.await;
+        let report = RunReport {
+            pipeline: self.pipeline.name.clone(),
+            stages: self.metrics.iter().map(|m| m.snapshot()).collect(),
+            elapsed: self.started.elapsed(),
+        };
+        let _ = self.session.close().await;
+        let outcome = self.outcome.lock().unwrap().clone();
+        match outcome {
+            Outcome::Completed => Ok(report),
+            Outcome::Failed {
+                stage,
+                error,
+                restarts,
+                history,
+            } => Err(RunError::StageFailed {
+                stage,
+                error,
+                restarts,
+                history,
+                report,
+            }),
+            Outcome::Stopped => Err(RunError::Stopped(report)),
+            Outcome::Running => Err(RunError::Internal("the supervisor stopped without an outcome".into())),
+        }
+    }
+}
+
+/// Asks a run to stop.
+#[derive(Clone)]
+pub struct Stopper(ActorRef<SupervisorMsg>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        let _ = self.0.cast(SupervisorMsg::Shutdown);
+    }
+}
+
+/// Runs a pipeline to its end.
+pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<RunReport, RunError> {
+    Run::start(pipeline, opts).await?.wait().await
+}

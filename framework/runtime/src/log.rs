@@ -1,0 +1,278 @@
+//! The producer's output log and the consumer's input cursor: the pure
+//! bookkeeping of the protocol in [`crate::protocol`], with no I/O, so it can
+//! be tested against a model.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// One published message kept for resending.
+#[derive(Debug, Clone)]
+struct Entry {
+    first_seq: u64,
+    /// Records in it (1 for the end marker).
+    count: u64,
+    payload: Arc<[u8]>,
+}
+
+/// A stage output's log of unacknowledged messages, and its consumers.
+#[derive(Debug)]
+pub struct OutLog {
+    entries: VecDeque<Entry>,
+    next_seq: u64,
+    /// consumer -> (acknowledged up to, exclusive; window in records)
+    consumers: BTreeMap<String, (u64, u64)>,
+    end_seq: Option<u64>,
+}
+
+impl OutLog {
+    /// A log for the given consumers and their windows (queue sizes).
+    pub fn new(consumers: impl IntoIterator<Item = (String, u64)>) -> OutLog {
+        OutLog {
+            entries: VecDeque::new(),
+            next_seq: 0,
+            consumers: consumers.into_iter().map(|(c, w)| (c, (0, w.max(1)))).collect(),
+            end_seq: None,
+        }
+    }
+
+    /// The number the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Lowest acknowledgement over all consumers (`next_seq` with none).
+    pub fn min_acked(&self) -> u64 {
+        self.consumers.values().map(|(a, _)| *a).min().unwrap_or(self.next_seq)
+    }
+
+    /// How many more records may be published before a consumer's window is
+    /// full.
+    pub fn room(&self) -> u64 {
+        self.consumers
+            .values()
+            .map(|(acked, window)| (acked + window).saturating_sub(self.next_seq))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Records published and not yet acknowledged by every consumer.
+    pub fn unacked(&self) -> u64 {
+        self.next_seq - self.min_acked()
+    }
+
+    pub fn has_consumers(&self) -> bool {
+        !self.consumers.is_empty()
+    }
+
+    /// Appends a message of `count` records numbered from [`Self::next_seq`].
+    pub fn append(&mut self, count: u64, payload: Arc<[u8]>) {
+        assert!(self.end_seq.is_none(), "append after end");
+        let first_seq = self.next_seq;
+        self.next_seq += count;
+        if self.has_consumers() {
+            self.entries.push_back(Entry {
+                first_seq,
+                count,
+                payload,
+            });
+        }
+    }
+
+    /// Appends the end marker; it takes one number.
+    pub fn append_end(&mut self, payload: Arc<[u8]>) {
+        let seq = self.next_seq;
+        self.append(1, payload);
+        self.end_seq = Some(seq);
+    }
+
+    pub fn ended(&self) -> bool {
+        self.end_seq.is_some()
+    }
+
+    /// Every consumer has acknowledged the end marker.
+    pub fn finished(&self) -> bool {
+        self.end_seq.is_some_and(|e| self.min_acked() > e)
+    }
+
+    /// Records a consumer's acknowledgement; true if it moved the low mark
+    /// (and so freed room or log space). Unknown consumers are ignored:
+    /// only the consumers of the pipeline spec hold the log.
+    pub fn ack(&mut self, consumer: &str, next: u64) -> bool {
+        let before = self.min_acked();
+        if let Some((acked, _)) = self.consumers.get_mut(consumer) {
+            // acks are cumulative and can arrive out of order
+            *acked = (*acked).max(next.min(self.next_seq));
+        }
+        let after = self.min_acked();
+        while let Some(e) = self.entries.front() {
+            if e.first_seq + e.count <= after {
+                self.entries.pop_front();
+            } else {
+                break;
+            }
+        }
+        after > before
+    }
+
+    /// The held messages that contain numbers at or above `from`, oldest
+    /// first, up to `limit` records past `from`.
+    pub fn resend_from(&self, from: u64, limit: u64) -> Vec<Arc<[u8]>> {
+        self.entries
+            .iter()
+            .filter(|e| e.first_seq + e.count > from && e.first_seq < from.saturating_add(limit))
+            .map(|e| e.payload.clone())
+            .collect()
+    }
+
+    /// Messages held.
+    pub fn held(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// What a consumer makes of an arriving message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// New records: skip the first `skip` (already seen), take the rest.
+    Fresh { skip: usize },
+    /// Everything in it was seen before.
+    Duplicate,
+    /// It starts past what we expect: something was lost; ask from `from`.
+    Gap { from: u64 },
+}
+
+/// A consumer's position in one input stream.
+#[derive(Debug, Clone, Default)]
+pub struct InCursor {
+    pub epoch: Option<u64>,
+    /// Next number expected.
+    pub next: u64,
+    pub ended: bool,
+}
+
+impl InCursor {
+    /// Classifies a message of `count` numbers from `first_seq` from a
+    /// producer of `epoch`, and advances past it when fresh. A new epoch
+    /// means the producer started over; the cursor starts over with it.
+    pub fn arrive(&mut self, epoch: u64, first_seq: u64, count: u64) -> Arrival {
+        if self.epoch != Some(epoch) {
+            self.epoch = Some(epoch);
+            self.next = 0;
+            self.ended = false;
+        }
+        let end = first_seq + count;
+        if end <= self.next {
+            Arrival::Duplicate
+        } else if first_seq > self.next {
+            Arrival::Gap { from: self.next }
+        } else {
+            let skip = (self.next - first_seq) as usize;
+            self.next = end;
+            Arrival::Fresh { skip }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p() -> Arc<[u8]> {
+        Arc::from(vec![0u8])
+    }
+
+    #[test]
+    fn window_and_trim() {
+        let mut log = OutLog::new([("a".to_owned(), 10), ("b".to_owned(), 4)]);
+        assert_eq!(log.room(), 4);
+        log.append(3, p());
+        log.append(1, p());
+        assert_eq!(log.room(), 0);
+        assert!(!log.ack("a", 4));
+        assert_eq!(log.held(), 2);
+        assert!(log.ack("b", 3));
+        assert_eq!(log.held(), 1);
+        assert_eq!(log.room(), 3);
+        log.append_end(p());
+        assert!(!log.finished());
+        log.ack("a", 6);
+        log.ack("b", 6);
+        assert!(log.finished());
+        assert_eq!(log.held(), 0);
+    }
+
+    #[test]
+    fn cursor_dedups_and_detects_gaps() {
+        let mut c = InCursor::default();
+        assert_eq!(c.arrive(1, 0, 5), Arrival::Fresh { skip: 0 });
+        assert_eq!(c.arrive(1, 0, 5), Arrival::Duplicate);
+        assert_eq!(c.arrive(1, 8, 2), Arrival::Gap { from: 5 });
+        assert_eq!(c.arrive(1, 3, 4), Arrival::Fresh { skip: 2 });
+        assert_eq!(c.next, 7);
+        // a restarted producer starts over
+        assert_eq!(c.arrive(2, 0, 1), Arrival::Fresh { skip: 0 });
+        assert_eq!(c.next, 1);
+    }
+
+    // Model: a producer sends numbered records through a lossy, reordering,
+    // duplicating channel to consumers that ack cumulatively; with resends
+    // from the log, every consumer ends with exactly 0..n in order and the
+    // log never holds more than the window allows.
+    proptest! {
+        #[test]
+        fn lossy_channel_delivers_exactly_once(
+            n in 1u64..200,
+            window in 1u64..32,
+            ops in proptest::collection::vec((0u8..4, 0usize..8), 1..400),
+        ) {
+            let mut log = OutLog::new([("c1".to_owned(), window), ("c2".to_owned(), window.max(3))]);
+            let mut channel: Vec<(u64, u64)> = Vec::new(); // (first, count) in flight
+            let mut cursors = [InCursor::default(), InCursor::default()];
+            let mut got: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+            let mut sent = 0u64;
+            let mut step = 0;
+            let mut ops = ops.into_iter().cycle();
+            while !(got[0].len() as u64 == n && got[1].len() as u64 == n) {
+                step += 1;
+                prop_assert!(step < 100_000, "no progress");
+                let (op, arg) = ops.next().unwrap();
+                match op {
+                    // publish what the window allows
+                    0 => {
+                        let k = log.room().min(n - sent).min(arg as u64 + 1);
+                        if k > 0 {
+                            channel.push((log.next_seq(), k));
+                            log.append(k, p());
+                            sent += k;
+                        }
+                    }
+                    // deliver (or lose, or duplicate) a message to a consumer
+                    1 | 2 if !channel.is_empty() => {
+                        let i = arg % channel.len();
+                        let (first, count) = if op == 1 { channel.remove(i) } else { channel[i] };
+                        for c in 0..2 {
+                            if (arg + c) % 3 == 0 { continue; } // lost for this consumer
+                            if let Arrival::Fresh { skip } = cursors[c].arrive(1, first, count) {
+                                got[c].extend(first + skip as u64..first + count);
+                            }
+                            log.ack(if c == 0 { "c1" } else { "c2" }, cursors[c].next);
+                        }
+                    }
+                    // timeout: resend what is unacknowledged
+                    _ => {
+                        let from = log.min_acked();
+                        // resend as single-record messages
+                        for seq in from..log.next_seq().min(from + window) {
+                            channel.push((seq, 1));
+                        }
+                    }
+                }
+                prop_assert!(log.unacked() <= window.max(3).max(window));
+            }
+            for g in &got {
+                prop_assert_eq!(g.clone(), (0..n).collect::<Vec<_>>());
+            }
+        }
+    }
+}

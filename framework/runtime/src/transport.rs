@@ -1,0 +1,34 @@
+//! Opening the process's Zenoh session.
+//!
+//! rill's default is a peer on loopback with multicast scouting off, so a
+//! pipeline never talks to anything the user did not name.
+
+use rill_core::spec::ZenohOptions;
+
+/// The Zenoh configuration for `opts` as JSON5.
+pub fn config_json(opts: &ZenohOptions) -> String {
+    let list = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    format!(
+        r#"{{
+  mode: {mode},
+  listen: {{ endpoints: {listen} }},
+  connect: {{ endpoints: {connect} }},
+  scouting: {{ multicast: {{ enabled: false }}, gossip: {{ enabled: true }} }},
+}}"#,
+        mode = serde_json::to_string(&opts.mode).unwrap_or_default(),
+        listen = list(&opts.listen),
+        connect = list(&opts.connect),
+    )
+}
+
+/// Opens a session; the error says which endpoint was at fault where Zenoh
+/// tells.
+pub async fn open(opts: &ZenohOptions) -> Result<zenoh::Session, String> {
+    let config = zenoh::Config::from_json5(&config_json(opts)).map_err(|e| format!("bad zenoh options: {e}"))?;
+    zenoh::open(config).await.map_err(|e| {
+        format!(
+            "cannot open the Zenoh session (listen {:?}, connect {:?}): {e}",
+            opts.listen, opts.connect
+        )
+    })
+}

@@ -1,0 +1,111 @@
+//! `Create`: a bounded source of inline elements (Beam's `Create`).
+
+use rill_core::json::json_to_value;
+use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus};
+use rill_core::{Fields, Record, Value};
+use serde::Deserialize;
+
+/// `elements`: a list. A mapping becomes a record with those fields; any
+/// other value `v` becomes the record `{element: v}`, as in Beam. As in Beam,
+/// records are padded with nulls to the union of all elements' fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Create {
+    pub elements: Vec<serde_json::Value>,
+    /// Beam's `reshuffle` (a no-op here: elements are emitted in order).
+    #[serde(default)]
+    pub reshuffle: Option<bool>,
+}
+
+impl Create {
+    fn records(&self) -> Result<Vec<Record>, String> {
+        let mut rows = Vec::with_capacity(self.elements.len());
+        for (i, e) in self.elements.iter().enumerate() {
+            let v = json_to_value(e).map_err(|err| format!("element {i}: {err}"))?;
+            let fields = match v {
+                Value::Map(f) => f,
+                other => {
+                    let mut f = Fields::new();
+                    f.insert("element".into(), other);
+                    f
+                }
+            };
+            rows.push(fields);
+        }
+        // pad to the union of field names, in first-seen order
+        let mut all: Vec<String> = Vec::new();
+        for r in &rows {
+            for k in r.keys() {
+                if !all.contains(k) {
+                    all.push(k.clone());
+                }
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|mut f| {
+                if f.len() < all.len() {
+                    for k in &all {
+                        f.entry(k.clone()).or_insert(Value::Null);
+                    }
+                }
+                Record::new(f)
+            })
+            .collect())
+    }
+}
+
+impl NodeConfig for Create {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Source
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        self.records().map(|_| ())
+    }
+
+    fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        let records = self.records().map_err(NodeError::Failed)?;
+        Ok(Node::Source(Box::new(CreateSource {
+            records: records.into_iter(),
+        })))
+    }
+}
+
+struct CreateSource {
+    records: std::vec::IntoIter<Record>,
+}
+
+impl Source for CreateSource {
+    fn poll(&mut self, max: usize, out: &mut Emitter) -> Result<SourceStatus, NodeError> {
+        for r in self.records.by_ref().take(max) {
+            out.emit(r);
+        }
+        Ok(if self.records.len() == 0 {
+            SourceStatus::Done
+        } else {
+            SourceStatus::More
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_core::testkit;
+
+    #[test]
+    fn scalars_become_element_and_rows_are_padded() {
+        let reg = crate::registry();
+        let dir = std::env::temp_dir();
+        let Node::Source(mut s) = testkit::build_yaml(&reg, "Create", "elements: [1, 'a', {x: 2}]", &dir).unwrap() else {
+            panic!("not a source")
+        };
+        let run = testkit::drain_source(s.as_mut(), 100).unwrap();
+        assert_eq!(run.main.len(), 3);
+        assert_eq!(run.main[0].get("element"), Some(&Value::Int(1)));
+        assert_eq!(run.main[0].get("x"), Some(&Value::Null));
+        assert_eq!(run.main[2].get("x"), Some(&Value::Int(2)));
+        assert_eq!(run.main[2].get("element"), Some(&Value::Null));
+    }
+}

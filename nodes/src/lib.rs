@@ -1,0 +1,56 @@
+//! # rill-nodes
+//!
+//! The built-in node library, named and configured as Beam YAML names and
+//! configures them:
+//!
+//! | type | kind | config |
+//! |------|------|--------|
+//! | `Create` | source | `elements` (rows or bare values, which become `{element: v}`) |
+//! | `Generate` | source | `count`, `rate`, `keys`, `start_time`, `payload_bytes` |
+//! | `ReadFromJson` | source | `path`, `key`, `event_time` |
+//! | `ReadFromCsv` | source | `path`, `delimiter`, `key`, `event_time` |
+//! | `ReadFromZenoh` | source | `key`, `format`, `max_records` |
+//! | `Filter` | transform | `keep`, `language` |
+//! | `MapToFields` | transform | `fields`, `append`, `drop`, `language` |
+//! | `Explode` | transform | `fields`, `cross_product` |
+//! | `LogForTesting` | transform | `level`, `prefix` |
+//! | `WriteToJson` | sink | `path` |
+//! | `WriteToCsv` | sink | `path`, `delimiter` |
+//! | `WriteToZenoh` | sink | `key`, `format` |
+//!
+//! Every node that can fail a record takes Beam's
+//! `error_handling: {output: NAME}` in its `config`.
+
+pub mod create;
+pub mod expr;
+pub mod files;
+pub mod generate;
+pub mod log;
+pub mod mapping;
+pub mod testing;
+pub mod zenoh_io;
+
+use rill_core::registry::Registry;
+
+/// Registers every built-in node type.
+pub fn register_all(r: &mut Registry) {
+    r.register::<create::Create>("Create", "a bounded source of inline elements");
+    r.register::<generate::Generate>("Generate", "a synthetic stream: count, rate, keys");
+    r.register::<files::ReadFromJson>("ReadFromJson", "reads JSON Lines, one record per line");
+    r.register::<files::ReadFromCsv>("ReadFromCsv", "reads CSV with a header row");
+    r.register::<files::WriteToJson>("WriteToJson", "writes JSON Lines");
+    r.register::<files::WriteToCsv>("WriteToCsv", "writes CSV with a header row");
+    r.register::<mapping::Filter>("Filter", "keeps records for which `keep` is true");
+    r.register::<mapping::MapToFields>("MapToFields", "computes new fields from expressions");
+    r.register::<mapping::Explode>("Explode", "one record per element of list fields");
+    r.register::<log::LogForTesting>("LogForTesting", "prints each record as a JSON line and passes it on");
+    r.register::<zenoh_io::ReadFromZenoh>("ReadFromZenoh", "subscribes to any Zenoh key");
+    r.register::<zenoh_io::WriteToZenoh>("WriteToZenoh", "publishes records on any Zenoh key");
+}
+
+/// A registry with every built-in node type.
+pub fn registry() -> Registry {
+    let mut r = Registry::new();
+    register_all(&mut r);
+    r
+}

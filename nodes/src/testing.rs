@@ -1,0 +1,128 @@
+//! Nodes that misbehave on purpose, for fault-tolerance tests (as dora's
+//! `tests/fault-tolerance-e2e.rs` uses). They are registered only by
+//! [`register_testing`], which the CLI calls when the environment variable
+//! `RILL_TEST_NODES=1` is set.
+//!
+//! | type | what it does |
+//! |------|--------------|
+//! | `TestFault` | passes records on; panics (or errors) at record `at` of the stage's life, `times` times (across restarts) |
+//! | `TestSlow` | passes records on, sleeping `per_record` for each |
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform};
+use rill_core::registry::Registry;
+use rill_core::units::Dur;
+use rill_core::Record;
+use serde::Deserialize;
+
+/// Registers the test-only node types.
+pub fn register_testing(r: &mut Registry) {
+    r.register::<TestFault>("TestFault", "test only: fails on purpose");
+    r.register::<TestSlow>("TestSlow", "test only: sleeps per record");
+}
+
+/// Failures so far per stage, shared by every incarnation in the process.
+static FAULTS: Mutex<Option<HashMap<String, (u64, u64)>>> = Mutex::new(None);
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TestFault {
+    /// Fail when the stage sees its `at`-th record (0-based, counted over
+    /// the stage's whole life in this process).
+    pub at: u64,
+    /// How many times to fail; `0` means every time.
+    #[serde(default = "one")]
+    pub times: u64,
+    /// `panic` (default) or `error`.
+    #[serde(default = "panic_mode")]
+    pub mode: String,
+}
+
+fn one() -> u64 {
+    1
+}
+fn panic_mode() -> String {
+    "panic".into()
+}
+
+impl NodeConfig for TestFault {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Transform
+    }
+    fn validate(&self) -> Result<(), String> {
+        match self.mode.as_str() {
+            "panic" | "error" => Ok(()),
+            m => Err(format!("unknown mode `{m}`: expected panic or error")),
+        }
+    }
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        Ok(Node::Transform(Box::new(FaultNode {
+            cfg: self.clone(),
+            stage: format!("{}/{}", ctx.pipeline, ctx.stage),
+        })))
+    }
+}
+
+struct FaultNode {
+    cfg: TestFault,
+    stage: String,
+}
+
+impl Transform for FaultNode {
+    fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+        let n = batch.len() as u64;
+        let fail = {
+            let mut g = FAULTS.lock().unwrap();
+            let (seen, failed) = g.get_or_insert_with(HashMap::new).entry(self.stage.clone()).or_insert((0, 0));
+            let hit = *seen <= self.cfg.at && self.cfg.at < *seen + n;
+            if hit && (self.cfg.times == 0 || *failed < self.cfg.times) {
+                *failed += 1;
+                true
+            } else {
+                // records of a failed batch come again; count them once
+                *seen += n;
+                false
+            }
+        };
+        if fail {
+            if self.cfg.mode == "panic" {
+                panic!("TestFault: deliberate panic at record {}", self.cfg.at);
+            }
+            return Err(NodeError::failed(format!("TestFault: deliberate error at record {}", self.cfg.at)));
+        }
+        for r in batch {
+            out.emit(r);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TestSlow {
+    pub per_record: Dur,
+}
+
+impl NodeConfig for TestSlow {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Transform
+    }
+    fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        Ok(Node::Transform(Box::new(SlowNode(self.per_record.0))))
+    }
+}
+
+struct SlowNode(Duration);
+
+impl Transform for SlowNode {
+    fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+        std::thread::sleep(self.0 * batch.len() as u32);
+        for r in batch {
+            out.emit(r);
+        }
+        Ok(())
+    }
+}
