@@ -1,7 +1,7 @@
 //! Per-record cost of evaluating compiled programs.
 //!
 //! ```text
-//! cargo run --release -p rill-expr --example expr_bench [records]
+//! cargo run --release -p rill-expr --example expr_bench [evaluations] [case]
 //! ```
 
 use std::hint::black_box;
@@ -15,6 +15,7 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
+    let only = std::env::args().nth(2);
     let records: Vec<Record> = (0..1024)
         .map(|i| {
             record! {
@@ -46,7 +47,24 @@ fn main() {
         "{n} evaluations per case ({} distinct records)",
         records.len()
     );
+    // Calibration: what reading one string field and cloning it costs here.
+    let start = Instant::now();
+    let mut total = 0usize;
+    for i in 0..n {
+        let v = black_box(&records[i & 1023])
+            .get(black_box("device"))
+            .cloned();
+        total += v.is_some() as usize;
+    }
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    println!(
+        "{:<11} {ns:>8.1} ns/record  (fields.get(\"device\").clone(), for scale; {total})",
+        "baseline"
+    );
     for (name, src, callable) in cases {
+        if only.as_deref().is_some_and(|o| o != *name) {
+            continue;
+        }
         let p = if *callable {
             Program::callable(src)
         } else {

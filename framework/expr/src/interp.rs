@@ -41,7 +41,11 @@ pub(crate) struct Frame<'a, 'f> {
 
 impl<'a, 'f> Frame<'a, 'f> {
     pub(crate) fn new(code: &'a FuncCode, free: &'f [Val<'a>]) -> Frame<'a, 'f> {
-        let mut slots = vec![Val::Undef; code.nslots as usize];
+        let mut slots = if code.nslots == 0 {
+            Vec::new()
+        } else {
+            vec![Val::Undef; code.nslots as usize]
+        };
         for &c in &code.cells {
             slots[c as usize] = Val::Cell(Rc::new(std::cell::RefCell::new(Val::Undef)));
         }
@@ -1920,6 +1924,26 @@ impl<'a> Interp<'a> {
         })))
     }
 
+    /// Up to three plain positional arguments, evaluated into an array
+    /// (no allocation); `None` when the call needs the general path.
+    fn eval_small_args(
+        &mut self,
+        args: &'a [Elt],
+        kw: &'a [Kwarg],
+        f: &mut Frame<'a, '_>,
+    ) -> R<Option<[Val<'a>; 3]>> {
+        if !kw.is_empty() || args.len() > 3 || args.iter().any(|a| matches!(a, Elt::Star(_))) {
+            return Ok(None);
+        }
+        let mut buf = [Val::None, Val::None, Val::None];
+        for (slot, a) in buf.iter_mut().zip(args) {
+            if let Elt::One(e) = a {
+                *slot = self.eval(e, f)?;
+            }
+        }
+        Ok(Some(buf))
+    }
+
     #[allow(clippy::type_complexity)]
     fn eval_args(
         &mut self,
@@ -1950,6 +1974,9 @@ impl<'a> Interp<'a> {
         {
             return self.any_all_lazy(b == Builtin::Any, c, f);
         }
+        if let Some(buf) = self.eval_small_args(args, kw, f)? {
+            return self.call_value(&callee, &buf[..args.len()], &[]);
+        }
         let (a, k) = self.eval_args(args, kw, f)?;
         self.call_value(&callee, &a, &k)
     }
@@ -1974,6 +2001,9 @@ impl<'a> Interp<'a> {
             (_, None) => false,
         };
         if direct && let Some(m) = method {
+            if let Some(buf) = self.eval_small_args(args, kw, f)? {
+                return self.call_method(recv, m, name, &buf[..args.len()], &[], pattern);
+            }
             let (a, k) = self.eval_args(args, kw, f)?;
             return self.call_method(recv, m, name, &a, &k, pattern);
         }

@@ -20,6 +20,10 @@ pub struct StageMetrics {
     pub restarts: AtomicU64,
     /// Records received and not yet processed.
     pub queue_depth: AtomicI64,
+    /// Highest `queue_depth` seen.
+    pub queue_high_water: AtomicI64,
+    /// Most records an output of this stage held unacknowledged at once.
+    pub log_high_water: AtomicU64,
     /// Records dropped by a `drop_oldest` queue.
     pub dropped: AtomicU64,
     /// Processing latency per batch, by bucket (last bucket: above all bounds).
@@ -40,6 +44,8 @@ impl StageMetrics {
             errors: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             queue_depth: AtomicI64::new(0),
+            queue_high_water: AtomicI64::new(0),
+            log_high_water: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             latency: Default::default(),
             busy_us: AtomicU64::new(0),
@@ -88,6 +94,8 @@ impl StageMetrics {
             errors: self.errors.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             queue_depth: self.queue_depth.load(Relaxed).max(0) as u64,
+            queue_high_water: self.queue_high_water.load(Relaxed).max(0) as u64,
+            log_high_water: self.log_high_water.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             elapsed,
             p50_us: self.latency_quantile_us(0.5),
@@ -107,6 +115,8 @@ pub struct StageSnapshot {
     pub errors: u64,
     pub restarts: u64,
     pub queue_depth: u64,
+    pub queue_high_water: u64,
+    pub log_high_water: u64,
     pub dropped: u64,
     pub elapsed: Duration,
     pub p50_us: Option<u64>,

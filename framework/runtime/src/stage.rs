@@ -188,6 +188,9 @@ impl StageShared {
                 port.last_progress = Instant::now();
             }
             port.log.append(count, payload.clone());
+            self.metrics
+                .log_high_water
+                .fetch_max(port.log.unacked(), std::sync::atomic::Ordering::Relaxed);
             port.publisher.put(payload.to_vec()).await?;
         }
         Ok(())
@@ -518,9 +521,14 @@ impl Actor for StageActor {
                 first_seq,
                 records,
             } => {
-                sh.metrics
+                let depth = sh
+                    .metrics
                     .queue_depth
-                    .fetch_add(records.len() as i64, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(records.len() as i64, std::sync::atomic::Ordering::Relaxed)
+                    + records.len() as i64;
+                sh.metrics
+                    .queue_high_water
+                    .fetch_max(depth, std::sync::atomic::Ordering::Relaxed);
                 st.pending.push_back(Pending::Data {
                     input,
                     epoch,

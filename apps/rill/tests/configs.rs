@@ -1,0 +1,232 @@
+//! Every pipeline under `configs/` is run here and its output checked.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+use serde_json::Value as J;
+
+/// What each config must do; a config missing here fails `every_config_is_tested`.
+const EXPECT: &[(&str, &str)] = &[
+    ("quickstart.yaml", "checked by quickstart_output"),
+    ("generate.yaml", "checked by generate_output"),
+    ("csv.yaml", "checked by csv_output"),
+    ("beam/explode.yaml", "expected rows"),
+    ("beam/filter_callable.yaml", "expected rows"),
+    ("beam/map_to_fields_callable.yaml", "expected rows"),
+    ("beam/map_to_fields_with_resource_hints.yaml", "expected rows"),
+    ("beam/regex_matches.yaml", "expected rows"),
+    ("beam/map_to_fields_with_deps.yaml", "refused: needs the `roman` package"),
+    ("beam/map_to_fields_with_java_deps.yaml", "refused: needs Java"),
+];
+
+#[test]
+fn every_config_is_tested() {
+    let mut found = Vec::new();
+    for sub in ["", "beam/"] {
+        for e in std::fs::read_dir(root().join("configs").join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                found.push(format!("{sub}{}", p.file_name().unwrap().to_string_lossy()));
+            }
+        }
+    }
+    for f in &found {
+        assert!(EXPECT.iter().any(|(n, _)| n == f), "configs/{f} is run by no test: add it to EXPECT");
+    }
+    assert_eq!(found.len(), EXPECT.len(), "EXPECT names a config that does not exist: {found:?}");
+}
+
+#[test]
+fn quickstart_output() {
+    let dir = sandbox();
+    let out = rill(dir.path(), &["run", "configs/quickstart.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pipeline `quickstart` finished"), "{}", stderr(&out));
+    let input = read_jsonl(&root().join("configs/data/readings.jsonl"));
+    let rows = read_jsonl(&dir.path().join("out/quickstart/readings.jsonl"));
+    // expected: readings with a numeric temperature in range, in order
+    let expected: Vec<&J> = input
+        .iter()
+        .filter(|r| r["temp_c"].as_f64().is_some_and(|t| -50.0 < t && t < 150.0))
+        .collect();
+    assert_eq!(rows.len(), expected.len());
+    assert_eq!(rows.len(), 394);
+    for (row, inp) in rows.iter().zip(expected) {
+        let t = inp["temp_c"].as_f64().unwrap();
+        assert_eq!(row["ts"], inp["ts"]);
+        let f = row["temp_f"].as_f64().unwrap();
+        assert!((f - (t * 9.0 / 5.0 + 32.0)).abs() <= 0.051, "{row}");
+        let level = if t >= 80.0 { "hot" } else if t >= 40.0 { "warm" } else { "ok" };
+        assert_eq!(row["level"], level, "{row}");
+    }
+    // the three unreadable temperatures are dead letters with Beam's fields
+    let errors = read_jsonl(&dir.path().join("out/quickstart/errors.jsonl"));
+    assert_eq!(errors.len(), 3);
+    for e in &errors {
+        assert_eq!(e["element"]["temp_c"], "n/a");
+        assert_eq!(e["stage"], "valid");
+        assert_eq!(e["attempts"], 1);
+        assert!(e["msg"].as_str().unwrap().contains("TypeError"), "{e}");
+        assert!(e["time"].as_i64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn generate_output() {
+    let dir = sandbox();
+    let out = rill(dir.path(), &["run", "-q", "configs/generate.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = read_jsonl(&dir.path().join("out/generate/big.jsonl"));
+    // Generate's values are uniform in [0,1): about half pass `value >= 0.5`
+    assert!((400..=600).contains(&rows.len()), "{}", rows.len());
+    let mut last = -1;
+    for r in &rows {
+        assert!(r["value"].as_f64().unwrap() >= 0.5);
+        assert_eq!(r["scaled"].as_f64().unwrap(), (r["value"].as_f64().unwrap() * 100.0).round());
+        let id = r["id"].as_i64().unwrap();
+        assert!(id > last, "order kept");
+        last = id;
+    }
+}
+
+#[test]
+fn csv_output() {
+    let dir = sandbox();
+    let out = rill(dir.path(), &["run", "-q", "configs/csv.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(dir.path().join("out/csv/tags.csv")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "product,price,tag");
+    // 3 products with 2, 1 and 3 tags; the row with a bad price is a dead letter
+    assert_eq!(lines.len(), 1 + 6, "{text}");
+    assert_eq!(lines[1], "espresso,2.5,coffee");
+    let errors = read_jsonl(&dir.path().join("out/csv/errors.jsonl"));
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0]["msg"].as_str().unwrap().contains("price"), "{}", errors[0]);
+}
+
+/// Python's `repr` of a JSON value, as Beam's `Row.__repr__` prints it.
+fn py_repr(v: &J) -> String {
+    match v {
+        J::Null => "None".into(),
+        J::Bool(b) => if *b { "True" } else { "False" }.into(),
+        J::Number(n) => n.to_string(),
+        J::String(s) => {
+            let q = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+            let mut out = String::from(q);
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\t' => out.push_str("\\t"),
+                    c if c == q => {
+                        out.push('\\');
+                        out.push(c)
+                    }
+                    c => out.push(c),
+                }
+            }
+            out.push(q);
+            out
+        }
+        J::Array(a) => format!("[{}]", a.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        J::Object(m) => row_repr(m),
+    }
+}
+
+fn row_repr(m: &serde_json::Map<String, J>) -> String {
+    let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", py_repr(v))).collect();
+    format!("Row({})", parts.join(", "))
+}
+
+/// The `# Expected:` rows of a Beam example, as Beam's test reads them.
+fn expected_rows(text: &str) -> Vec<String> {
+    let mut rows = Vec::new();
+    let mut on = false;
+    for line in text.lines() {
+        if line == "# Expected:" {
+            on = true;
+        } else if on {
+            let l = line.strip_prefix("#  ").unwrap_or(line).trim();
+            if !l.is_empty() && l != "#" {
+                rows.push(l.to_owned());
+            }
+        }
+    }
+    rows
+}
+
+fn multiset(v: Vec<String>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for s in v {
+        *m.entry(s).or_default() += 1;
+    }
+    m
+}
+
+fn run_beam(name: &str) {
+    let dir = sandbox();
+    let file = format!("configs/beam/{name}");
+    let text = std::fs::read_to_string(root().join(&file)).unwrap();
+    let expected = expected_rows(&text);
+    assert!(!expected.is_empty(), "{name} has no # Expected: rows");
+    let out = rill(dir.path(), &["run", "-q", &file]);
+    assert!(out.status.success(), "{name}: {}", stderr(&out));
+    let got: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| match serde_json::from_str::<J>(l).unwrap() {
+            J::Object(m) => row_repr(&m),
+            other => panic!("not an object: {other}"),
+        })
+        .collect();
+    assert_eq!(multiset(got), multiset(expected), "{name}");
+}
+
+#[test]
+fn beam_explode() {
+    run_beam("explode.yaml");
+}
+
+#[test]
+fn beam_filter_callable() {
+    run_beam("filter_callable.yaml");
+}
+
+#[test]
+fn beam_map_to_fields_callable() {
+    run_beam("map_to_fields_callable.yaml");
+}
+
+#[test]
+fn beam_map_to_fields_with_resource_hints() {
+    run_beam("map_to_fields_with_resource_hints.yaml");
+}
+
+#[test]
+fn beam_regex_matches() {
+    run_beam("regex_matches.yaml");
+}
+
+fn refused(name: &str, needle: &str) {
+    let dir = sandbox();
+    let file = format!("configs/beam/{name}");
+    let out = rill(dir.path(), &["run", &file]);
+    assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{file}:33:9")), "{err}");
+    assert!(err.contains(needle), "{err}");
+    assert!(!Path::new(&dir.path().join("out")).exists());
+}
+
+#[test]
+fn beam_with_deps_is_refused_clearly() {
+    refused("map_to_fields_with_deps.yaml", "`dependencies` (roman>=4.2) is not supported");
+}
+
+#[test]
+fn beam_with_java_is_refused_clearly() {
+    refused("map_to_fields_with_java_deps.yaml", "`language: java` is not supported");
+}
