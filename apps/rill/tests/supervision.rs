@@ -1,0 +1,97 @@
+//! Stages that fail on purpose (the test-only `TestFault` node), driven by
+//! YAML through the real binary.
+
+mod common;
+
+use common::*;
+
+fn pipeline(times: u64, mode: &str) -> String {
+    format!(
+        r#"
+pipeline:
+  name: faulty
+  transforms:
+    - type: Generate
+      name: gen
+      config: {{count: 500, start_time: 0}}
+    - type: TestFault
+      name: fault
+      input: gen
+      config: {{at: 260, times: {times}, mode: {mode}}}
+      restart: {{max_restarts: 3, within: 60s, backoff: {{initial: 10ms, max: 40ms}}}}
+    - type: WriteToJson
+      name: sink
+      input: fault
+      config: {{path: out.jsonl}}
+options:
+  batch_size: 64
+"#
+    )
+}
+
+fn ids(dir: &std::path::Path) -> Vec<i64> {
+    read_jsonl(&dir.join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_stage_that_panics_once_is_restarted_and_the_run_completes() {
+    for mode in ["panic", "error"] {
+        let dir = sandbox();
+        std::fs::write(dir.path().join("p.yaml"), pipeline(1, mode)).unwrap();
+        let out = rill(dir.path(), &["run", "p.yaml"]);
+        let err = stderr(&out);
+        assert!(out.status.success(), "{mode}: {err}");
+        assert!(err.contains("restarting"), "{mode}: the restart is logged: {err}");
+        // the summary counts one restart for `fault`
+        let line = err.lines().find(|l| l.trim_start().starts_with("fault ")).unwrap();
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[5], "1", "{mode}: restarts column in {line}");
+        // every record arrived once, in order: the failed batch was replayed
+        assert_eq!(ids(dir.path()), (0..500).collect::<Vec<_>>(), "{mode}");
+    }
+}
+
+#[test]
+fn a_stage_that_always_panics_fails_the_pipeline() {
+    let dir = sandbox();
+    std::fs::write(dir.path().join("p.yaml"), pipeline(0, "panic")).unwrap();
+    let out = rill(dir.path(), &["run", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("pipeline `faulty` failed: stage `fault` failed after 3 restart(s)"), "{err}");
+    assert!(err.contains("deliberate panic at record 260"), "{err}");
+    assert!(err.contains("restart history of `fault`"), "{err}");
+    // what came before the faulty batch was delivered, nothing after it
+    let got = ids(dir.path());
+    assert!(got.len() < 260 && got.iter().enumerate().all(|(i, id)| *id == i as i64), "{got:?}");
+}
+
+#[test]
+fn a_record_that_always_fails_without_error_handling_stops_the_pipeline() {
+    let dir = sandbox();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        r#"
+pipeline:
+  type: chain
+  transforms:
+    - type: Create
+      config: {elements: [{n: 1}, {n: 0}, {n: 2}]}
+    - type: MapToFields
+      name: invert
+      config: {language: python, fields: {inv: "1 / n"}}
+      restart: {max_restarts: 1, backoff: {initial: 10ms}}
+    - type: WriteToJson
+      config: {path: out.jsonl}
+"#,
+    )
+    .unwrap();
+    let out = rill(dir.path(), &["run", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stage `invert` failed"), "{err}");
+    assert!(err.contains(r#"record {"n":0} failed: field `inv`: ZeroDivisionError"#), "{err}");
+}
