@@ -1,7 +1,9 @@
 //! `Create`: a bounded source of inline elements (Beam's `Create`).
 
 use rill_core::json::json_to_value;
-use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus};
+use rill_core::node::{
+    BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus,
+};
 use rill_core::{Fields, Record, Value};
 use serde::Deserialize;
 
@@ -98,7 +100,9 @@ mod tests {
     fn scalars_become_element_and_rows_are_padded() {
         let reg = crate::registry();
         let dir = std::env::temp_dir();
-        let Node::Source(mut s) = testkit::build_yaml(&reg, "Create", "elements: [1, 'a', {x: 2}]", &dir).unwrap() else {
+        let Node::Source(mut s) =
+            testkit::build_yaml(&reg, "Create", "elements: [1, 'a', {x: 2}]", &dir).unwrap()
+        else {
             panic!("not a source")
         };
         let run = testkit::drain_source(s.as_mut(), 100).unwrap();

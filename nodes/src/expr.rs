@@ -39,7 +39,8 @@ impl<'de> Deserialize<'de> for ExprSpec {
                 Ok(ExprSpec::Text(if b { "True" } else { "False" }.to_owned()))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<ExprSpec, A::Error> {
-                FullSpec::deserialize(serde::de::value::MapAccessDeserializer::new(m)).map(ExprSpec::Full)
+                FullSpec::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(ExprSpec::Full)
             }
         }
         d.deserialize_any(V)
@@ -66,15 +67,29 @@ impl ExprSpec {
     /// Compiles the spec; `what` names it in errors (e.g. "keep").
     pub fn compile(&self, what: &str) -> Result<Compiled, String> {
         let (program, output_type) = match self {
-            ExprSpec::Text(s) => (Program::expression(s).map_err(|e| format!("`{what}`: {e}"))?, None),
+            ExprSpec::Text(s) => (
+                Program::expression(s).map_err(|e| format!("`{what}`: {e}"))?,
+                None,
+            ),
             ExprSpec::Full(f) => {
                 let p = match (&f.expression, &f.callable) {
-                    (Some(e), None) => Program::expression(e).map_err(|e| format!("`{what}` expression: {e}"))?,
-                    (None, Some(c)) => Program::callable(c).map_err(|e| format!("`{what}` callable: {e}"))?,
-                    _ => return Err(format!("`{what}` needs exactly one of `expression` or `callable`")),
+                    (Some(e), None) => {
+                        Program::expression(e).map_err(|e| format!("`{what}` expression: {e}"))?
+                    }
+                    (None, Some(c)) => {
+                        Program::callable(c).map_err(|e| format!("`{what}` callable: {e}"))?
+                    }
+                    _ => {
+                        return Err(format!(
+                            "`{what}` needs exactly one of `expression` or `callable`"
+                        ));
+                    }
                 };
                 if let Some(t) = &f.output_type
-                    && !matches!(t.as_str(), "string" | "integer" | "number" | "boolean" | "array" | "object")
+                    && !matches!(
+                        t.as_str(),
+                        "string" | "integer" | "number" | "boolean" | "array" | "object"
+                    )
                 {
                     return Err(format!(
                         "`{what}`: unknown output_type `{t}`: expected string, integer, number, boolean, array or object"
@@ -83,7 +98,10 @@ impl ExprSpec {
                 (p, f.output_type.clone())
             }
         };
-        Ok(Compiled { program, output_type })
+        Ok(Compiled {
+            program,
+            output_type,
+        })
     }
 }
 
@@ -103,7 +121,10 @@ impl Compiled {
                     | ("object", Value::Map(_))
             );
             if !ok {
-                return Err(format!("expected output_type {t}, got {} {v}", v.type_name()));
+                return Err(format!(
+                    "expected output_type {t}, got {} {v}",
+                    v.type_name()
+                ));
             }
         }
         Ok(v)

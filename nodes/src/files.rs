@@ -11,7 +11,9 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 
 use rill_core::json::{parse_json_line, record_to_json_line, value_to_json};
-use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink, Source, SourceStatus};
+use rill_core::node::{
+    BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink, Source, SourceStatus,
+};
 use rill_core::{Fields, Record, Value};
 use serde::Deserialize;
 
@@ -37,7 +39,9 @@ impl Stamping {
             r.event_time = match r.fields.get(t) {
                 Some(Value::Int(i)) => *i,
                 Some(Value::Float(f)) if f.is_finite() => *f as i64,
-                Some(Value::Null) | None => return Err(format!("event_time field `{t}` is missing")),
+                Some(Value::Null) | None => {
+                    return Err(format!("event_time field `{t}` is missing"));
+                }
                 Some(other) => {
                     return Err(format!(
                         "event_time field `{t}` must be milliseconds since the epoch (int), found {} {other}",
@@ -88,7 +92,8 @@ impl NodeConfig for ReadFromJson {
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         let path = ctx.resolve(&self.path);
-        let file = File::open(&path).map_err(|e| NodeError::failed(format!("cannot open {}: {e}", path.display())))?;
+        let file = File::open(&path)
+            .map_err(|e| NodeError::failed(format!("cannot open {}: {e}", path.display())))?;
         Ok(Node::Source(Box::new(JsonSource {
             name: self.path.display().to_string(),
             reader: BufReader::with_capacity(1 << 16, file),
@@ -115,10 +120,9 @@ impl Source for JsonSource {
         let mut n = 0;
         while n < max {
             self.buf.clear();
-            let read = self
-                .reader
-                .read_line(&mut self.buf)
-                .map_err(|e| NodeError::failed(format!("{}:{}: read error: {e}", self.name, self.line + 1)))?;
+            let read = self.reader.read_line(&mut self.buf).map_err(|e| {
+                NodeError::failed(format!("{}:{}: read error: {e}", self.name, self.line + 1))
+            })?;
             if read == 0 {
                 return Ok(SourceStatus::Done);
             }
@@ -136,7 +140,10 @@ impl Source for JsonSource {
                         Err(e) => out.fail(r, format!("{}:{}: {e}", self.name, self.line)),
                     }
                 }
-                Err(e) => out.fail(bad_line(&self.name, self.line, text), format!("{}:{}: {e}", self.name, self.line)),
+                Err(e) => out.fail(
+                    bad_line(&self.name, self.line, text),
+                    format!("{}:{}: {e}", self.name, self.line),
+                ),
             }
         }
         Ok(SourceStatus::More)
@@ -166,7 +173,9 @@ fn delimiter_byte(d: &str) -> Result<u8, String> {
     match d.as_bytes() {
         [b] if b.is_ascii() => Ok(*b),
         _ if d == "\\t" => Ok(b'\t'),
-        _ => Err(format!("`delimiter` must be one ASCII character, got {d:?}")),
+        _ => Err(format!(
+            "`delimiter` must be one ASCII character, got {d:?}"
+        )),
     }
 }
 
@@ -180,14 +189,20 @@ impl NodeConfig for ReadFromCsv {
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         let path = ctx.resolve(&self.path);
-        let file = File::open(&path).map_err(|e| NodeError::failed(format!("cannot open {}: {e}", path.display())))?;
+        let file = File::open(&path)
+            .map_err(|e| NodeError::failed(format!("cannot open {}: {e}", path.display())))?;
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter_byte(&self.delimiter).map_err(NodeError::Failed)?)
             .flexible(true)
             .from_reader(BufReader::new(file));
         let header: Vec<String> = reader
             .headers()
-            .map_err(|e| NodeError::failed(format!("{}:1: cannot read the CSV header: {e}", self.path.display())))?
+            .map_err(|e| {
+                NodeError::failed(format!(
+                    "{}:1: cannot read the CSV header: {e}",
+                    self.path.display()
+                ))
+            })?
             .iter()
             .map(str::to_owned)
             .collect();
@@ -252,7 +267,12 @@ impl Source for CsvSource {
                         );
                         continue;
                     }
-                    let fields: Fields = self.header.iter().cloned().zip(row.iter().map(infer_cell)).collect();
+                    let fields: Fields = self
+                        .header
+                        .iter()
+                        .cloned()
+                        .zip(row.iter().map(infer_cell))
+                        .collect();
                     let mut r = Record::new(fields);
                     match self.stamping.apply(&mut r) {
                         Ok(()) => out.emit(r),
@@ -261,7 +281,10 @@ impl Source for CsvSource {
                 }
                 Err(e) => {
                     let line = e.position().map_or(line, |p| p.line());
-                    out.fail(bad_line(&self.name, line, ""), format!("{}:{line}: {e}", self.name));
+                    out.fail(
+                        bad_line(&self.name, line, ""),
+                        format!("{}:{line}: {e}", self.name),
+                    );
                     if matches!(e.kind(), csv::ErrorKind::Io(_)) {
                         return Err(NodeError::failed(format!("{}: {e}", self.name)));
                     }
@@ -274,7 +297,10 @@ impl Source for CsvSource {
 
 // ---------------------------------------------------------------------------
 
-fn open_for_write(ctx: &BuildContext<'_>, path: &std::path::Path) -> Result<(PathBuf, File), NodeError> {
+fn open_for_write(
+    ctx: &BuildContext<'_>,
+    path: &std::path::Path,
+) -> Result<(PathBuf, File), NodeError> {
     let path = ctx.resolve(path);
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -339,7 +365,10 @@ impl Sink for JsonSink {
 
     fn finish(&mut self) -> Result<(), NodeError> {
         self.out.flush().map_err(|e| NodeError::io(&self.path, e))?;
-        self.out.get_ref().sync_all().map_err(|e| NodeError::io(&self.path, e))
+        self.out
+            .get_ref()
+            .sync_all()
+            .map_err(|e| NodeError::io(&self.path, e))
     }
 }
 
@@ -371,14 +400,20 @@ impl NodeConfig for WriteToCsv {
             let mut r = csv::ReaderBuilder::new()
                 .delimiter(delimiter_byte(&self.delimiter).map_err(NodeError::Failed)?)
                 .from_reader(f);
-            r.headers().ok().map(|h| h.iter().map(str::to_owned).collect())
+            r.headers()
+                .ok()
+                .map(|h| h.iter().map(str::to_owned).collect())
         } else {
             None
         };
         let writer = csv::WriterBuilder::new()
             .delimiter(delimiter_byte(&self.delimiter).map_err(NodeError::Failed)?)
             .from_writer(BufWriter::new(file));
-        Ok(Node::Sink(Box::new(CsvSink { path, writer, header })))
+        Ok(Node::Sink(Box::new(CsvSink {
+            path,
+            writer,
+            header,
+        })))
     }
 }
 
@@ -424,11 +459,15 @@ impl Sink for CsvSink {
                 .collect();
             self.writer.write_record(&row).map_err(io)?;
         }
-        self.writer.flush().map_err(|e| NodeError::io(&self.path, e))
+        self.writer
+            .flush()
+            .map_err(|e| NodeError::io(&self.path, e))
     }
 
     fn finish(&mut self) -> Result<(), NodeError> {
-        self.writer.flush().map_err(|e| NodeError::io(&self.path, e))?;
+        self.writer
+            .flush()
+            .map_err(|e| NodeError::io(&self.path, e))?;
         self.writer
             .get_ref()
             .get_ref()
@@ -445,20 +484,34 @@ mod tests {
     #[test]
     fn json_round_trip_and_bad_lines() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("in.jsonl"), "{\"a\": 1, \"ts\": 5}\n\nnot json\n{\"a\": 2, \"ts\": 6}\n").unwrap();
+        std::fs::write(
+            dir.path().join("in.jsonl"),
+            "{\"a\": 1, \"ts\": 5}\n\nnot json\n{\"a\": 2, \"ts\": 6}\n",
+        )
+        .unwrap();
         let reg = crate::registry();
-        let Node::Source(mut s) =
-            testkit::build_yaml(&reg, "ReadFromJson", "{path: in.jsonl, event_time: ts}", dir.path()).unwrap()
-        else {
+        let Node::Source(mut s) = testkit::build_yaml(
+            &reg,
+            "ReadFromJson",
+            "{path: in.jsonl, event_time: ts}",
+            dir.path(),
+        )
+        .unwrap() else {
             panic!()
         };
         let run = testkit::drain_source(s.as_mut(), 100).unwrap();
         assert_eq!(run.main.len(), 2);
         assert_eq!(run.main[1].event_time, 6);
         assert_eq!(run.failures.len(), 1);
-        assert!(run.failures[0].msg.starts_with("in.jsonl:3: invalid JSON"), "{}", run.failures[0].msg);
+        assert!(
+            run.failures[0].msg.starts_with("in.jsonl:3: invalid JSON"),
+            "{}",
+            run.failures[0].msg
+        );
 
-        let Node::Sink(mut w) = testkit::build_yaml(&reg, "WriteToJson", "{path: out/o.jsonl}", dir.path()).unwrap() else {
+        let Node::Sink(mut w) =
+            testkit::build_yaml(&reg, "WriteToJson", "{path: out/o.jsonl}", dir.path()).unwrap()
+        else {
             panic!()
         };
         testkit::run_sink(w.as_mut(), vec![run.main.clone()]).unwrap();
@@ -469,9 +522,15 @@ mod tests {
     #[test]
     fn csv_types_and_ragged_rows() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("in.csv"), "name,n,x,ok\na,1,1.5,true\nb,2\nc,,2e3,false\n").unwrap();
+        std::fs::write(
+            dir.path().join("in.csv"),
+            "name,n,x,ok\na,1,1.5,true\nb,2\nc,,2e3,false\n",
+        )
+        .unwrap();
         let reg = crate::registry();
-        let Node::Source(mut s) = testkit::build_yaml(&reg, "ReadFromCsv", "{path: in.csv}", dir.path()).unwrap() else {
+        let Node::Source(mut s) =
+            testkit::build_yaml(&reg, "ReadFromCsv", "{path: in.csv}", dir.path()).unwrap()
+        else {
             panic!()
         };
         let run = testkit::drain_source(s.as_mut(), 100).unwrap();
@@ -481,12 +540,19 @@ mod tests {
         assert_eq!(run.main[0].get("ok"), Some(&Value::Bool(true)));
         assert_eq!(run.main[1].get("n"), Some(&Value::Null));
         assert_eq!(run.failures.len(), 1);
-        assert!(run.failures[0].msg.contains("in.csv:3"), "{}", run.failures[0].msg);
+        assert!(
+            run.failures[0].msg.contains("in.csv:3"),
+            "{}",
+            run.failures[0].msg
+        );
 
-        let Node::Sink(mut w) = testkit::build_yaml(&reg, "WriteToCsv", "{path: o.csv}", dir.path()).unwrap() else {
+        let Node::Sink(mut w) =
+            testkit::build_yaml(&reg, "WriteToCsv", "{path: o.csv}", dir.path()).unwrap()
+        else {
             panic!()
         };
-        let extra = rill_core::record! {"name" => "z", "n" => 1, "x" => 1.0, "ok" => false, "more" => 1};
+        let extra =
+            rill_core::record! {"name" => "z", "n" => 1, "x" => 1.0, "ok" => false, "more" => 1};
         let mut batch = run.main.clone();
         batch.push(extra);
         let res = testkit::run_sink(w.as_mut(), vec![batch]).unwrap();

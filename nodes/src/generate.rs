@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus};
+use rill_core::node::{
+    BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus,
+};
 use rill_core::{Record, Value};
 use serde::Deserialize;
 
@@ -38,7 +40,9 @@ impl NodeConfig for Generate {
         if let Some(r) = self.rate
             && !(r > 0.0 && r.is_finite())
         {
-            return Err(format!("`rate` must be a positive number of records per second, got {r}"));
+            return Err(format!(
+                "`rate` must be a positive number of records per second, got {r}"
+            ));
         }
         if self.keys == Some(0) {
             return Err("`keys` must be at least 1".into());
@@ -51,7 +55,9 @@ impl NodeConfig for Generate {
 
     fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         let start_time = self.start_time.unwrap_or_else(|| {
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
         });
         Ok(Node::Source(Box::new(GenerateSource {
             cfg: self.clone(),
@@ -92,7 +98,8 @@ impl GenerateSource {
         r.fields.insert("key".into(), Value::String(key));
         r.fields.insert("value".into(), Value::Float(value));
         if let Some(n) = self.cfg.payload_bytes {
-            r.fields.insert("payload".into(), Value::Bytes(vec![(id % 251) as u8; n]));
+            r.fields
+                .insert("payload".into(), Value::Bytes(vec![(id % 251) as u8; n]));
         }
         r
     }
@@ -100,7 +107,10 @@ impl GenerateSource {
 
 impl Source for GenerateSource {
     fn poll(&mut self, max: usize, out: &mut Emitter) -> Result<SourceStatus, NodeError> {
-        let remaining = self.cfg.count.map_or(u64::MAX, |c| c.saturating_sub(self.next));
+        let remaining = self
+            .cfg
+            .count
+            .map_or(u64::MAX, |c| c.saturating_sub(self.next));
         if remaining == 0 {
             return Ok(SourceStatus::Done);
         }
@@ -121,7 +131,7 @@ impl Source for GenerateSource {
             return Ok(SourceStatus::Done);
         }
         Ok(match self.cfg.rate {
-            Some(r) if n as u64 >= due || n == 0 => {
+            Some(r) if n >= due || n == 0 => {
                 let next_at = Duration::from_secs_f64(self.next as f64 / r);
                 SourceStatus::Wait(next_at.saturating_sub(self.started.elapsed()))
             }
@@ -151,8 +161,12 @@ mod tests {
                 base_dir: std::path::Path::new("."),
                 extensions: &ext,
             };
-            let Node::Source(mut s) = g.build(&ctx).unwrap() else { panic!() };
-            rill_core::testkit::drain_source(s.as_mut(), 1000).unwrap().main
+            let Node::Source(mut s) = g.build(&ctx).unwrap() else {
+                panic!()
+            };
+            rill_core::testkit::drain_source(s.as_mut(), 1000)
+                .unwrap()
+                .main
         };
         let a = run(&g);
         assert_eq!(a.len(), 10);

@@ -43,7 +43,10 @@ pub fn register_all(r: &mut Registry) {
     r.register::<mapping::Filter>("Filter", "keeps records for which `keep` is true");
     r.register::<mapping::MapToFields>("MapToFields", "computes new fields from expressions");
     r.register::<mapping::Explode>("Explode", "one record per element of list fields");
-    r.register::<log::LogForTesting>("LogForTesting", "prints each record as a JSON line and passes it on");
+    r.register::<log::LogForTesting>(
+        "LogForTesting",
+        "prints each record as a JSON line and passes it on",
+    );
     r.register::<zenoh_io::ReadFromZenoh>("ReadFromZenoh", "subscribes to any Zenoh key");
     r.register::<zenoh_io::WriteToZenoh>("WriteToZenoh", "publishes records on any Zenoh key");
 }

@@ -3,9 +3,9 @@
 
 use std::io::Write;
 
+use rill_core::Record;
 use rill_core::json::record_to_json_line;
 use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform};
-use rill_core::Record;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, Default)]
@@ -23,9 +23,16 @@ impl NodeConfig for LogForTesting {
         NodeKind::Transform
     }
     fn validate(&self) -> Result<(), String> {
-        match self.level.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        match self
+            .level
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
             None | Some("ERROR" | "WARNING" | "WARN" | "INFO" | "DEBUG") => Ok(()),
-            Some(other) => Err(format!("unknown level `{other}`: expected ERROR, WARNING, INFO or DEBUG")),
+            Some(other) => Err(format!(
+                "unknown level `{other}`: expected ERROR, WARNING, INFO or DEBUG"
+            )),
         }
     }
     fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {

@@ -91,7 +91,10 @@ impl MapToFields {
     fn compile(&self) -> Result<Vec<(String, Compiled)>, String> {
         self.fields
             .iter()
-            .map(|(name, spec)| spec.compile(&format!("fields.{name}")).map(|c| (name.clone(), c)))
+            .map(|(name, spec)| {
+                spec.compile(&format!("fields.{name}"))
+                    .map(|c| (name.clone(), c))
+            })
             .collect()
     }
 }
@@ -109,7 +112,10 @@ impl NodeConfig for MapToFields {
             ));
         }
         if !self.append && !self.drop.0.is_empty() {
-            return Err("`drop` needs `append: true` (without append, only `fields` are kept anyway)".into());
+            return Err(
+                "`drop` needs `append: true` (without append, only `fields` are kept anyway)"
+                    .into(),
+            );
         }
         if self.fields.is_empty() && !self.append {
             return Err("`fields` is empty: the output would have no fields".into());
@@ -219,8 +225,17 @@ impl ExplodeNode {
         for f in &self.fields {
             match r.fields.get(f) {
                 Some(Value::List(l)) => lists.push(l),
-                Some(other) => return Err(format!("cannot explode `{f}`: it is {} {other}, not a list", other.type_name())),
-                None => return Err(format!("cannot explode `{f}`: the record has no such field")),
+                Some(other) => {
+                    return Err(format!(
+                        "cannot explode `{f}`: it is {} {other}, not a list",
+                        other.type_name()
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "cannot explode `{f}`: the record has no such field"
+                    ));
+                }
             }
         }
         let emit = |choice: &[Value], out: &mut Vec<Record>| {
@@ -233,14 +248,17 @@ impl ExplodeNode {
         if self.cross || lists.len() == 1 {
             let total: usize = lists.iter().map(|l| l.len()).product();
             if total > 1_000_000 {
-                return Err(format!("exploding would make {total} records (limit 1000000)"));
+                return Err(format!(
+                    "exploding would make {total} records (limit 1000000)"
+                ));
             }
             let mut idx = vec![0usize; lists.len()];
             if total == 0 {
                 return Ok(());
             }
             loop {
-                let choice: Vec<Value> = idx.iter().zip(&lists).map(|(i, l)| l[*i].clone()).collect();
+                let choice: Vec<Value> =
+                    idx.iter().zip(&lists).map(|(i, l)| l[*i].clone()).collect();
                 emit(&choice, out);
                 // odometer, last field fastest (first field is the outer loop)
                 let mut k = lists.len();
@@ -259,7 +277,10 @@ impl ExplodeNode {
         } else {
             let n = lists.iter().map(|l| l.len()).max().unwrap_or(0);
             for i in 0..n {
-                let choice: Vec<Value> = lists.iter().map(|l| l.get(i).cloned().unwrap_or(Value::Null)).collect();
+                let choice: Vec<Value> = lists
+                    .iter()
+                    .map(|l| l.get(i).cloned().unwrap_or(Value::Null))
+                    .collect();
                 emit(&choice, out);
             }
             Ok(())
@@ -287,7 +308,14 @@ mod tests {
     use rill_core::{record, testkit};
 
     fn transform(type_name: &str, yaml: &str) -> Box<dyn Transform> {
-        match testkit::build_yaml(&crate::registry(), type_name, yaml, std::path::Path::new(".")).unwrap() {
+        match testkit::build_yaml(
+            &crate::registry(),
+            type_name,
+            yaml,
+            std::path::Path::new("."),
+        )
+        .unwrap()
+        {
             Node::Transform(t) => t,
             other => panic!("{other:?}"),
         }
@@ -317,24 +345,40 @@ mod tests {
             "MapToFields",
             "{language: python, append: true, drop: [b], fields: {c: 'a * 2', d: {callable: 'lambda row: row.b.upper()'}}}",
         );
-        let run = testkit::run_transform(t.as_mut(), vec![vec![record! {"a" => 2, "b" => "x"}, record! {"a" => 1}]]).unwrap();
+        let run = testkit::run_transform(
+            t.as_mut(),
+            vec![vec![record! {"a" => 2, "b" => "x"}, record! {"a" => 1}]],
+        )
+        .unwrap();
         assert_eq!(run.main.len(), 1);
         let keys: Vec<_> = run.main[0].fields.keys().cloned().collect();
         assert_eq!(keys, ["a", "c", "d"]);
         assert_eq!(run.main[0].get("d"), Some(&Value::from("X")));
-        assert_eq!(run.failures.len(), 1, "a record without `b` is a failure, not a crash");
+        assert_eq!(
+            run.failures.len(),
+            1,
+            "a record without `b` is a failure, not a crash"
+        );
     }
 
     #[test]
     fn filter_and_bad_configs() {
         let mut t = transform("Filter", "{keep: 'n > 1'}");
-        let run = testkit::run_transform(t.as_mut(), vec![vec![record! {"n" => 1}, record! {"n" => 2}]]).unwrap();
+        let run = testkit::run_transform(
+            t.as_mut(),
+            vec![vec![record! {"n" => 1}, record! {"n" => 2}]],
+        )
+        .unwrap();
         assert_eq!(run.main.len(), 1);
         let reg = crate::registry();
-        let bad = |ty: &str, y: &str| testkit::build_yaml(&reg, ty, y, std::path::Path::new(".")).unwrap_err();
+        let bad = |ty: &str, y: &str| {
+            testkit::build_yaml(&reg, ty, y, std::path::Path::new(".")).unwrap_err()
+        };
         assert!(bad("Filter", "{keep: 'n >'}").contains("keep"));
         assert!(bad("Filter", "{keep: x, language: javascript}").contains("not supported"));
-        assert!(bad("MapToFields", "{fields: {a: b}, dependencies: [roman]}").contains("dependencies"));
+        assert!(
+            bad("MapToFields", "{fields: {a: b}, dependencies: [roman]}").contains("dependencies")
+        );
         assert!(bad("Explode", "{fields: [a, b]}").contains("cross_product"));
     }
 }

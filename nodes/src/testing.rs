@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rill_core::Record;
 use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform};
 use rill_core::registry::Registry;
 use rill_core::units::Dur;
-use rill_core::Record;
 use serde::Deserialize;
 
 /// Registers the test-only node types.
@@ -76,7 +76,10 @@ impl Transform for FaultNode {
         let n = batch.len() as u64;
         let fail = {
             let mut g = FAULTS.lock().unwrap();
-            let (seen, failed) = g.get_or_insert_with(HashMap::new).entry(self.stage.clone()).or_insert((0, 0));
+            let (seen, failed) = g
+                .get_or_insert_with(HashMap::new)
+                .entry(self.stage.clone())
+                .or_insert((0, 0));
             let hit = *seen <= self.cfg.at && self.cfg.at < *seen + n;
             if hit && (self.cfg.times == 0 || *failed < self.cfg.times) {
                 *failed += 1;
@@ -91,7 +94,10 @@ impl Transform for FaultNode {
             if self.cfg.mode == "panic" {
                 panic!("TestFault: deliberate panic at record {}", self.cfg.at);
             }
-            return Err(NodeError::failed(format!("TestFault: deliberate error at record {}", self.cfg.at)));
+            return Err(NodeError::failed(format!(
+                "TestFault: deliberate error at record {}",
+                self.cfg.at
+            )));
         }
         for r in batch {
             out.emit(r);

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rill_core::json::{json_to_fields, record_to_json_line};
-use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink, Source, SourceStatus};
+use rill_core::node::{
+    BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink, Source, SourceStatus,
+};
 use rill_core::wire::{DataMsg, ProducerId, decode_data, encode_data};
 use rill_core::{Fields, Record, Value};
 use serde::Deserialize;
@@ -85,7 +87,11 @@ impl NodeConfig for ReadFromZenoh {
         let sub = session
             .declare_subscriber(self.key.clone())
             .callback(move |sample| {
-                let recs = decode(format, sample.key_expr().as_str(), &sample.payload().to_bytes());
+                let recs = decode(
+                    format,
+                    sample.key_expr().as_str(),
+                    &sample.payload().to_bytes(),
+                );
                 let mut b = q.lock().unwrap();
                 for r in recs {
                     if b.records.len() >= cap {
@@ -162,6 +168,10 @@ struct ZenohSource {
 }
 
 impl Source for ZenohSource {
+    fn deterministic(&self) -> bool {
+        false
+    }
+
     fn poll(&mut self, max: usize, out: &mut Emitter) -> Result<SourceStatus, NodeError> {
         if self.left == Some(0) {
             return Ok(SourceStatus::Done);
@@ -174,7 +184,9 @@ impl Source for ZenohSource {
         let n = max.min(self.left.unwrap_or(u64::MAX).min(usize::MAX as u64) as usize);
         let mut taken = 0;
         while taken < n {
-            let Some(item) = b.records.pop_front() else { break };
+            let Some(item) = b.records.pop_front() else {
+                break;
+            };
             taken += 1;
             match item {
                 Ok(r) => out.emit(r),
@@ -216,11 +228,16 @@ impl NodeConfig for WriteToZenoh {
     fn validate(&self) -> Result<(), String> {
         check_key(&self.key)?;
         if self.key.contains(['*', '$']) {
-            return Err(format!("`key` {:?} must be a concrete key, without wildcards", self.key));
+            return Err(format!(
+                "`key` {:?} must be a concrete key, without wildcards",
+                self.key
+            ));
         }
         match self.format {
             Format::Json | Format::Rill => Ok(()),
-            other => Err(format!("`format: {other:?}` cannot be written: use `json` or `rill`")),
+            other => Err(format!(
+                "`format: {other:?}` cannot be written: use `json` or `rill`"
+            )),
         }
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
@@ -246,7 +263,11 @@ impl NodeConfig for WriteToZenoh {
 fn fastrand_epoch() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish()
 }
 
@@ -274,7 +295,10 @@ impl Sink for ZenohSink {
             }
             _ => {
                 for r in &batch {
-                    self.publisher.put(record_to_json_line(r)).wait().map_err(err)?;
+                    self.publisher
+                        .put(record_to_json_line(r))
+                        .wait()
+                        .map_err(err)?;
                 }
             }
         }

@@ -31,14 +31,23 @@ fn load(file: &Path) -> Result<Pipeline, u8> {
             eprintln!("error: {e}");
         }
         let n = errs.0.len();
-        eprintln!("{} error{} in {}", n, if n == 1 { "" } else { "s" }, file.display());
+        eprintln!(
+            "{} error{} in {}",
+            n,
+            if n == 1 { "" } else { "s" },
+            file.display()
+        );
         BAD_INPUT
     })
 }
 
 pub fn with_runtime(fut: impl std::future::Future<Output = u8>) -> u8 {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()).max(2))
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2),
+        )
         .enable_all()
         .build();
     match rt {
@@ -62,7 +71,11 @@ pub fn validate(file: &Path) -> u8 {
             );
             for s in &p.stages {
                 let inputs: Vec<String> = s.inputs.iter().map(|i| i.to_string()).collect();
-                let from = if inputs.is_empty() { String::new() } else { format!(" <- {}", inputs.join(", ")) };
+                let from = if inputs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" <- {}", inputs.join(", "))
+                };
                 println!("  {} ({}, {}){from}", s.name, s.type_name, s.kind);
             }
             OK
@@ -90,7 +103,12 @@ pub fn graph(file: &Path, mermaid: bool) -> u8 {
     let mut out = String::new();
     if mermaid {
         out.push_str("flowchart LR\n");
-        let id = |name: &str| format!("s{}", p.stages.iter().position(|s| s.name == name).unwrap_or(0));
+        let id = |name: &str| {
+            format!(
+                "s{}",
+                p.stages.iter().position(|s| s.name == name).unwrap_or(0)
+            )
+        };
         for s in &p.stages {
             let label = format!("{}<br/><i>{}</i>", s.name, s.type_name).replace('"', "#quot;");
             out.push_str(&format!("    {}[\"{label}\"]\n", id(&s.name)));
@@ -98,13 +116,20 @@ pub fn graph(file: &Path, mermaid: bool) -> u8 {
         for s in &p.stages {
             for i in &s.inputs {
                 match &i.output {
-                    Some(o) => out.push_str(&format!("    {} -. {o} .-> {}\n", id(&i.stage), id(&s.name))),
+                    Some(o) => out.push_str(&format!(
+                        "    {} -. {o} .-> {}\n",
+                        id(&i.stage),
+                        id(&s.name)
+                    )),
                     None => out.push_str(&format!("    {} --> {}\n", id(&i.stage), id(&s.name))),
                 }
             }
         }
     } else {
-        out.push_str(&format!("digraph {} {{\n    rankdir=LR;\n    node [shape=box];\n", dot_id(&p.name)));
+        out.push_str(&format!(
+            "digraph {} {{\n    rankdir=LR;\n    node [shape=box];\n",
+            dot_id(&p.name)
+        ));
         for s in &p.stages {
             out.push_str(&format!(
                 "    {} [label={}];\n",
@@ -121,7 +146,11 @@ pub fn graph(file: &Path, mermaid: bool) -> u8 {
                         dot_id(&s.name),
                         dot_id(o)
                     )),
-                    None => out.push_str(&format!("    {} -> {};\n", dot_id(&i.stage), dot_id(&s.name))),
+                    None => out.push_str(&format!(
+                        "    {} -> {};\n",
+                        dot_id(&i.stage),
+                        dot_id(&s.name)
+                    )),
                 }
             }
         }
@@ -131,7 +160,13 @@ pub fn graph(file: &Path, mermaid: bool) -> u8 {
     OK
 }
 
-pub async fn run(file: PathBuf, stages: Option<Vec<String>>, listen: Vec<String>, connect: Vec<String>, quiet: bool) -> u8 {
+pub async fn run(
+    file: PathBuf,
+    stages: Option<Vec<String>>,
+    listen: Vec<String>,
+    connect: Vec<String>,
+    quiet: bool,
+) -> u8 {
     let pipeline = match load(&file) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
@@ -155,7 +190,8 @@ pub async fn run(file: PathBuf, stages: Option<Vec<String>>, listen: Vec<String>
     };
     let stopper = run.stopper();
     let metrics: Vec<_> = run.metrics().to_vec();
-    let progress = (!quiet && std::io::stderr().is_terminal()).then(|| summary::Progress::start(metrics.clone()));
+    let progress = (!quiet && std::io::stderr().is_terminal())
+        .then(|| summary::Progress::start(metrics.clone()));
     let signals = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("\nstopping (Ctrl-C)...");
@@ -184,7 +220,10 @@ pub async fn run(file: PathBuf, stages: Option<Vec<String>>, listen: Vec<String>
             if !quiet {
                 summary::print(&report, "failed");
             }
-            eprintln!("error: pipeline `{}` failed: stage `{stage}` failed after {restarts} restart(s): {error}", pipeline.name);
+            eprintln!(
+                "error: pipeline `{}` failed: stage `{stage}` failed after {restarts} restart(s): {error}",
+                pipeline.name
+            );
             if history.len() > 1 {
                 eprintln!("restart history of `{stage}`:");
                 for h in history {

@@ -15,7 +15,10 @@ pub struct Progress {
 impl Progress {
     pub fn start(metrics: Vec<Arc<StageMetrics>>) -> Progress {
         let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("static template"));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .expect("static template"),
+        );
         let b = bar.clone();
         let task = tokio::spawn(async move {
             loop {

@@ -21,21 +21,37 @@ fn refused(yaml: &str, needles: &[&str]) {
 
 #[test]
 fn malformed_yaml() {
-    refused("pipeline:\n  transforms: [\n    {type: Create\n", &["p.yaml:4:1", "invalid YAML"]);
-    refused("pipeline:\n\ttransforms: []\n", &["p.yaml:2:2", "invalid YAML: tabs"]);
+    refused(
+        "pipeline:\n  transforms: [\n    {type: Create\n",
+        &["p.yaml:4:1", "invalid YAML"],
+    );
+    refused(
+        "pipeline:\n\ttransforms: []\n",
+        &["p.yaml:2:2", "invalid YAML: tabs"],
+    );
 }
 
 #[test]
 fn unknown_keys() {
     refused(
         "pipeline:\n  transforms:\n    - type: Create\n      nmae: x\n      config: {elements: [1]}\n",
-        &["p.yaml:4:7", "unknown key `nmae` in a transform (did you mean `name`?)"],
+        &[
+            "p.yaml:4:7",
+            "unknown key `nmae` in a transform (did you mean `name`?)",
+        ],
     );
     refused(
         "pipeline:\n  transforms:\n    - type: Create\n      config:\n        elemnts: [1]\n",
-        &["p.yaml:5:9", "unknown field `elemnts`", "expected `elements`"],
+        &[
+            "p.yaml:5:9",
+            "unknown field `elemnts`",
+            "expected `elements`",
+        ],
     );
-    refused("pipeline:\n  transforms: []\nopshuns: {}\n", &["p.yaml:3:1", "unknown key `opshuns`"]);
+    refused(
+        "pipeline:\n  transforms: []\nopshuns: {}\n",
+        &["p.yaml:3:1", "unknown key `opshuns`"],
+    );
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, config: {elements: [1]}}\noptions:\n  delivery: sometimes\n",
         &["p.yaml:5:13", "unknown variant `sometimes`", "exactly_once"],
@@ -46,7 +62,10 @@ fn unknown_keys() {
 fn unknown_type() {
     refused(
         "pipeline:\n  type: chain\n  transforms:\n    - type: Create\n      config: {elements: [1]}\n    - type: Fliter\n      config: {keep: 'True'}\n",
-        &["p.yaml:6:13", "unknown transform type `Fliter` (did you mean `Filter`?)"],
+        &[
+            "p.yaml:6:13",
+            "unknown transform type `Fliter` (did you mean `Filter`?)",
+        ],
     );
 }
 
@@ -62,7 +81,10 @@ fn cycle() {
 fn missing_input() {
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: LogForTesting, input: scr}\n",
-        &["p.yaml:4:36", "input `scr` of `LogForTesting` names no transform (did you mean `src`?)"],
+        &[
+            "p.yaml:4:36",
+            "input `scr` of `LogForTesting` names no transform (did you mean `src`?)",
+        ],
     );
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: LogForTesting}\n",
@@ -78,11 +100,17 @@ fn missing_input() {
 fn duplicate_names_and_unread_error_outputs() {
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, name: x, config: {elements: [1]}}\n    - {type: LogForTesting, name: x, input: x}\n",
-        &["p.yaml:4:35", "duplicate transform name `x` (first used at 3:28)"],
+        &[
+            "p.yaml:4:35",
+            "duplicate transform name `x` (first used at 3:28)",
+        ],
     );
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - type: Filter\n      input: src\n      config: {keep: 'True', error_handling: {output: bad}}\n",
-        &["p.yaml:4:7", "error output `bad` of `Filter` is read by no transform"],
+        &[
+            "p.yaml:4:7",
+            "error output `bad` of `Filter` is read by no transform",
+        ],
     );
 }
 
@@ -116,8 +144,16 @@ fn missing_file_is_bad_input() {
     .unwrap();
     let out = rill(dir.path(), &["run", "p.yaml"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("stage `src` (ReadFromJson): cannot open"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stage `src` (ReadFromJson): cannot open"),
+        "{}",
+        stderr(&out)
+    );
     let out = rill(dir.path(), &["run", "no-such-file.yaml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no-such-file.yaml: cannot read the pipeline file"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no-such-file.yaml: cannot read the pipeline file"),
+        "{}",
+        stderr(&out)
+    );
 }

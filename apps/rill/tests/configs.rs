@@ -16,10 +16,19 @@ const EXPECT: &[(&str, &str)] = &[
     ("beam/explode.yaml", "expected rows"),
     ("beam/filter_callable.yaml", "expected rows"),
     ("beam/map_to_fields_callable.yaml", "expected rows"),
-    ("beam/map_to_fields_with_resource_hints.yaml", "expected rows"),
+    (
+        "beam/map_to_fields_with_resource_hints.yaml",
+        "expected rows",
+    ),
     ("beam/regex_matches.yaml", "expected rows"),
-    ("beam/map_to_fields_with_deps.yaml", "refused: needs the `roman` package"),
-    ("beam/map_to_fields_with_java_deps.yaml", "refused: needs Java"),
+    (
+        "beam/map_to_fields_with_deps.yaml",
+        "refused: needs the `roman` package",
+    ),
+    (
+        "beam/map_to_fields_with_java_deps.yaml",
+        "refused: needs Java",
+    ),
 ];
 
 #[test]
@@ -34,9 +43,16 @@ fn every_config_is_tested() {
         }
     }
     for f in &found {
-        assert!(EXPECT.iter().any(|(n, _)| n == f), "configs/{f} is run by no test: add it to EXPECT");
+        assert!(
+            EXPECT.iter().any(|(n, _)| n == f),
+            "configs/{f} is run by no test: add it to EXPECT"
+        );
     }
-    assert_eq!(found.len(), EXPECT.len(), "EXPECT names a config that does not exist: {found:?}");
+    assert_eq!(
+        found.len(),
+        EXPECT.len(),
+        "EXPECT names a config that does not exist: {found:?}"
+    );
 }
 
 #[test]
@@ -44,7 +60,11 @@ fn quickstart_output() {
     let dir = sandbox();
     let out = rill(dir.path(), &["run", "configs/quickstart.yaml"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("pipeline `quickstart` finished"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pipeline `quickstart` finished"),
+        "{}",
+        stderr(&out)
+    );
     let input = read_jsonl(&root().join("configs/data/readings.jsonl"));
     let rows = read_jsonl(&dir.path().join("out/quickstart/readings.jsonl"));
     // expected: readings with a numeric temperature in range, in order
@@ -59,7 +79,13 @@ fn quickstart_output() {
         assert_eq!(row["ts"], inp["ts"]);
         let f = row["temp_f"].as_f64().unwrap();
         assert!((f - (t * 9.0 / 5.0 + 32.0)).abs() <= 0.051, "{row}");
-        let level = if t >= 80.0 { "hot" } else if t >= 40.0 { "warm" } else { "ok" };
+        let level = if t >= 80.0 {
+            "hot"
+        } else if t >= 40.0 {
+            "warm"
+        } else {
+            "ok"
+        };
         assert_eq!(row["level"], level, "{row}");
     }
     // the three unreadable temperatures are dead letters with Beam's fields
@@ -85,7 +111,10 @@ fn generate_output() {
     let mut last = -1;
     for r in &rows {
         assert!(r["value"].as_f64().unwrap() >= 0.5);
-        assert_eq!(r["scaled"].as_f64().unwrap(), (r["value"].as_f64().unwrap() * 100.0).round());
+        assert_eq!(
+            r["scaled"].as_f64().unwrap(),
+            (r["value"].as_f64().unwrap() * 100.0).round()
+        );
         let id = r["id"].as_i64().unwrap();
         assert!(id > last, "order kept");
         last = id;
@@ -105,7 +134,11 @@ fn csv_output() {
     assert_eq!(lines[1], "espresso,2.5,coffee");
     let errors = read_jsonl(&dir.path().join("out/csv/errors.jsonl"));
     assert_eq!(errors.len(), 1);
-    assert!(errors[0]["msg"].as_str().unwrap().contains("price"), "{}", errors[0]);
+    assert!(
+        errors[0]["msg"].as_str().unwrap().contains("price"),
+        "{}",
+        errors[0]
+    );
 }
 
 /// Python's `repr` of a JSON value, as Beam's `Row.__repr__` prints it.
@@ -115,7 +148,11 @@ fn py_repr(v: &J) -> String {
         J::Bool(b) => if *b { "True" } else { "False" }.into(),
         J::Number(n) => n.to_string(),
         J::String(s) => {
-            let q = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+            let q = if s.contains('\'') && !s.contains('"') {
+                '"'
+            } else {
+                '\''
+            };
             let mut out = String::from(q);
             for c in s.chars() {
                 match c {
@@ -138,7 +175,10 @@ fn py_repr(v: &J) -> String {
 }
 
 fn row_repr(m: &serde_json::Map<String, J>) -> String {
-    let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", py_repr(v))).collect();
+    let parts: Vec<String> = m
+        .iter()
+        .map(|(k, v)| format!("{k}={}", py_repr(v)))
+        .collect();
     format!("Row({})", parts.join(", "))
 }
 
@@ -223,10 +263,16 @@ fn refused(name: &str, needle: &str) {
 
 #[test]
 fn beam_with_deps_is_refused_clearly() {
-    refused("map_to_fields_with_deps.yaml", "`dependencies` (roman>=4.2) is not supported");
+    refused(
+        "map_to_fields_with_deps.yaml",
+        "`dependencies` (roman>=4.2) is not supported",
+    );
 }
 
 #[test]
 fn beam_with_java_is_refused_clearly() {
-    refused("map_to_fields_with_java_deps.yaml", "`language: java` is not supported");
+    refused(
+        "map_to_fields_with_java_deps.yaml",
+        "`language: java` is not supported",
+    );
 }

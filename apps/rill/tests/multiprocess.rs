@@ -39,18 +39,42 @@ fn split_over_two_processes_equals_one_process() {
     assert!(one.status.success(), "{}", stderr(&one));
     let single = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
     std::fs::remove_file(dir.path().join("out.jsonl")).unwrap();
-    assert_eq!(single.lines().count(), (0..20000).filter(|i| i % 7 != 3).count());
+    assert_eq!(
+        single.lines().count(),
+        (0..20000).filter(|i| i % 7 != 3).count()
+    );
 
     // the consumer side starts first and listens; the producer side connects
     let port = free_port();
     let ep = format!("tcp/127.0.0.1:{port}");
-    let b = command(dir.path(), &["run", "-q", "p.yaml", "--stages", "some,sink", "--listen", &ep])
-        .spawn()
-        .unwrap();
+    let b = command(
+        dir.path(),
+        &[
+            "run",
+            "-q",
+            "p.yaml",
+            "--stages",
+            "some,sink",
+            "--listen",
+            &ep,
+        ],
+    )
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let a = command(
         dir.path(),
-        &["run", "-q", "p.yaml", "--stages", "gen,double", "--connect", &ep, "--listen", "tcp/127.0.0.1:0"],
+        &[
+            "run",
+            "-q",
+            "p.yaml",
+            "--stages",
+            "gen,double",
+            "--connect",
+            &ep,
+            "--listen",
+            "tcp/127.0.0.1:0",
+        ],
     )
     .spawn()
     .unwrap();
@@ -59,7 +83,10 @@ fn split_over_two_processes_equals_one_process() {
     assert!(a.status.success(), "producer: {}", stderr(&a));
     assert!(b.status.success(), "consumer: {}", stderr(&b));
     let split = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
-    assert!(split == single, "the split run wrote something else than the single run");
+    assert!(
+        split == single,
+        "the split run wrote something else than the single run"
+    );
 }
 
 #[test]
@@ -70,13 +97,34 @@ fn producer_started_first_waits_for_its_consumer() {
     let ep = format!("tcp/127.0.0.1:{port}");
     // the producer listens and starts long before the consumer exists: its
     // first messages reach nobody, and must be resent
-    let a = command(dir.path(), &["run", "-q", "p.yaml", "--stages", "gen,double", "--listen", &ep])
-        .spawn()
-        .unwrap();
+    let a = command(
+        dir.path(),
+        &[
+            "run",
+            "-q",
+            "p.yaml",
+            "--stages",
+            "gen,double",
+            "--listen",
+            &ep,
+        ],
+    )
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let b = command(
         dir.path(),
-        &["run", "-q", "p.yaml", "--stages", "some,sink", "--connect", &ep, "--listen", "tcp/127.0.0.1:0"],
+        &[
+            "run",
+            "-q",
+            "p.yaml",
+            "--stages",
+            "some,sink",
+            "--connect",
+            &ep,
+            "--listen",
+            "tcp/127.0.0.1:0",
+        ],
     )
     .spawn()
     .unwrap();
@@ -87,7 +135,10 @@ fn producer_started_first_waits_for_its_consumer() {
     let rows = read_jsonl(&dir.path().join("out.jsonl"));
     assert_eq!(rows.len(), (0..20000).filter(|i| i % 7 != 3).count());
     let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "order kept, no duplicates");
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "order kept, no duplicates"
+    );
 }
 
 #[test]
@@ -96,5 +147,9 @@ fn unknown_stage_name_is_bad_input() {
     std::fs::write(dir.path().join("p.yaml"), PIPELINE).unwrap();
     let out = rill(dir.path(), &["run", "p.yaml", "--stages", "gen,dobule"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--stages names `dobule`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--stages names `dobule`"),
+        "{}",
+        stderr(&out)
+    );
 }

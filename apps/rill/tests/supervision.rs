@@ -44,9 +44,15 @@ fn a_stage_that_panics_once_is_restarted_and_the_run_completes() {
         let out = rill(dir.path(), &["run", "p.yaml"]);
         let err = stderr(&out);
         assert!(out.status.success(), "{mode}: {err}");
-        assert!(err.contains("restarting"), "{mode}: the restart is logged: {err}");
+        assert!(
+            err.contains("restarting"),
+            "{mode}: the restart is logged: {err}"
+        );
         // the summary counts one restart for `fault`
-        let line = err.lines().find(|l| l.trim_start().starts_with("fault ")).unwrap();
+        let line = err
+            .lines()
+            .find(|l| l.trim_start().starts_with("fault "))
+            .unwrap();
         let cols: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(cols[5], "1", "{mode}: restarts column in {line}");
         // every record arrived once, in order: the failed batch was replayed
@@ -61,12 +67,18 @@ fn a_stage_that_always_panics_fails_the_pipeline() {
     let out = rill(dir.path(), &["run", "p.yaml"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("pipeline `faulty` failed: stage `fault` failed after 3 restart(s)"), "{err}");
+    assert!(
+        err.contains("pipeline `faulty` failed: stage `fault` failed after 3 restart(s)"),
+        "{err}"
+    );
     assert!(err.contains("deliberate panic at record 260"), "{err}");
     assert!(err.contains("restart history of `fault`"), "{err}");
     // what came before the faulty batch was delivered, nothing after it
     let got = ids(dir.path());
-    assert!(got.len() < 260 && got.iter().enumerate().all(|(i, id)| *id == i as i64), "{got:?}");
+    assert!(
+        got.len() < 260 && got.iter().enumerate().all(|(i, id)| *id == i as i64),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -93,5 +105,58 @@ pipeline:
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("stage `invert` failed"), "{err}");
-    assert!(err.contains(r#"record {"n":0} failed: field `inv`: ZeroDivisionError"#), "{err}");
+    assert!(
+        err.contains(r#"record {"n":0} failed: field `inv`: ZeroDivisionError"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_line_without_error_handling_fails_the_run_and_loses_nothing_silently() {
+    let dir = sandbox();
+    let mut lines: Vec<String> = (0..10).map(|i| format!("{{\"n\": {i}}}")).collect();
+    lines[6] = "{broken".into();
+    std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        r#"
+pipeline:
+  type: chain
+  transforms:
+    - type: ReadFromJson
+      name: read
+      config: {path: in.jsonl}
+      restart: {max_restarts: 2, backoff: {initial: 10ms}}
+    - type: WriteToJson
+      config: {path: out.jsonl}
+"#,
+    )
+    .unwrap();
+    let out = rill(dir.path(), &["run", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stage `read` failed"), "{err}");
+    assert!(err.contains("in.jsonl:7: invalid JSON"), "{err}");
+
+    // with error_handling the same file flows: 9 records out, 1 dead letter
+    std::fs::write(
+        dir.path().join("q.yaml"),
+        r#"
+pipeline:
+  transforms:
+    - type: ReadFromJson
+      name: read
+      config: {path: in.jsonl, error_handling: {output: bad}}
+    - {type: WriteToJson, input: read, config: {path: out.jsonl}}
+    - {type: WriteToJson, input: read.bad, config: {path: bad.jsonl}}
+"#,
+    )
+    .unwrap();
+    let out = rill(dir.path(), &["run", "q.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(read_jsonl(&dir.path().join("out.jsonl")).len(), 9);
+    let bad = read_jsonl(&dir.path().join("bad.jsonl"));
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0]["element"]["line"], 7);
+    assert_eq!(bad[0]["element"]["text"], "{broken");
 }

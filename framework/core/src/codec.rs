@@ -34,9 +34,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// Decodes a payload made by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes {
-        [MAGIC, VERSION, rest @ ..] => postcard::from_bytes(rest).map_err(|e| CodecError::Decode(e.to_string())),
+        [MAGIC, VERSION, rest @ ..] => {
+            postcard::from_bytes(rest).map_err(|e| CodecError::Decode(e.to_string()))
+        }
         [MAGIC, v, ..] => Err(CodecError::Version { found: *v }),
-        _ => Err(CodecError::BadHeader(bytes.iter().take(4).copied().collect())),
+        _ => Err(CodecError::BadHeader(
+            bytes.iter().take(4).copied().collect(),
+        )),
     }
 }
 
@@ -119,7 +123,9 @@ mod tests {
     #[test]
     fn nan_survives_binary() {
         let bytes = encode(&Value::Float(f64::NAN)).unwrap();
-        let Value::Float(f) = decode(&bytes).unwrap() else { panic!() };
+        let Value::Float(f) = decode(&bytes).unwrap() else {
+            panic!()
+        };
         assert!(f.is_nan());
     }
 
@@ -127,18 +133,41 @@ mod tests {
     fn header_is_checked() {
         let mut bytes = encode(&Value::Int(3)).unwrap();
         bytes[1] = 99;
-        assert_eq!(decode::<Value>(&bytes), Err(CodecError::Version { found: 99 }));
-        assert!(matches!(decode::<Value>(&[1, 2, 3]), Err(CodecError::BadHeader(_))));
+        assert_eq!(
+            decode::<Value>(&bytes),
+            Err(CodecError::Version { found: 99 })
+        );
+        assert!(matches!(
+            decode::<Value>(&[1, 2, 3]),
+            Err(CodecError::BadHeader(_))
+        ));
     }
 
     #[test]
     fn decoded_tensor_is_validated() {
         // shape [3] with 2 elements, hand-built to bypass Tensor::new
         #[derive(serde::Serialize)]
-        struct Raw { shape: Vec<usize>, data: TensorData }
+        struct Raw {
+            shape: Vec<usize>,
+            data: TensorData,
+        }
         #[derive(serde::Serialize)]
-        enum V { _N, _B(bool), _I(i64), _F(f64), _S(String), _Y(Vec<u8>), _L(Vec<u8>), _M(Vec<u8>), T(Raw) }
-        let bytes = encode(&V::T(Raw { shape: vec![3], data: TensorData::F32(vec![1.0, 2.0]) })).unwrap();
+        enum V {
+            _N,
+            _B(bool),
+            _I(i64),
+            _F(f64),
+            _S(String),
+            _Y(Vec<u8>),
+            _L(Vec<u8>),
+            _M(Vec<u8>),
+            T(Raw),
+        }
+        let bytes = encode(&V::T(Raw {
+            shape: vec![3],
+            data: TensorData::F32(vec![1.0, 2.0]),
+        }))
+        .unwrap();
         assert!(decode::<Value>(&bytes).is_err());
     }
 }

@@ -76,7 +76,12 @@ fn tensor_to_json(t: &Tensor) -> Json {
     m.insert("dtype".into(), Json::String(t.dtype().name().into()));
     m.insert(
         "shape".into(),
-        Json::Array(t.shape().iter().map(|d| Json::Number((*d).into())).collect()),
+        Json::Array(
+            t.shape()
+                .iter()
+                .map(|d| Json::Number((*d).into()))
+                .collect(),
+        ),
     );
     m.insert("data".into(), Json::Array(data));
     Json::Object(m)
@@ -103,7 +108,9 @@ pub fn json_to_value(j: &Json) -> Result<Value, JsonError> {
             None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
         Json::String(s) => Value::String(s.clone()),
-        Json::Array(items) => Value::List(items.iter().map(json_to_value).collect::<Result<_, _>>()?),
+        Json::Array(items) => {
+            Value::List(items.iter().map(json_to_value).collect::<Result<_, _>>()?)
+        }
         Json::Object(m) => {
             if let Some(t) = json_to_tensor(m)? {
                 return Ok(Value::Tensor(t));
@@ -132,7 +139,9 @@ fn json_to_tensor(m: &JsonMap<String, Json>) -> Result<Option<Tensor>, JsonError
     if m.len() != 3 {
         return Ok(None);
     }
-    let (Some(Json::String(dt)), Some(shape), Some(data)) = (m.get("dtype"), m.get("shape"), m.get("data")) else {
+    let (Some(Json::String(dt)), Some(shape), Some(data)) =
+        (m.get("dtype"), m.get("shape"), m.get("data"))
+    else {
         return Ok(None);
     };
     let Some(dtype) = DType::parse(dt) else {
@@ -164,18 +173,32 @@ fn json_to_tensor(m: &JsonMap<String, Json>) -> Result<Option<Tensor>, JsonError
                 .map(|(i, x)| num(i, x).map(|f| f as f32))
                 .collect::<Result<_, _>>()?,
         ),
-        DType::F64 => TensorData::F64(data.iter().enumerate().map(|(i, x)| num(i, x)).collect::<Result<_, _>>()?),
-        DType::I64 => TensorData::I64(data.iter().enumerate().map(|(i, x)| int(i, x)).collect::<Result<_, _>>()?),
+        DType::F64 => TensorData::F64(
+            data.iter()
+                .enumerate()
+                .map(|(i, x)| num(i, x))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::I64 => TensorData::I64(
+            data.iter()
+                .enumerate()
+                .map(|(i, x)| int(i, x))
+                .collect::<Result<_, _>>()?,
+        ),
         DType::U8 => TensorData::U8(
             data.iter()
                 .enumerate()
                 .map(|(i, x)| {
-                    int(i, x).and_then(|v| u8::try_from(v).map_err(|_| bad(format!("data[{i}] = {v} is not a u8"))))
+                    int(i, x).and_then(|v| {
+                        u8::try_from(v).map_err(|_| bad(format!("data[{i}] = {v} is not a u8")))
+                    })
                 })
                 .collect::<Result<_, _>>()?,
         ),
     };
-    Tensor::new(shape, td).map(Some).map_err(|e| bad(e.to_string()))
+    Tensor::new(shape, td)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// One JSON object to record fields.
@@ -217,9 +240,13 @@ mod tests {
 
     #[test]
     fn tensor_json_round_trip() {
-        let f = parse_json_line(r#"{"x": {"dtype": "f32", "shape": [2, 3], "data": [1,2,3,4,5,6]}, "n": 3, "f": 1.5}"#)
-            .unwrap();
-        let Value::Tensor(t) = &f["x"] else { panic!("not a tensor: {:?}", f["x"]) };
+        let f = parse_json_line(
+            r#"{"x": {"dtype": "f32", "shape": [2, 3], "data": [1,2,3,4,5,6]}, "n": 3, "f": 1.5}"#,
+        )
+        .unwrap();
+        let Value::Tensor(t) = &f["x"] else {
+            panic!("not a tensor: {:?}", f["x"])
+        };
         assert_eq!(t.shape(), &[2, 3]);
         assert_eq!(f["n"], Value::Int(3));
         assert_eq!(f["f"], Value::Float(1.5));
@@ -229,7 +256,8 @@ mod tests {
 
     #[test]
     fn bad_tensor_is_an_error() {
-        let e = parse_json_line(r#"{"x": {"dtype": "f32", "shape": [2, 3], "data": [1,2]}}"#).unwrap_err();
+        let e = parse_json_line(r#"{"x": {"dtype": "f32", "shape": [2, 3], "data": [1,2]}}"#)
+            .unwrap_err();
         assert!(e.to_string().contains("needs 6 elements"), "{e}");
     }
 
@@ -243,7 +271,13 @@ mod tests {
 
     #[test]
     fn non_object_line_is_refused() {
-        assert!(matches!(parse_json_line("[1,2]"), Err(JsonError::NotAnObject("an array"))));
-        assert!(matches!(parse_json_line("{oops"), Err(JsonError::Syntax(_))));
+        assert!(matches!(
+            parse_json_line("[1,2]"),
+            Err(JsonError::NotAnObject("an array"))
+        ));
+        assert!(matches!(
+            parse_json_line("{oops"),
+            Err(JsonError::Syntax(_))
+        ));
     }
 }

@@ -26,6 +26,6 @@ pub use value::{DType, Fields, Record, Tensor, TensorData, Value};
 pub mod node;
 pub mod registry;
 pub mod spec;
-pub mod units;
 pub mod testkit;
+pub mod units;
 pub mod wire;

@@ -85,6 +85,9 @@ pub struct Failure {
     pub msg: String,
 }
 
+/// What [`Emitter::take`] returns: (main output, named outputs, failures).
+pub type Emitted = (Vec<Record>, Vec<(String, Vec<Record>)>, Vec<Failure>);
+
 /// Collects what a node makes from one call: records for its main output,
 /// records for named outputs, and records that failed.
 #[derive(Debug, Default)]
@@ -132,7 +135,9 @@ impl Emitter {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.main.is_empty() && self.failures.is_empty() && self.named.iter().all(|(_, v)| v.is_empty())
+        self.main.is_empty()
+            && self.failures.is_empty()
+            && self.named.iter().all(|(_, v)| v.is_empty())
     }
 
     pub fn len(&self) -> usize {
@@ -140,7 +145,7 @@ impl Emitter {
     }
 
     /// Takes everything out: (main, named outputs, failures).
-    pub fn take(&mut self) -> (Vec<Record>, Vec<(String, Vec<Record>)>, Vec<Failure>) {
+    pub fn take(&mut self) -> Emitted {
         (
             std::mem::take(&mut self.main),
             std::mem::take(&mut self.named),
@@ -164,6 +169,14 @@ pub enum SourceStatus {
 pub trait Source: Send {
     /// Emits at most `max` records into `out`.
     fn poll(&mut self, max: usize, out: &mut Emitter) -> Result<SourceStatus, NodeError>;
+
+    /// Whether a rebuilt source emits the same records in the same order (a
+    /// file, inline elements, a seeded generator). After a restart the
+    /// runtime then skips what the earlier incarnation already emitted.
+    /// Sources fed from outside (a Zenoh key) return `false`.
+    fn deterministic(&self) -> bool {
+        true
+    }
 }
 
 /// A node that turns records into records.
@@ -227,7 +240,9 @@ impl Extensions {
     }
 
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
-        self.map.get(&TypeId::of::<T>()).and_then(|a| a.downcast_ref())
+        self.map
+            .get(&TypeId::of::<T>())
+            .and_then(|a| a.downcast_ref())
     }
 }
 

@@ -38,7 +38,8 @@ impl Registry {
     pub fn register<C: NodeConfig>(&mut self, name: &str, doc: &'static str) {
         let parse: ParseFn = Box::new(|node: &YNode| {
             let cfg: C = from_node(node)?;
-            cfg.validate().map_err(|msg| YamlError::at(node.mark, msg))?;
+            cfg.validate()
+                .map_err(|msg| YamlError::at(node.mark, msg))?;
             Ok(Arc::new(cfg) as Arc<dyn DynNode>)
         });
         self.entries.insert(name.to_owned(), Entry { parse, doc });
@@ -81,7 +82,9 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }

@@ -187,7 +187,10 @@ impl Default for Backoff {
 impl Backoff {
     /// The delay before restart number `n` (1-based), without jitter.
     pub fn delay(&self, n: u32) -> Duration {
-        let f = self.multiplier.max(1.0).powi(n.saturating_sub(1).min(64) as i32);
+        let f = self
+            .multiplier
+            .max(1.0)
+            .powi(n.saturating_sub(1).min(64) as i32);
         let d = self.initial.0.as_secs_f64() * f;
         Duration::from_secs_f64(d.min(self.max.0.as_secs_f64()))
     }
@@ -384,7 +387,13 @@ impl Stage {
 /// Makes a name safe for one Zenoh key chunk.
 pub fn key_safe(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_alphanumeric() || matches!(c, '_' | '-' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -463,8 +472,13 @@ impl Machine {
 /// Loads, parses and checks a pipeline file.
 pub fn load(path: &Path, registry: &Registry, machine: &Machine) -> Result<Pipeline, SpecErrors> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SpecErrors::single(Some(&file), None, format!("cannot read the pipeline file: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SpecErrors::single(
+            Some(&file),
+            None,
+            format!("cannot read the pipeline file: {e}"),
+        )
+    })?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -529,7 +543,10 @@ impl Cx {
     /// Checks that a mapping has only `allowed` keys.
     fn keys(&mut self, node: &YNode, what: &str, allowed: &[&str]) -> bool {
         let YValue::Map(entries) = &node.value else {
-            self.err(node.mark, format!("{what} must be a mapping, found {}", node.kind()));
+            self.err(
+                node.mark,
+                format!("{what} must be a mapping, found {}", node.kind()),
+            );
             return false;
         };
         let mut ok = true;
@@ -541,7 +558,10 @@ impl Cx {
                     .unwrap_or_default();
                 self.err(
                     k.mark,
-                    format!("unknown key `{key}` in {what}{hint}; expected one of: {}", allowed.join(", ")),
+                    format!(
+                        "unknown key `{key}` in {what}{hint}; expected one of: {}",
+                        allowed.join(", ")
+                    ),
                 );
                 ok = false;
             }
@@ -597,16 +617,28 @@ struct Raw<'a> {
     resources: Resources,
 }
 
-fn parse_root(cx: &mut Cx, root: &YNode, default_name: &str, registry: &Registry, machine: &Machine) -> Option<Pipeline> {
+fn parse_root(
+    cx: &mut Cx,
+    root: &YNode,
+    default_name: &str,
+    registry: &Registry,
+    machine: &Machine,
+) -> Option<Pipeline> {
     if root.is_null() {
-        cx.err(root.mark, "the file is empty: expected a mapping with `pipeline:` (and optionally `options:`)");
+        cx.err(
+            root.mark,
+            "the file is empty: expected a mapping with `pipeline:` (and optionally `options:`)",
+        );
         return None;
     }
     if !cx.keys(root, "the top level", TOP_KEYS) {
         return None;
     }
     let Some(pnode) = root.get("pipeline") else {
-        cx.err(root.mark, "missing `pipeline:`: expected `pipeline: {transforms: [...]}`");
+        cx.err(
+            root.mark,
+            "missing `pipeline:`: expected `pipeline: {transforms: [...]}`",
+        );
         return None;
     };
     let options: Options = match root.get("options") {
@@ -622,7 +654,10 @@ fn parse_root(cx: &mut Cx, root: &YNode, default_name: &str, registry: &Registry
         Some(n) => match n.as_str() {
             Some(s) if is_valid_pipeline_name(s) => s.to_owned(),
             _ => {
-                cx.err(n.mark, "pipeline `name` must be letters, digits, `_` or `-`");
+                cx.err(
+                    n.mark,
+                    "pipeline `name` must be letters, digits, `_` or `-`",
+                );
                 return None;
             }
         },
@@ -635,7 +670,13 @@ fn parse_root(cx: &mut Cx, root: &YNode, default_name: &str, registry: &Registry
             Some("chain") => true,
             Some("composite") => false,
             _ => {
-                cx.err(t.mark, format!("unknown pipeline type {}: expected `chain` or `composite`", t.to_json()));
+                cx.err(
+                    t.mark,
+                    format!(
+                        "unknown pipeline type {}: expected `chain` or `composite`",
+                        t.to_json()
+                    ),
+                );
                 return None;
             }
         },
@@ -664,11 +705,17 @@ fn parse_root(cx: &mut Cx, root: &YNode, default_name: &str, registry: &Registry
     }
 
     let Some(tnode) = pnode.get("transforms") else {
-        cx.err(pnode.mark, "missing `transforms:`: expected a list of transforms");
+        cx.err(
+            pnode.mark,
+            "missing `transforms:`: expected a list of transforms",
+        );
         return None;
     };
     let YValue::Seq(items) = &tnode.value else {
-        cx.err(tnode.mark, format!("`transforms` must be a list, found {}", tnode.kind()));
+        cx.err(
+            tnode.mark,
+            format!("`transforms` must be a list, found {}", tnode.kind()),
+        );
         return None;
     };
 
@@ -688,13 +735,24 @@ fn parse_root(cx: &mut Cx, root: &YNode, default_name: &str, registry: &Registry
         }
     }
     if entries.is_empty() {
-        cx.err(tnode.mark, "`transforms` is empty: a pipeline needs at least one transform");
+        cx.err(
+            tnode.mark,
+            "`transforms` is empty: a pipeline needs at least one transform",
+        );
         return None;
     }
 
     let mut raws: Vec<Raw> = Vec::new();
     for (node, in_chain) in entries {
-        if let Some(raw) = parse_transform(cx, node, registry, chain && in_chain, default_restart, default_resources) {
+        if let Some(raw) = parse_transform(
+            cx,
+            node,
+            registry,
+            chain && in_chain,
+            options.queue,
+            default_restart,
+            default_resources,
+        ) {
             raws.push(raw);
         }
     }
@@ -747,7 +805,9 @@ fn parse_root(cx: &mut Cx, root: &YNode, default_name: &str, registry: &Registry
     let mut stages: Vec<Stage> = Vec::new();
     let mut prev: Option<String> = None;
     for (i, r) in raws.iter().enumerate() {
-        let Some(dyn_node) = r.dyn_node.clone() else { continue };
+        let Some(dyn_node) = r.dyn_node.clone() else {
+            continue;
+        };
         let kind = dyn_node.kind();
         let in_chain = chain && r.inputs.is_none();
         let inputs = match &r.inputs {
@@ -760,7 +820,13 @@ fn parse_root(cx: &mut Cx, root: &YNode, default_name: &str, registry: &Registry
                     mark: r.node.mark,
                 }],
                 None => {
-                    cx.err(r.type_mark, format!("`{}` is first in the chain but is not a source; it needs an input", r.type_name));
+                    cx.err(
+                        r.type_mark,
+                        format!(
+                            "`{}` is first in the chain but is not a source; it needs an input",
+                            r.type_name
+                        ),
+                    );
                     vec![]
                 }
             },
@@ -769,7 +835,10 @@ fn parse_root(cx: &mut Cx, root: &YNode, default_name: &str, registry: &Registry
         let mut outputs = dyn_node.outputs();
         if let Some(e) = &r.error_output {
             if outputs.contains(e) {
-                cx.err(r.node.mark, format!("error output `{e}` has the name of one of the stage's outputs"));
+                cx.err(
+                    r.node.mark,
+                    format!("error output `{e}` has the name of one of the stage's outputs"),
+                );
             }
             outputs.push(e.clone());
         }
@@ -812,7 +881,9 @@ fn parse_root(cx: &mut Cx, root: &YNode, default_name: &str, registry: &Registry
 }
 
 fn is_valid_pipeline_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
 }
 
 fn check_options(cx: &mut Cx, o: &Options, node: Option<&YNode>) {
@@ -821,13 +892,35 @@ fn check_options(cx: &mut Cx, o: &Options, node: Option<&YNode>) {
     if o.batch_size == 0 {
         cx.err(at("batch_size"), "`batch_size` must be at least 1");
     }
-    if o.queue.size == 0 {
-        cx.err(at("queue"), "queue `size` must be at least 1");
+    check_queue(cx, &o.queue, at("queue"));
+    if o.delivery == Delivery::BestEffort {
+        cx.err(
+            at("delivery"),
+            "`delivery: best_effort` is not supported yet by this version of rill; use `exactly_once` or `at_least_once`",
+        );
     }
     if !matches!(o.zenoh.mode.as_str(), "peer" | "client") {
-        cx.err(at("zenoh"), format!("unknown zenoh mode `{}`: expected `peer` or `client`", o.zenoh.mode));
+        cx.err(
+            at("zenoh"),
+            format!(
+                "unknown zenoh mode `{}`: expected `peer` or `client`",
+                o.zenoh.mode
+            ),
+        );
     }
     check_restart(cx, &o.restart, at("restart"));
+}
+
+fn check_queue(cx: &mut Cx, q: &QueueSpec, mark: Mark) {
+    if q.size == 0 {
+        cx.err(mark, "queue `size` must be at least 1");
+    }
+    if q.when_full == WhenFull::DropOldest {
+        cx.err(
+            mark,
+            "`when_full: drop_oldest` is not supported yet by this version of rill; use `block`",
+        );
+    }
 }
 
 fn check_restart(cx: &mut Cx, r: &RestartPolicy, mark: Mark) {
@@ -844,7 +937,7 @@ fn check_restart(cx: &mut Cx, r: &RestartPolicy, mark: Mark) {
             ),
         );
     }
-    if !(r.backoff.multiplier >= 1.0) {
+    if r.backoff.multiplier.is_nan() || r.backoff.multiplier < 1.0 {
         cx.err(mark, "backoff `multiplier` must be at least 1.0");
     }
     if !(0.0..=1.0).contains(&r.backoff.jitter) {
@@ -867,11 +960,13 @@ fn apply_hints(res: &mut Resources, hints: &ResourceHints) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn parse_transform<'a>(
     cx: &mut Cx,
     node: &'a YNode,
     registry: &Registry,
     chained: bool,
+    default_queue: QueueSpec,
     default_restart: RestartPolicy,
     default_resources: Resources,
 ) -> Option<Raw<'a>> {
@@ -879,11 +974,17 @@ fn parse_transform<'a>(
         return None;
     }
     let Some(tnode) = node.get("type") else {
-        cx.err(node.mark, "transform has no `type`: expected e.g. `type: MapToFields`");
+        cx.err(
+            node.mark,
+            "transform has no `type`: expected e.g. `type: MapToFields`",
+        );
         return None;
     };
     let Some(type_name) = tnode.as_str().map(str::to_owned) else {
-        cx.err(tnode.mark, format!("`type` must be a string, found {}", tnode.kind()));
+        cx.err(
+            tnode.mark,
+            format!("`type` must be a string, found {}", tnode.kind()),
+        );
         return None;
     };
     let name = match node.get("name") {
@@ -905,13 +1006,16 @@ fn parse_transform<'a>(
                 cx.err(i.mark, "`input` is not allowed on transforms of a `type: chain` pipeline: each reads the one before (use `extra_transforms` for side branches)");
                 return None;
             }
-            Some(parse_inputs(cx, i)?)
+            Some(parse_inputs(cx, i, default_queue)?)
         }
     };
 
     for k in ["windowing", "timeout"] {
         if let Some((kn, _)) = node.entry(k) {
-            cx.err(kn.mark, format!("`{k}` is not supported yet by this version of rill; remove it"));
+            cx.err(
+                kn.mark,
+                format!("`{k}` is not supported yet by this version of rill; remove it"),
+            );
         }
     }
 
@@ -927,7 +1031,10 @@ fn parse_transform<'a>(
                 if k.as_str() == Some("error_handling") {
                     if let Some(eh) = cx.parse::<ErrorHandling>(v) {
                         if eh.output.is_empty() || eh.output.contains('.') {
-                            cx.err(v.mark, "error_handling `output` must be a non-empty name without dots");
+                            cx.err(
+                                v.mark,
+                                "error_handling `output` must be a non-empty name without dots",
+                            );
                         }
                         error_output = Some(eh.output);
                     }
@@ -938,7 +1045,10 @@ fn parse_transform<'a>(
             YNode::new(YValue::Map(rest), config.mark)
         }
         _ => {
-            cx.err(config.mark, format!("`config` must be a mapping, found {}", config.kind()));
+            cx.err(
+                config.mark,
+                format!("`config` must be a mapping, found {}", config.kind()),
+            );
             return None;
         }
     };
@@ -1006,26 +1116,24 @@ struct InputMap {
     queue: Option<QueueSpec>,
 }
 
-fn parse_inputs(cx: &mut Cx, node: &YNode) -> Option<Vec<Input>> {
+fn parse_inputs(cx: &mut Cx, node: &YNode, default_queue: QueueSpec) -> Option<Vec<Input>> {
     let one = |cx: &mut Cx, n: &YNode| -> Option<Input> {
         match &n.value {
             YValue::Str(s) => Some(Input {
                 stage: s.clone(),
                 output: None, // split into stage.output during resolution
-                queue: QueueSpec::default(),
+                queue: default_queue,
                 mark: n.mark,
             }),
             YValue::Map(_) => {
                 let m: InputMap = cx.parse(n)?;
-                if let Some(q) = &m.queue
-                    && q.size == 0
-                {
-                    cx.err(n.mark, "queue `size` must be at least 1");
+                if let Some(q) = &m.queue {
+                    check_queue(cx, q, n.mark);
                 }
                 Some(Input {
                     stage: m.stage,
                     output: Some(m.output.unwrap_or_default()),
-                    queue: m.queue.unwrap_or_default(),
+                    queue: m.queue.unwrap_or(default_queue),
                     mark: n.mark,
                 })
             }
@@ -1069,11 +1177,23 @@ fn resolve_inputs(cx: &mut Cx, stages: &mut [Stage]) {
     let mut errors = Vec::new();
     for s in stages.iter_mut() {
         if s.kind == NodeKind::Source && !s.inputs.is_empty() {
-            errors.push((s.inputs[0].mark, format!("`{}` is a source ({}) and takes no input", s.name, s.type_name)));
+            errors.push((
+                s.inputs[0].mark,
+                format!(
+                    "`{}` is a source ({}) and takes no input",
+                    s.name, s.type_name
+                ),
+            ));
             continue;
         }
         if s.kind != NodeKind::Source && s.inputs.is_empty() {
-            errors.push((s.mark, format!("`{}` ({}) needs an `input`: the name of the transform it reads", s.name, s.type_name)));
+            errors.push((
+                s.mark,
+                format!(
+                    "`{}` ({}) needs an `input`: the name of the transform it reads",
+                    s.name, s.type_name
+                ),
+            ));
             continue;
         }
         for inp in &mut s.inputs {
@@ -1095,7 +1215,14 @@ fn resolve_inputs(cx: &mut Cx, stages: &mut [Stage]) {
                         .map(|c| format!(" (did you mean `{c}`?)"))
                         .unwrap_or_default()
                 };
-                errors.push((inp.mark, format!("input `{inp}` of `{}` names no transform{hint}; transforms are: {}", s.name, names.join(", "))));
+                errors.push((
+                    inp.mark,
+                    format!(
+                        "input `{inp}` of `{}` names no transform{hint}; transforms are: {}",
+                        s.name,
+                        names.join(", ")
+                    ),
+                ));
                 continue;
             };
             if stage == s.name {
@@ -1104,12 +1231,22 @@ fn resolve_inputs(cx: &mut Cx, stages: &mut [Stage]) {
             }
             match &output {
                 None if *kind == NodeKind::Sink => {
-                    errors.push((inp.mark, format!("`{stage}` is a sink and has no main output to read")));
+                    errors.push((
+                        inp.mark,
+                        format!("`{stage}` is a sink and has no main output to read"),
+                    ));
                     continue;
                 }
                 Some(o) if !outs.contains(o) => {
-                    let avail = if outs.is_empty() { "it has none".to_owned() } else { format!("it has: {}", outs.join(", ")) };
-                    errors.push((inp.mark, format!("`{stage}` has no output named `{o}` ({avail})")));
+                    let avail = if outs.is_empty() {
+                        "it has none".to_owned()
+                    } else {
+                        format!("it has: {}", outs.join(", "))
+                    };
+                    errors.push((
+                        inp.mark,
+                        format!("`{stage}` has no output named `{o}` ({avail})"),
+                    ));
                     continue;
                 }
                 _ => {}
@@ -1118,7 +1255,10 @@ fn resolve_inputs(cx: &mut Cx, stages: &mut [Stage]) {
             inp.output = output;
         }
         if s.inputs.len() > 1 && !s.node.multiple_inputs() {
-            errors.push((s.mark, format!("`{}` ({}) takes exactly one input", s.name, s.type_name)));
+            errors.push((
+                s.mark,
+                format!("`{}` ({}) takes exactly one input", s.name, s.type_name),
+            ));
         }
     }
     for (m, e) in errors {
@@ -1131,11 +1271,17 @@ fn resolve_inputs(cx: &mut Cx, stages: &mut [Stage]) {
 fn check_graph(cx: &mut Cx, stages: &[Stage]) {
     for s in stages {
         for o in &s.outputs {
-            let read = stages
-                .iter()
-                .any(|c| c.inputs.iter().any(|i| i.stage == s.name && i.output.as_deref() == Some(o)));
+            let read = stages.iter().any(|c| {
+                c.inputs
+                    .iter()
+                    .any(|i| i.stage == s.name && i.output.as_deref() == Some(o))
+            });
             if !read {
-                let what = if s.error_output.as_deref() == Some(o) { "error output" } else { "output" };
+                let what = if s.error_output.as_deref() == Some(o) {
+                    "error output"
+                } else {
+                    "output"
+                };
                 cx.err(
                     s.mark,
                     format!(
@@ -1167,7 +1313,13 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
         }
         if let Some(t) = r.cpu_threads {
             if t == 0 || t > machine.cpus {
-                cx.err(s.mark, format!("`{}` asks for {t} CPU threads but this machine has {}", s.name, machine.cpus));
+                cx.err(
+                    s.mark,
+                    format!(
+                        "`{}` asks for {t} CPU threads but this machine has {}",
+                        s.name, machine.cpus
+                    ),
+                );
             } else {
                 cx.err(s.mark, format!("`{}`: `cpu_threads` is not supported yet by this version of rill; remove it", s.name));
             }
@@ -1176,10 +1328,22 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
             cx.err(s.mark, format!("`{}` asks for device cuda:{n}, but this build of rill has no CUDA support yet; use `device: cpu` or `auto`", s.name));
         }
         if r.gpu_memory.is_some() {
-            cx.err(s.mark, format!("`{}`: `gpu_memory` is not supported yet by this version of rill; remove it", s.name));
+            cx.err(
+                s.mark,
+                format!(
+                    "`{}`: `gpu_memory` is not supported yet by this version of rill; remove it",
+                    s.name
+                ),
+            );
         }
         if r.instances.is_some_and(|n| n != 1) {
-            cx.err(s.mark, format!("`{}`: `instances` other than 1 is not supported yet by this version of rill", s.name));
+            cx.err(
+                s.mark,
+                format!(
+                    "`{}`: `instances` other than 1 is not supported yet by this version of rill",
+                    s.name
+                ),
+            );
         }
     }
 }
@@ -1187,7 +1351,11 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
 /// Orders stages so every producer comes before its consumers; reports a
 /// cycle with its path.
 fn topo_sort(cx: &mut Cx, stages: Vec<Stage>) -> Option<Vec<Stage>> {
-    let index: HashMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
     // 0 = unvisited, 1 = on stack, 2 = done
     let mut state = vec![0u8; stages.len()];
     let mut order = Vec::with_capacity(stages.len());
@@ -1224,10 +1392,17 @@ fn topo_sort(cx: &mut Cx, stages: Vec<Stage>) -> Option<Vec<Stage>> {
     for i in 0..stages.len() {
         let mut path = Vec::new();
         if let Err(cycle) = visit(i, &stages, &index, &mut state, &mut order, &mut path) {
-            let names: Vec<&str> = cycle.iter().rev().map(|&c| stages[c].name.as_str()).collect();
+            let names: Vec<&str> = cycle
+                .iter()
+                .rev()
+                .map(|&c| stages[c].name.as_str())
+                .collect();
             cx.err(
                 stages[cycle[0]].mark,
-                format!("the transforms form a cycle: {}; a pipeline must be acyclic", names.join(" -> ")),
+                format!(
+                    "the transforms form a cycle: {}; a pipeline must be acyclic",
+                    names.join(" -> ")
+                ),
             );
             return None;
         }
@@ -1271,7 +1446,13 @@ impl PipelineBuilder {
     }
 
     /// Adds a stage from an already type-erased node.
-    pub fn stage_dyn(mut self, name: &str, type_name: &str, node: Arc<dyn DynNode>, inputs: &[&str]) -> Self {
+    pub fn stage_dyn(
+        mut self,
+        name: &str,
+        type_name: &str,
+        node: Arc<dyn DynNode>,
+        inputs: &[&str],
+    ) -> Self {
         let inputs = inputs
             .iter()
             .map(|i| Input {
@@ -1283,7 +1464,11 @@ impl PipelineBuilder {
             .collect();
         self.stages.push(Stage {
             name: name.to_owned(),
-            type_name: type_name.rsplit("::").next().unwrap_or(type_name).to_owned(),
+            type_name: type_name
+                .rsplit("::")
+                .next()
+                .unwrap_or(type_name)
+                .to_owned(),
             kind: node.kind(),
             outputs: node.outputs(),
             node,
@@ -1320,7 +1505,11 @@ impl PipelineBuilder {
         }
         resolve_inputs(&mut cx, &mut stages);
         check_graph(&mut cx, &stages);
-        let stages = if cx.errors.is_empty() { topo_sort(&mut cx, stages) } else { None };
+        let stages = if cx.errors.is_empty() {
+            topo_sort(&mut cx, stages)
+        } else {
+            None
+        };
         match stages {
             Some(stages) if cx.errors.is_empty() => Ok(Pipeline {
                 name: self.name,

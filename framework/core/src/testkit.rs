@@ -24,7 +24,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::node::{BuildContext, Emitter, Extensions, Failure, Node, NodeError, Sink, Source, SourceStatus, Transform};
+use crate::node::{
+    BuildContext, Emitter, Extensions, Failure, Node, NodeError, Sink, Source, SourceStatus,
+    Transform,
+};
 use crate::registry::Registry;
 use crate::value::Record;
 use crate::yaml::{self, YamlError};
@@ -52,12 +55,18 @@ impl TestRun {
 
     /// Records emitted on the named output `name`.
     pub fn output(&self, name: &str) -> &[Record] {
-        self.named.iter().find(|(n, _)| n == name).map_or(&[], |(_, v)| v.as_slice())
+        self.named
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(&[], |(_, v)| v.as_slice())
     }
 }
 
 /// Feeds `batches` to a transform one by one, then signals the end.
-pub fn run_transform(node: &mut dyn Transform, batches: Vec<Vec<Record>>) -> Result<TestRun, NodeError> {
+pub fn run_transform(
+    node: &mut dyn Transform,
+    batches: Vec<Vec<Record>>,
+) -> Result<TestRun, NodeError> {
     let mut run = TestRun::default();
     let mut out = Emitter::new();
     for b in batches {
@@ -102,7 +111,12 @@ pub fn drain_source(node: &mut dyn Source, limit: usize) -> Result<TestRun, Node
 
 /// Parses `config_yaml` as the config of the registered type `type_name`,
 /// validates it and builds the node, with paths resolved against `base_dir`.
-pub fn build_yaml(registry: &Registry, type_name: &str, config_yaml: &str, base_dir: &Path) -> Result<Node, String> {
+pub fn build_yaml(
+    registry: &Registry,
+    type_name: &str,
+    config_yaml: &str,
+    base_dir: &Path,
+) -> Result<Node, String> {
     let node = yaml::parse(config_yaml).map_err(|e: YamlError| e.to_string())?;
     let cfg = registry
         .parse(type_name, &node)

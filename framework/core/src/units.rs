@@ -28,7 +28,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" | "mins" => n * 60.0,
         "h" | "hr" | "hours" => n * 3600.0,
         "d" | "days" => n * 86400.0,
-        other => return Err(format!("unknown unit `{other}` in `{s}`: use ns, us, ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`: use ns, us, ms, s, m, h or d"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
 }
@@ -48,7 +52,9 @@ impl<'de> Deserialize<'de> for Dur {
                 if v == 0 {
                     return Ok(Dur(Duration::ZERO));
                 }
-                Err(E::custom(format!("`{v}` has no unit: write e.g. `{v}ms` or `{v}s`")))
+                Err(E::custom(format!(
+                    "`{v}` has no unit: write e.g. `{v}ms` or `{v}s`"
+                )))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
                 self.visit_i64(v as i64)
@@ -74,7 +80,9 @@ pub struct ByteSize(pub u64);
 /// Parses a size with an optional unit (binary `KiB`..`TiB`, decimal `KB`..`TB`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -89,7 +97,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "Mi" | "MiB" => 1024.0 * 1024.0,
         "Gi" | "GiB" => 1024.0 * 1024.0 * 1024.0,
         "Ti" | "TiB" => 1024.0f64.powi(4),
-        other => return Err(format!("unknown unit `{other}` in `{s}`: use B, KB, MB, GB, KiB, MiB, GiB")),
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`: use B, KB, MB, GB, KiB, MiB, GiB"
+            ));
+        }
     };
     Ok((n * mult) as u64)
 }
@@ -118,7 +130,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 parse_size(s).map(ByteSize).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
                 Ok(ByteSize(v))

@@ -42,11 +42,20 @@ impl DataMsg {
 /// A message on a control key, from a consumer to a producer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CtlMsg {
-    /// The consumer has durably processed every number below `next`.
-    Ack { consumer: String, epoch: u64, next: u64 },
+    /// The consumer has processed every number below `next` (and its
+    /// outputs are in its own log).
+    Ack {
+        consumer: String,
+        epoch: u64,
+        next: u64,
+    },
     /// The consumer wants everything from `from` again (it started, saw a
     /// gap, or restarted).
-    Resend { consumer: String, epoch: u64, from: u64 },
+    Resend {
+        consumer: String,
+        epoch: u64,
+        from: u64,
+    },
 }
 
 pub fn encode_data(msg: &DataMsg) -> Result<Vec<u8>, CodecError> {
@@ -64,4 +73,3 @@ pub fn encode_ctl(msg: &CtlMsg) -> Result<Vec<u8>, CodecError> {
 pub fn decode_ctl(bytes: &[u8]) -> Result<CtlMsg, CodecError> {
     codec::decode(bytes)
 }
-

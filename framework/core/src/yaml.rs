@@ -48,7 +48,11 @@ pub struct YNode {
 
 impl YNode {
     pub fn new(value: YValue, mark: Mark) -> YNode {
-        YNode { value, mark, text: None }
+        YNode {
+            value,
+            mark,
+            text: None,
+        }
     }
 
     /// Looks up a key of a mapping.
@@ -187,16 +191,19 @@ fn resolve_plain(s: &str) -> YValue {
         "" | "~" | "null" | "Null" | "NULL" => return YValue::Null,
         "true" | "True" | "TRUE" => return YValue::Bool(true),
         "false" | "False" | "FALSE" => return YValue::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return YValue::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return YValue::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return YValue::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return YValue::Float(f64::NAN),
         _ => {}
     }
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = s.parse::<i64>() {
-            return YValue::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = s.parse::<i64>()
+    {
+        return YValue::Int(i);
     }
     if let Some(hex) = s.strip_prefix("0x")
         && let Ok(i) = i64::from_str_radix(hex, 16)
@@ -209,7 +216,9 @@ fn resolve_plain(s: &str) -> YValue {
         return YValue::Int(i);
     }
     let looks_numeric = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && digits.bytes().any(|b| b.is_ascii_digit());
     if looks_numeric && let Ok(f) = s.parse::<f64>() {
         return YValue::Float(f);
@@ -281,7 +290,11 @@ pub fn parse(text: &str) -> Result<YNode, YamlError> {
                 let node = if style == ScalarStyle::Plain && !tagged_str {
                     let v = resolve_plain(&value);
                     let text = (!matches!(v, YValue::Str(_))).then(|| value.to_string());
-                    YNode { value: v, mark, text }
+                    YNode {
+                        value: v,
+                        mark,
+                        text,
+                    }
                 } else {
                     YNode::new(YValue::Str(value.into_owned()), mark)
                 };
@@ -296,18 +309,32 @@ pub fn parse(text: &str) -> Result<YNode, YamlError> {
                 push(&mut stack, &mut root, &mut anchors, node, 0)?;
             }
             Event::SequenceStart(anchor, _) => stack.push(Frame::Seq(Vec::new(), mark, anchor)),
-            Event::MappingStart(anchor, _) => stack.push(Frame::Map(Vec::new(), None, mark, anchor)),
+            Event::MappingStart(anchor, _) => {
+                stack.push(Frame::Map(Vec::new(), None, mark, anchor))
+            }
             Event::SequenceEnd => {
                 let Some(Frame::Seq(items, m, anchor)) = stack.pop() else {
                     return Err(YamlError::at(mark, "internal: unbalanced sequence"));
                 };
-                push(&mut stack, &mut root, &mut anchors, YNode::new(YValue::Seq(items), m), anchor)?;
+                push(
+                    &mut stack,
+                    &mut root,
+                    &mut anchors,
+                    YNode::new(YValue::Seq(items), m),
+                    anchor,
+                )?;
             }
             Event::MappingEnd => {
                 let Some(Frame::Map(entries, _, m, anchor)) = stack.pop() else {
                     return Err(YamlError::at(mark, "internal: unbalanced mapping"));
                 };
-                push(&mut stack, &mut root, &mut anchors, YNode::new(YValue::Map(entries), m), anchor)?;
+                push(
+                    &mut stack,
+                    &mut root,
+                    &mut anchors,
+                    YNode::new(YValue::Map(entries), m),
+                    anchor,
+                )?;
             }
             Event::DocumentEnd => {
                 if root.is_some() {
@@ -337,9 +364,15 @@ struct SeqAccess<'de> {
 
 impl<'de> de::SeqAccess<'de> for SeqAccess<'de> {
     type Error = YamlError;
-    fn next_element_seed<T: de::DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, YamlError> {
+    fn next_element_seed<T: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, YamlError> {
         match self.items.next() {
-            Some(node) => seed.deserialize(node).map(Some).map_err(|e| e.or_at(node.mark)),
+            Some(node) => seed
+                .deserialize(node)
+                .map(Some)
+                .map_err(|e| e.or_at(node.mark)),
             None => Ok(None),
         }
     }
@@ -355,7 +388,10 @@ struct MapAccess<'de> {
 
 impl<'de> de::MapAccess<'de> for MapAccess<'de> {
     type Error = YamlError;
-    fn next_key_seed<K: de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, YamlError> {
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, YamlError> {
         match self.entries.next() {
             Some((k, v)) => {
                 self.value = Some(v);
@@ -364,8 +400,14 @@ impl<'de> de::MapAccess<'de> for MapAccess<'de> {
             None => Ok(None),
         }
     }
-    fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, YamlError> {
-        let v = self.value.take().ok_or_else(|| de::Error::custom("value without key"))?;
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, YamlError> {
+        let v = self
+            .value
+            .take()
+            .ok_or_else(|| de::Error::custom("value without key"))?;
         seed.deserialize(v).map_err(|e| e.or_at(v.mark))
     }
     fn size_hint(&self) -> Option<usize> {
@@ -381,8 +423,13 @@ struct EnumAccess<'de> {
 impl<'de> de::EnumAccess<'de> for EnumAccess<'de> {
     type Error = YamlError;
     type Variant = Self;
-    fn variant_seed<V: de::DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self), YamlError> {
-        let v = seed.deserialize(self.tag).map_err(|e| e.or_at(self.tag.mark))?;
+    fn variant_seed<V: de::DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self), YamlError> {
+        let v = seed
+            .deserialize(self.tag)
+            .map_err(|e| e.or_at(self.tag.mark))?;
         Ok((v, self))
     }
 }
@@ -396,19 +443,30 @@ impl<'de> de::VariantAccess<'de> for EnumAccess<'de> {
             Some(c) => Err(YamlError::at(c.mark, "this variant takes no value")),
         }
     }
-    fn newtype_variant_seed<T: de::DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, YamlError> {
+    fn newtype_variant_seed<T: de::DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, YamlError> {
         match self.content {
             Some(c) => seed.deserialize(c).map_err(|e| e.or_at(c.mark)),
             None => Err(YamlError::at(self.tag.mark, "this variant needs a value")),
         }
     }
-    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, YamlError> {
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, YamlError> {
         match self.content {
             Some(c) => c.deserialize_seq(visitor),
             None => Err(YamlError::at(self.tag.mark, "this variant needs a list")),
         }
     }
-    fn struct_variant<V: Visitor<'de>>(self, _fields: &'static [&'static str], visitor: V) -> Result<V::Value, YamlError> {
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, YamlError> {
         match self.content {
             Some(c) => c.deserialize_map(visitor),
             None => Err(YamlError::at(self.tag.mark, "this variant needs a mapping")),
@@ -426,7 +484,9 @@ impl<'de> Deserializer<'de> for &'de YNode {
             YValue::Int(i) => visitor.visit_i64(*i),
             YValue::Float(f) => visitor.visit_f64(*f),
             YValue::Str(s) => visitor.visit_borrowed_str(s),
-            YValue::Seq(items) => visitor.visit_seq(SeqAccess { items: items.iter() }),
+            YValue::Seq(items) => visitor.visit_seq(SeqAccess {
+                items: items.iter(),
+            }),
             YValue::Map(entries) => visitor.visit_map(MapAccess {
                 entries: entries.iter(),
                 value: None,
@@ -460,8 +520,14 @@ impl<'de> Deserializer<'de> for &'de YNode {
         self.deserialize_any(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, YamlError> {
-        visitor.visit_newtype_struct(self).map_err(|e| e.or_at(self.mark))
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, YamlError> {
+        visitor
+            .visit_newtype_struct(self)
+            .map_err(|e| e.or_at(self.mark))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -471,14 +537,20 @@ impl<'de> Deserializer<'de> for &'de YNode {
         visitor: V,
     ) -> Result<V::Value, YamlError> {
         let r = match &self.value {
-            YValue::Str(_) => visitor.visit_enum(EnumAccess { tag: self, content: None }),
+            YValue::Str(_) => visitor.visit_enum(EnumAccess {
+                tag: self,
+                content: None,
+            }),
             YValue::Map(entries) if entries.len() == 1 => visitor.visit_enum(EnumAccess {
                 tag: &entries[0].0,
                 content: Some(&entries[0].1),
             }),
             _ => Err(YamlError::at(
                 self.mark,
-                format!("expected a name or a one-key mapping, found {}", self.kind()),
+                format!(
+                    "expected a name or a one-key mapping, found {}",
+                    self.kind()
+                ),
             )),
         };
         r.map_err(|e| e.or_at(self.mark))
@@ -532,7 +604,9 @@ mod tests {
     #[test]
     fn scalars_resolve_by_core_schema() {
         let doc = parse("[1, -2, 1.5, true, null, '3', x, 1e3, 0x10, 2s]").unwrap();
-        let YValue::Seq(items) = doc.value else { panic!() };
+        let YValue::Seq(items) = doc.value else {
+            panic!()
+        };
         let vals: Vec<_> = items.into_iter().map(|n| n.value).collect();
         assert_eq!(
             vals,
@@ -557,7 +631,10 @@ mod tests {
     #[test]
     fn syntax_errors_and_duplicates_have_positions() {
         let err = parse("a: [1, 2\nb: 3\n").unwrap_err();
-        assert!(err.mark.is_some() && err.msg.contains("invalid YAML"), "{err}");
+        assert!(
+            err.mark.is_some() && err.msg.contains("invalid YAML"),
+            "{err}"
+        );
         let err = parse("a: 1\nb: 2\na: 3\n").unwrap_err();
         assert_eq!(err.mark, Some(Mark { line: 3, col: 1 }));
         assert!(err.msg.contains("duplicate key `a`"), "{err}");
@@ -566,6 +643,9 @@ mod tests {
     #[test]
     fn anchors_and_aliases() {
         let doc = parse("base: &b {x: 1}\nother: *b\n").unwrap();
-        assert_eq!(doc.get("other").unwrap().get("x").unwrap().value, YValue::Int(1));
+        assert_eq!(
+            doc.get("other").unwrap().get("x").unwrap().value,
+            YValue::Int(1)
+        );
     }
 }

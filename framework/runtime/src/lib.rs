@@ -63,7 +63,10 @@ pub enum RunError {
     #[error("{0}")]
     BadInput(String),
     /// A stage failed past its restart policy. The CLI exits 1.
-    #[error("stage `{stage}` failed after {restarts} restart(s): {error}{}", history_text(history))]
+    #[error(
+        "stage `{stage}` failed after {restarts} restart(s): {error}{}",
+        history_text(history)
+    )]
     StageFailed {
         stage: String,
         error: String,
@@ -119,7 +122,8 @@ impl Run {
             Some(names) => {
                 for n in names {
                     if pipeline.stage(n).is_none() {
-                        let known: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+                        let known: Vec<&str> =
+                            pipeline.stages.iter().map(|s| s.name.as_str()).collect();
                         return Err(RunError::BadInput(format!(
                             "--stages names `{n}`, which is not a stage of `{}`; stages are: {}",
                             pipeline.name,
@@ -127,7 +131,11 @@ impl Run {
                         )));
                     }
                 }
-                pipeline.stages.iter().filter(|s| names.contains(&s.name)).collect()
+                pipeline
+                    .stages
+                    .iter()
+                    .filter(|s| names.contains(&s.name))
+                    .collect()
             }
         };
         let mut zopts = pipeline.options.zenoh.clone();
@@ -156,10 +164,9 @@ impl Run {
                 base_dir: &base_dir,
                 extensions: &extensions,
             };
-            let node = s
-                .node
-                .build(&ctx)
-                .map_err(|e| RunError::BadInput(format!("stage `{}` ({}): {e}", s.name, s.type_name)))?;
+            let node = s.node.build(&ctx).map_err(|e| {
+                RunError::BadInput(format!("stage `{}` ({}): {e}", s.name, s.type_name))
+            })?;
             let m = Arc::new(StageMetrics::new(&s.name, &s.type_name));
             let shared = StageShared::new(&session, &pipeline, s, epoch, m.clone(), node)
                 .await
@@ -224,7 +231,9 @@ impl Run {
                 report,
             }),
             Outcome::Stopped => Err(RunError::Stopped(report)),
-            Outcome::Running => Err(RunError::Internal("the supervisor stopped without an outcome".into())),
+            Outcome::Running => Err(RunError::Internal(
+                "the supervisor stopped without an outcome".into(),
+            )),
         }
     }
 }

@@ -30,7 +30,10 @@ impl OutLog {
         OutLog {
             entries: VecDeque::new(),
             next_seq: 0,
-            consumers: consumers.into_iter().map(|(c, w)| (c, (0, w.max(1)))).collect(),
+            consumers: consumers
+                .into_iter()
+                .map(|(c, w)| (c, (0, w.max(1))))
+                .collect(),
             end_seq: None,
         }
     }
@@ -42,7 +45,11 @@ impl OutLog {
 
     /// Lowest acknowledgement over all consumers (`next_seq` with none).
     pub fn min_acked(&self) -> u64 {
-        self.consumers.values().map(|(a, _)| *a).min().unwrap_or(self.next_seq)
+        self.consumers
+            .values()
+            .map(|(a, _)| *a)
+            .min()
+            .unwrap_or(self.next_seq)
     }
 
     /// How many more records may be published before a consumer's window is

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Upper bounds (µs) of the processing-latency histogram buckets.
-pub const LATENCY_BUCKETS_US: [u64; 12] = [10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000];
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    10, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000,
+];
 
 /// Counters of one stage.
 #[derive(Debug)]
@@ -57,7 +59,10 @@ impl StageMetrics {
 
     pub fn observe_latency(&self, d: Duration) {
         let us = d.as_micros() as u64;
-        let i = LATENCY_BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(LATENCY_BUCKETS_US.len());
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|b| us <= *b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
         self.latency[i].fetch_add(1, Relaxed);
         self.busy_us.fetch_add(us, Relaxed);
     }
@@ -81,7 +86,10 @@ impl StageMetrics {
     }
 
     pub fn snapshot(&self) -> StageSnapshot {
-        let elapsed = match (*self.started.lock().unwrap(), *self.finished.lock().unwrap()) {
+        let elapsed = match (
+            *self.started.lock().unwrap(),
+            *self.finished.lock().unwrap(),
+        ) {
             (Some(s), Some(f)) => f.duration_since(s),
             (Some(s), None) => s.elapsed(),
             _ => Duration::ZERO,

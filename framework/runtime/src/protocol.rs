@@ -17,7 +17,10 @@ pub use rill_core::wire::*;
 pub fn data_key(pipeline: &str, stage_key: &str, output: Option<&str>) -> String {
     match output {
         None => format!("rill/{pipeline}/{stage_key}/out"),
-        Some(o) => format!("rill/{pipeline}/{stage_key}/out/{}", rill_core::spec::key_safe(o)),
+        Some(o) => format!(
+            "rill/{pipeline}/{stage_key}/out/{}",
+            rill_core::spec::key_safe(o)
+        ),
     }
 }
 
@@ -25,7 +28,10 @@ pub fn data_key(pipeline: &str, stage_key: &str, output: Option<&str>) -> String
 pub fn ctl_key(pipeline: &str, stage_key: &str, output: Option<&str>) -> String {
     match output {
         None => format!("rill/{pipeline}/{stage_key}/ack"),
-        Some(o) => format!("rill/{pipeline}/{stage_key}/ack/{}", rill_core::spec::key_safe(o)),
+        Some(o) => format!(
+            "rill/{pipeline}/{stage_key}/ack/{}",
+            rill_core::spec::key_safe(o)
+        ),
     }
 }
 
@@ -52,6 +58,9 @@ mod tests {
             from: 3,
         };
         assert_eq!(decode_ctl(&encode_ctl(&c).unwrap()).unwrap(), c);
-        assert_eq!(data_key("p", "s", Some("my errors")), "rill/p/s/out/my_errors");
+        assert_eq!(
+            data_key("p", "s", Some("my errors")),
+            "rill/p/s/out/my_errors"
+        );
     }
 }

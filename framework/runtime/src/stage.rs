@@ -21,7 +21,10 @@ use zenoh::qos::CongestionControl;
 
 use crate::log::{Arrival, InCursor, OutLog};
 use crate::metrics::StageMetrics;
-use crate::protocol::{CtlMsg, DataMsg, ProducerId, ctl_key, data_key, decode_ctl, decode_data, encode_ctl, encode_data};
+use crate::protocol::{
+    CtlMsg, DataMsg, ProducerId, ctl_key, data_key, decode_ctl, decode_data, encode_ctl,
+    encode_data,
+};
 
 /// How often a stage checks its timers.
 const TICK: Duration = Duration::from_millis(25);
@@ -119,7 +122,10 @@ impl StageShared {
         }
         let mut inputs = Vec::new();
         for inp in &stage.inputs {
-            let producer = pipeline.stage(&inp.stage).map(|s| s.key_name()).unwrap_or_default();
+            let producer = pipeline
+                .stage(&inp.stage)
+                .map(|s| s.key_name())
+                .unwrap_or_default();
             let ctl = session
                 .declare_publisher(ctl_key(&pipeline.name, &producer, inp.output.as_deref()))
                 .congestion_control(CongestionControl::Block)
@@ -152,7 +158,9 @@ impl StageShared {
     }
 
     fn outputs_blocked(&self) -> bool {
-        self.outputs.iter().any(|o| o.log.has_consumers() && o.log.room() == 0)
+        self.outputs
+            .iter()
+            .any(|o| o.log.has_consumers() && o.log.room() == 0)
     }
 
     fn inputs_ended(&self) -> bool {
@@ -168,7 +176,11 @@ impl StageShared {
     }
 
     /// Publishes records on output `idx`, in messages of `batch_size`.
-    async fn publish(&mut self, idx: usize, records: Vec<Record>) -> Result<(), ActorProcessingErr> {
+    async fn publish(
+        &mut self,
+        idx: usize,
+        records: Vec<Record>,
+    ) -> Result<(), ActorProcessingErr> {
         if records.is_empty() {
             return Ok(());
         }
@@ -217,23 +229,21 @@ impl StageShared {
 
     /// Sends what a node emitted: main output, named outputs, dead letters.
     /// A failed record without an error output fails the stage.
-    async fn route(&mut self, out: &mut Emitter, attempt: u32) -> Result<(), ActorProcessingErr> {
+    async fn route(&mut self, out: &mut Emitter) -> Result<(), ActorProcessingErr> {
         let (main, named, failures) = out.take();
         if !failures.is_empty() {
-            self.metrics.errors.fetch_add(failures.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
+                .errors
+                .fetch_add(failures.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let Some(err_out) = self.stage.error_output.clone() else {
                 let f = &failures[0];
-                let msg = format!(
-                    "record {} failed: {}",
-                    describe_record(&f.record),
-                    f.msg
-                );
+                let msg = format!("record {} failed: {}", describe_record(&f.record), f.msg);
                 *self.metrics.last_error.lock().unwrap() = Some(msg.clone());
                 return Err(msg.into());
             };
             let letters: Vec<Record> = failures
                 .into_iter()
-                .map(|f| dead_letter(&self.stage.name, f, attempt + 1))
+                .map(|f| dead_letter(&self.stage.name, f, 1))
                 .collect();
             let idx = self.output_index(Some(&err_out))?;
             self.publish(idx, letters).await?;
@@ -271,7 +281,9 @@ impl StageShared {
 
     async fn ack(&mut self, input: usize) -> Result<(), ActorProcessingErr> {
         let port = &self.inputs[input];
-        let Some(epoch) = port.epoch else { return Ok(()) };
+        let Some(epoch) = port.epoch else {
+            return Ok(());
+        };
         let msg = CtlMsg::Ack {
             consumer: self.consumer_id.clone(),
             epoch,
@@ -281,7 +293,12 @@ impl StageShared {
         Ok(())
     }
 
-    async fn request_resend(&mut self, input: usize, from: u64, force: bool) -> Result<(), ActorProcessingErr> {
+    async fn request_resend(
+        &mut self,
+        input: usize,
+        from: u64,
+        force: bool,
+    ) -> Result<(), ActorProcessingErr> {
         let port = &mut self.inputs[input];
         if !force && port.last_resend.is_some_and(|t| t.elapsed() < RESEND_GAP) {
             return Ok(());
@@ -309,7 +326,9 @@ impl StageShared {
 /// A dead letter: Beam's `element` and `msg`, plus `stage`, `attempts` and
 /// `time` (ms since the epoch). Key and event time are the input's.
 pub fn dead_letter(stage: &str, f: Failure, attempts: u32) -> Record {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let mut fields = Fields::new();
     fields.insert("element".into(), Value::Map(f.record.fields));
     fields.insert("msg".into(), Value::String(f.msg));
@@ -390,7 +409,6 @@ pub struct StageArgs {
 pub struct StageState {
     shared: Arc<Mutex<StageShared>>,
     node: Node,
-    attempt: u32,
     pending: VecDeque<Pending>,
     /// (records, failures) a restarted source still has to skip.
     skip: (u64, u64),
@@ -406,7 +424,11 @@ impl Actor for StageActor {
     type State = StageState;
     type Arguments = StageArgs;
 
-    async fn pre_start(&self, myself: ActorRef<StageMsg>, args: StageArgs) -> Result<StageState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<StageMsg>,
+        args: StageArgs,
+    ) -> Result<StageState, ActorProcessingErr> {
         let mut sh = args.shared.lock().await;
         let node = match sh.prebuilt.take() {
             Some(n) => n,
@@ -421,7 +443,11 @@ impl Actor for StageActor {
                 sh.stage.node.build(&ctx)?
             }
         };
-        sh.metrics.started.lock().unwrap().get_or_insert_with(Instant::now);
+        sh.metrics
+            .started
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
         let mut subs = Vec::new();
         // inputs: a fresh incarnation expects what was processed last
         for (i, port) in sh.inputs.iter_mut().enumerate() {
@@ -446,7 +472,11 @@ impl Actor for StageActor {
                         }
                     };
                     let (epoch, first, count) = match &msg {
-                        DataMsg::Batch { producer, first_seq, records } => (producer.epoch, *first_seq, records.len() as u64),
+                        DataMsg::Batch {
+                            producer,
+                            first_seq,
+                            records,
+                        } => (producer.epoch, *first_seq, records.len() as u64),
                         DataMsg::End { producer, seq } => (producer.epoch, *seq, 1),
                     };
                     if count == 0 {
@@ -463,7 +493,11 @@ impl Actor for StageActor {
                                 records,
                             }
                         }
-                        (Arrival::Fresh { .. }, DataMsg::End { seq, .. }) => StageMsg::End { input: i, epoch, seq },
+                        (Arrival::Fresh { .. }, DataMsg::End { seq, .. }) => StageMsg::End {
+                            input: i,
+                            epoch,
+                            seq,
+                        },
                         (Arrival::Duplicate, _) => StageMsg::Duplicate { input: i },
                         (Arrival::Gap { from }, _) => StageMsg::Gap { input: i, from },
                     };
@@ -494,7 +528,10 @@ impl Actor for StageActor {
             let from = sh.inputs[i].processed;
             sh.request_resend(i, from, true).await?;
         }
-        let skip = (sh.source_emitted, sh.source_failed);
+        let skip = match &node {
+            Node::Source(src) if src.deterministic() => (sh.source_emitted, sh.source_failed),
+            _ => (0, 0),
+        };
         drop(sh);
         myself.send_interval(TICK, || StageMsg::Tick);
         if matches!(node, Node::Source(_)) {
@@ -503,7 +540,6 @@ impl Actor for StageActor {
         Ok(StageState {
             shared: args.shared,
             node,
-            attempt: args.attempt,
             pending: VecDeque::new(),
             skip,
             poll_at: None,
@@ -511,7 +547,12 @@ impl Actor for StageActor {
         })
     }
 
-    async fn handle(&self, myself: ActorRef<StageMsg>, msg: StageMsg, st: &mut StageState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<StageMsg>,
+        msg: StageMsg,
+        st: &mut StageState,
+    ) -> Result<(), ActorProcessingErr> {
         let shared = st.shared.clone();
         let mut sh = shared.lock().await;
         match msg {
@@ -593,7 +634,9 @@ pub const DONE: &str = "done";
 /// Processes queued input while the outputs have room.
 async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorProcessingErr> {
     while !sh.outputs_blocked() {
-        let Some(item) = st.pending.pop_front() else { break };
+        let Some(item) = st.pending.pop_front() else {
+            break;
+        };
         match item {
             Pending::Data {
                 input,
@@ -614,11 +657,15 @@ async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorPro
                     // cursor asks again where needed
                     continue;
                 }
-                sh.metrics.records_in.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                sh.metrics
+                    .records_in
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 let started = Instant::now();
                 let mut out = Emitter::new();
                 let result = match &mut st.node {
-                    Node::Transform(t) => tokio::task::block_in_place(|| t.process(records, &mut out)),
+                    Node::Transform(t) => {
+                        tokio::task::block_in_place(|| t.process(records, &mut out))
+                    }
                     Node::Sink(s) => tokio::task::block_in_place(|| s.write(records, &mut out)),
                     Node::Source(_) => Ok(()),
                 };
@@ -627,7 +674,7 @@ async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorPro
                     *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
                     return Err(e.into());
                 }
-                sh.route(&mut out, st.attempt).await?;
+                sh.route(&mut out).await?;
                 sh.inputs[input].processed = first_seq + n;
                 sh.ack(input).await?;
             }
@@ -653,7 +700,7 @@ async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorPro
                         *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
                         return Err(e.into());
                     }
-                    sh.route(&mut out, st.attempt).await?;
+                    sh.route(&mut out).await?;
                     sh.publish_end().await?;
                     sh.finished_node = true;
                 }
@@ -664,12 +711,23 @@ async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorPro
 }
 
 /// Lets a source emit as much as its outputs have room for.
-async fn poll_source(sh: &mut StageShared, st: &mut StageState, myself: &ActorRef<StageMsg>) -> Result<(), ActorProcessingErr> {
-    let Node::Source(src) = &mut st.node else { return Ok(()) };
+async fn poll_source(
+    sh: &mut StageShared,
+    st: &mut StageState,
+    myself: &ActorRef<StageMsg>,
+) -> Result<(), ActorProcessingErr> {
+    let Node::Source(src) = &mut st.node else {
+        return Ok(());
+    };
     if sh.source_done {
         return Ok(());
     }
-    let room = sh.outputs.iter().map(|o| o.log.room()).min().unwrap_or(u64::MAX);
+    let room = sh
+        .outputs
+        .iter()
+        .map(|o| o.log.room())
+        .min()
+        .unwrap_or(u64::MAX);
     if room == 0 {
         return Ok(()); // an ack will poll again
     }
@@ -686,27 +744,30 @@ async fn poll_source(sh: &mut StageShared, st: &mut StageState, myself: &ActorRe
         }
     };
     let (main, named, failures) = out.take();
-    sh.source_emitted += main.len() as u64;
-    sh.source_failed += failures.len() as u64;
-    // a restarted source replays what an earlier incarnation emitted: skip it
-    let skip_main = (st.skip.0.min(main.len() as u64)) as usize;
-    let skip_failed = (st.skip.1.min(failures.len() as u64)) as usize;
+    let (n_main, n_failed) = (main.len() as u64, failures.len() as u64);
+    // a restarted deterministic source replays what an earlier incarnation
+    // emitted: skip it
+    let skip_main = st.skip.0.min(n_main) as usize;
+    let skip_failed = st.skip.1.min(n_failed) as usize;
     st.skip.0 -= skip_main as u64;
     st.skip.1 -= skip_failed as u64;
-    sh.source_emitted -= skip_main as u64;
-    sh.source_failed -= skip_failed as u64;
     for r in main.into_iter().skip(skip_main) {
         out.emit(r);
     }
-    for (n, v) in named {
-        for r in v {
-            out.emit_to(&n, r);
+    if skip_main == 0 {
+        for (n, v) in named {
+            for r in v {
+                out.emit_to(&n, r);
+            }
         }
     }
     for f in failures.into_iter().skip(skip_failed) {
         out.fail(f.record, f.msg);
     }
-    sh.route(&mut out, st.attempt).await?;
+    sh.route(&mut out).await?;
+    // counted only once routed: a batch that failed the stage is emitted again
+    sh.source_emitted += n_main;
+    sh.source_failed += n_failed;
     match status {
         SourceStatus::More => {
             myself.cast(StageMsg::Poll)?;

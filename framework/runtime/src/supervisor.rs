@@ -67,7 +67,11 @@ pub struct SupervisorState {
 pub struct Supervisor;
 
 impl Supervisor {
-    async fn spawn_child(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, i: usize) -> Result<(), String> {
+    async fn spawn_child(
+        myself: &ActorRef<SupervisorMsg>,
+        st: &mut SupervisorState,
+        i: usize,
+    ) -> Result<(), String> {
         let c = &st.children[i];
         let args = StageArgs {
             shared: c.shared.clone(),
@@ -87,13 +91,23 @@ impl Supervisor {
 
     /// Applies the restart policy of child `i` after a failure; false when
     /// the restart intensity is exceeded and the run must fail.
-    fn schedule_restart(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, i: usize, error: &str) -> bool {
+    fn schedule_restart(
+        myself: &ActorRef<SupervisorMsg>,
+        st: &mut SupervisorState,
+        i: usize,
+        error: &str,
+    ) -> bool {
         let since = st.started.elapsed();
         let c = &mut st.children[i];
         let policy = c.stage.restart;
         let now = Instant::now();
-        c.history.push(format!("{:.3}s: {error}", since.as_secs_f64()));
-        while c.recent.front().is_some_and(|t| now.duration_since(*t) > policy.within.0) {
+        c.history
+            .push(format!("{:.3}s: {error}", since.as_secs_f64()));
+        while c
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.within.0)
+        {
             c.recent.pop_front();
         }
         if c.recent.len() as u32 >= policy.max_restarts {
@@ -109,11 +123,18 @@ impl Supervisor {
         let name = c.stage.name.clone();
         warn!(stage = %name, attempt = c.attempt, delay_ms = delay.as_millis() as u64, "stage failed: {error}; restarting");
         if let Ok(sh) = c.shared.try_lock() {
-            sh.metrics.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            sh.metrics
+                .restarts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else {
             let shared = c.shared.clone();
             tokio::spawn(async move {
-                shared.lock().await.metrics.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                shared
+                    .lock()
+                    .await
+                    .metrics
+                    .restarts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             });
         }
         myself.send_after(delay, move || SupervisorMsg::Respawn(name));
@@ -133,7 +154,12 @@ impl Supervisor {
         myself.stop(None);
     }
 
-    fn on_failure(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, i: usize, error: String) {
+    fn on_failure(
+        myself: &ActorRef<SupervisorMsg>,
+        st: &mut SupervisorState,
+        i: usize,
+        error: String,
+    ) {
         if st.children[i].done || !matches!(*st.outcome.lock().unwrap(), Outcome::Running) {
             return;
         }
@@ -148,7 +174,11 @@ impl Actor for Supervisor {
     type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<SupervisorMsg>, args: SupervisorArgs) -> Result<SupervisorState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut st = SupervisorState {
             children: args
                 .stages
@@ -182,13 +212,20 @@ impl Actor for Supervisor {
         Ok(st)
     }
 
-    async fn handle(&self, myself: ActorRef<SupervisorMsg>, msg: SupervisorMsg, st: &mut SupervisorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Respawn(name) => {
                 if !matches!(*st.outcome.lock().unwrap(), Outcome::Running) {
                     return Ok(());
                 }
-                let Some(i) = st.children.iter().position(|c| c.stage.name == name) else { return Ok(()) };
+                let Some(i) = st.children.iter().position(|c| c.stage.name == name) else {
+                    return Ok(());
+                };
                 info!(stage = %name, attempt = st.children[i].attempt, "restarting stage");
                 if let Err(e) = Self::spawn_child(&myself, st, i).await {
                     Self::on_failure(&myself, st, i, e);
@@ -211,7 +248,9 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match evt {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let Some(i) = child_index(st, &cell) else { return Ok(()) };
+                let Some(i) = child_index(st, &cell) else {
+                    return Ok(());
+                };
                 if reason.as_deref() == Some(DONE) {
                     st.children[i].done = true;
                     info!(stage = %st.children[i].stage.name, "stage finished");
@@ -229,9 +268,15 @@ impl Actor for Supervisor {
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                let Some(i) = child_index(st, &cell) else { return Ok(()) };
+                let Some(i) = child_index(st, &cell) else {
+                    return Ok(());
+                };
                 let msg = err.to_string();
-                let msg = if msg.is_empty() { "panicked".to_owned() } else { msg };
+                let msg = if msg.is_empty() {
+                    "panicked".to_owned()
+                } else {
+                    msg
+                };
                 Self::on_failure(&myself, st, i, msg);
             }
             _ => {}

@@ -24,7 +24,8 @@ pub fn config_json(opts: &ZenohOptions) -> String {
 /// Opens a session; the error says which endpoint was at fault where Zenoh
 /// tells.
 pub async fn open(opts: &ZenohOptions) -> Result<zenoh::Session, String> {
-    let config = zenoh::Config::from_json5(&config_json(opts)).map_err(|e| format!("bad zenoh options: {e}"))?;
+    let config = zenoh::Config::from_json5(&config_json(opts))
+        .map_err(|e| format!("bad zenoh options: {e}"))?;
     zenoh::open(config).await.map_err(|e| {
         format!(
             "cannot open the Zenoh session (listen {:?}, connect {:?}): {e}",

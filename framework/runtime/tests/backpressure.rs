@@ -42,14 +42,29 @@ options:
     assert_eq!(gen_.records_out, 3000);
     assert_eq!(slow.records_in, 3000);
     // the queue limit holds on both sides of the link
-    assert!(slow.queue_high_water <= 200, "consumer queue reached {}", slow.queue_high_water);
-    assert!(gen_.log_high_water <= 200, "producer held {} unacknowledged", gen_.log_high_water);
-    assert!(slow.queue_high_water > 0, "the consumer never queued anything: the test did not test");
+    assert!(
+        slow.queue_high_water <= 200,
+        "consumer queue reached {}",
+        slow.queue_high_water
+    );
+    assert!(
+        gen_.log_high_water <= 200,
+        "producer held {} unacknowledged",
+        gen_.log_high_water
+    );
+    assert!(
+        slow.queue_high_water > 0,
+        "the consumer never queued anything: the test did not test"
+    );
     // and nothing was lost or reordered
     let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
     let ids: Vec<i64> = text
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_i64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(ids, (0..3000).collect::<Vec<_>>());
 }

@@ -7,7 +7,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// A temporary working directory with `configs` linked in.
@@ -52,7 +55,11 @@ pub fn wait(mut child: Child, limit: Duration, what: &str) -> Output {
 /// Runs `rill ARGS` in `dir` to its end.
 pub fn rill(dir: &Path, args: &[&str]) -> Output {
     let child = command(dir, args).spawn().unwrap();
-    wait(child, Duration::from_secs(60), &format!("rill {}", args.join(" ")))
+    wait(
+        child,
+        Duration::from_secs(60),
+        &format!("rill {}", args.join(" ")),
+    )
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -66,10 +73,16 @@ pub fn stderr(o: &Output) -> String {
 /// Reads a JSON Lines file.
 pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
