@@ -615,7 +615,10 @@ impl Actor for StageActor {
                 }
             }
             StageMsg::Poll => {
-                if st.poll_at.is_none() {
+                // a timed poll may find its wait already over (or another
+                // poll earlier): poll when nothing is scheduled in the future
+                if st.poll_at.is_none_or(|t| Instant::now() >= t) {
+                    st.poll_at = None;
                     poll_source(&mut sh, st, &myself).await?;
                 }
             }
@@ -772,7 +775,10 @@ async fn poll_source(
         SourceStatus::More => {
             myself.cast(StageMsg::Poll)?;
         }
-        SourceStatus::Wait(d) => st.poll_at = Some(Instant::now() + d),
+        SourceStatus::Wait(d) => {
+            st.poll_at = Some(Instant::now() + d);
+            myself.send_after(d, || StageMsg::Poll);
+        }
         SourceStatus::Done => {
             sh.source_done = true;
             sh.publish_end().await?;
