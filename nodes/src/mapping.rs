@@ -138,28 +138,35 @@ struct MapNode {
 }
 
 impl MapNode {
-    fn map(&self, r: &Record) -> Result<Fields, String> {
+    /// The output fields for `r`; the input is consumed so that appended
+    /// fields move instead of being copied.
+    fn map(&self, r: &mut Record) -> Result<Fields, String> {
+        let mut values = Vec::with_capacity(self.fields.len());
+        for (name, expr) in &self.fields {
+            values.push(expr.eval(r).map_err(|e| format!("field `{name}`: {e}"))?);
+        }
         let mut out = if self.append {
             for d in &self.drop {
                 if !r.fields.contains_key(d) {
                     return Err(format!("cannot drop `{d}`: the record has no such field"));
                 }
             }
-            r.fields
-                .iter()
-                .filter(|(k, _)| !self.drop.contains(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
+            for (name, _) in &self.fields {
+                if r.fields.contains_key(name) && !self.drop.contains(name) {
+                    return Err(format!(
+                        "field `{name}` already exists in the input; add it to `drop` to replace it"
+                    ));
+                }
+            }
+            let mut kept = std::mem::take(&mut r.fields);
+            if !self.drop.is_empty() {
+                kept.retain(|k, _| !self.drop.contains(k));
+            }
+            kept
         } else {
             Fields::with_capacity(self.fields.len())
         };
-        for (name, expr) in &self.fields {
-            let v = expr.eval(r).map_err(|e| format!("field `{name}`: {e}"))?;
-            if self.append && out.contains_key(name) {
-                return Err(format!(
-                    "field `{name}` already exists in the input; add it to `drop` to replace it"
-                ));
-            }
+        for ((name, _), v) in self.fields.iter().zip(values) {
             out.insert(name.clone(), v);
         }
         Ok(out)
@@ -168,8 +175,8 @@ impl MapNode {
 
 impl Transform for MapNode {
     fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
-        for r in batch {
-            match self.map(&r) {
+        for mut r in batch {
+            match self.map(&mut r) {
                 Ok(fields) => out.emit(Record {
                     key: r.key,
                     event_time: r.event_time,

@@ -7,26 +7,29 @@ use std::sync::Arc;
 
 /// One published message kept for resending.
 #[derive(Debug, Clone)]
-struct Entry {
+struct Entry<P> {
     first_seq: u64,
     /// Records in it (1 for the end marker).
     count: u64,
-    payload: Arc<[u8]>,
+    payload: P,
 }
 
 /// A stage output's log of unacknowledged messages, and its consumers.
+///
+/// `P` is the encoded message as the transport holds it (the runtime keeps
+/// Zenoh's reference-counted buffers, so a resend copies nothing).
 #[derive(Debug)]
-pub struct OutLog {
-    entries: VecDeque<Entry>,
+pub struct OutLog<P = Arc<[u8]>> {
+    entries: VecDeque<Entry<P>>,
     next_seq: u64,
     /// consumer -> (acknowledged up to, exclusive; window in records)
     consumers: BTreeMap<String, (u64, u64)>,
     end_seq: Option<u64>,
 }
 
-impl OutLog {
+impl<P: Clone> OutLog<P> {
     /// A log for the given consumers and their windows (queue sizes).
-    pub fn new(consumers: impl IntoIterator<Item = (String, u64)>) -> OutLog {
+    pub fn new(consumers: impl IntoIterator<Item = (String, u64)>) -> OutLog<P> {
         OutLog {
             entries: VecDeque::new(),
             next_seq: 0,
@@ -72,7 +75,7 @@ impl OutLog {
     }
 
     /// Appends a message of `count` records numbered from [`Self::next_seq`].
-    pub fn append(&mut self, count: u64, payload: Arc<[u8]>) {
+    pub fn append(&mut self, count: u64, payload: P) {
         assert!(self.end_seq.is_none(), "append after end");
         let first_seq = self.next_seq;
         self.next_seq += count;
@@ -86,7 +89,7 @@ impl OutLog {
     }
 
     /// Appends the end marker; it takes one number.
-    pub fn append_end(&mut self, payload: Arc<[u8]>) {
+    pub fn append_end(&mut self, payload: P) {
         let seq = self.next_seq;
         self.append(1, payload);
         self.end_seq = Some(seq);
@@ -123,7 +126,7 @@ impl OutLog {
 
     /// The held messages that contain numbers at or above `from`, oldest
     /// first, up to `limit` records past `from`.
-    pub fn resend_from(&self, from: u64, limit: u64) -> Vec<Arc<[u8]>> {
+    pub fn resend_from(&self, from: u64, limit: u64) -> Vec<P> {
         self.entries
             .iter()
             .filter(|e| e.first_seq + e.count > from && e.first_seq < from.saturating_add(limit))

@@ -16,6 +16,7 @@ use rill_core::{Fields, Record, Value};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 use zenoh::Session;
+use zenoh::bytes::ZBytes;
 use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::CongestionControl;
 
@@ -39,7 +40,7 @@ pub(crate) struct OutPort {
     pub name: Option<String>,
     pub producer: ProducerId,
     pub publisher: Publisher<'static>,
-    pub log: OutLog,
+    pub log: OutLog<ZBytes>,
     pub window: u64,
     last_progress: Instant,
     rto: Duration,
@@ -195,7 +196,7 @@ impl StageShared {
                 first_seq: port.log.next_seq(),
                 records: chunk,
             };
-            let payload: Arc<[u8]> = Arc::from(encode_data(&msg)?);
+            let payload = ZBytes::from(encode_data(&msg)?);
             if port.log.unacked() == 0 {
                 port.last_progress = Instant::now();
             }
@@ -203,7 +204,7 @@ impl StageShared {
             self.metrics
                 .log_high_water
                 .fetch_max(port.log.unacked(), std::sync::atomic::Ordering::Relaxed);
-            port.publisher.put(payload.to_vec()).await?;
+            port.publisher.put(payload).await?;
         }
         Ok(())
     }
@@ -217,12 +218,12 @@ impl StageShared {
                 producer: port.producer.clone(),
                 seq: port.log.next_seq(),
             };
-            let payload: Arc<[u8]> = Arc::from(encode_data(&msg)?);
+            let payload = ZBytes::from(encode_data(&msg)?);
             if port.log.unacked() == 0 {
                 port.last_progress = Instant::now();
             }
             port.log.append_end(payload.clone());
-            port.publisher.put(payload.to_vec()).await?;
+            port.publisher.put(payload).await?;
         }
         Ok(())
     }
@@ -317,7 +318,7 @@ impl StageShared {
         let port = &mut self.outputs[idx];
         let from = from.max(port.log.min_acked());
         for payload in port.log.resend_from(from, port.window) {
-            port.publisher.put(payload.to_vec()).await?;
+            port.publisher.put(payload).await?;
         }
         Ok(())
     }
