@@ -414,7 +414,41 @@ pub struct StageState {
     /// (records, failures) a restarted source still has to skip.
     skip: (u64, u64),
     poll_at: Option<Instant>,
+    offload: Offload,
     _subs: Vec<Subscriber<()>>,
+}
+
+/// Decides where a node's work runs. Short calls run on the async worker
+/// (cheaper than a thread hand-off, and harmless at tens of microseconds);
+/// once a call has taken longer than [`Offload::HEAVY`], the stage's calls
+/// run under `block_in_place`, so a CPU-heavy node cannot stall the other
+/// stages and Zenoh's tasks on that worker. The choice follows a moving
+/// average of the call time, so a stage that turns heavy moves off at once.
+#[derive(Debug, Default)]
+struct Offload {
+    /// Moving average of the call time in µs.
+    avg_us: f64,
+}
+
+impl Offload {
+    const HEAVY: f64 = 200.0;
+
+    fn run<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = if self.avg_us > Self::HEAVY {
+            tokio::task::block_in_place(f)
+        } else {
+            f()
+        };
+        let us = start.elapsed().as_secs_f64() * 1e6;
+        // a slow call moves the stage off the worker immediately
+        self.avg_us = if us > Self::HEAVY {
+            us
+        } else {
+            self.avg_us * 0.8 + us * 0.2
+        };
+        out
+    }
 }
 
 /// The stage actor.
@@ -544,6 +578,7 @@ impl Actor for StageActor {
             pending: VecDeque::new(),
             skip,
             poll_at: None,
+            offload: Offload::default(),
             _subs: subs,
         })
     }
@@ -667,10 +702,8 @@ async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorPro
                 let started = Instant::now();
                 let mut out = Emitter::new();
                 let result = match &mut st.node {
-                    Node::Transform(t) => {
-                        tokio::task::block_in_place(|| t.process(records, &mut out))
-                    }
-                    Node::Sink(s) => tokio::task::block_in_place(|| s.write(records, &mut out)),
+                    Node::Transform(t) => st.offload.run(|| t.process(records, &mut out)),
+                    Node::Sink(s) => st.offload.run(|| s.write(records, &mut out)),
                     Node::Source(_) => Ok(()),
                 };
                 sh.metrics.observe_latency(started.elapsed());
@@ -738,7 +771,7 @@ async fn poll_source(
     let max = room.min(sh.batch_size as u64) as usize;
     let mut out = Emitter::new();
     let started = Instant::now();
-    let status = tokio::task::block_in_place(|| src.poll(max, &mut out));
+    let status = st.offload.run(|| src.poll(max, &mut out));
     sh.metrics.observe_latency(started.elapsed());
     let status = match status {
         Ok(s) => s,
