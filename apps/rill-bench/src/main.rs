@@ -11,7 +11,7 @@
 //! 2. Latency: the same pipeline at a fixed 1,000 records/s; each record is
 //!    stamped when the source emits it and measured when the sink gets it.
 //!
-//! `cargo run --release -p rill-bench [-- RECORDS]`
+//! `cargo run --release -p rill-bench [-- RECORDS [BATCH]]`
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -40,6 +40,9 @@ fn record(i: u64) -> Record {
         .with_time(i as i64)
         .with("id", i as i64)
         .with("value", (i % 1000) as f64 / 1000.0)
+        // the rill source overwrites this with the emit time; the raw
+        // baselines carry the same field so the payloads are the same
+        .with("t_us", 0i64)
 }
 
 /// A source that stamps each record with the time it was emitted.
@@ -129,7 +132,17 @@ impl Sink for BenchSinkNode {
     }
 }
 
+/// Records per message, for rill (`options.batch_size`) and the baselines
+/// alike: the second argument, or rill's default (256).
+fn batch() -> usize {
+    std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(256)
+}
+
 fn pipeline_yaml(count: u64, rate: Option<f64>) -> String {
+    let batch = batch();
     let rate = rate.map_or(String::new(), |r| format!(", rate: {r}"));
     format!(
         r#"
@@ -139,6 +152,8 @@ pipeline:
     - {{type: BenchSource, name: source, config: {{count: {count}{rate}}}}}
     - {{type: MapToFields, name: pass, input: source, config: {{append: true, fields: {{}}}}}}
     - {{type: BenchSink, name: sink, input: pass}}
+options:
+  batch_size: {batch}
 "#
     )
 }
@@ -169,55 +184,15 @@ async fn run_rill(count: u64, rate: Option<f64>) -> anyhow::Result<(f64, Vec<u64
     ))
 }
 
-/// Raw Zenoh: the same records, in the same batches, encoded and decoded.
-async fn run_raw(count: u64, batch: usize) -> anyhow::Result<f64> {
-    let session = rill_runtime::transport::open(&Default::default())
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let got = Arc::new(AtomicU64::new(0));
-    let g = got.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let tx = Mutex::new(Some(tx));
-    let _sub = session
-        .declare_subscriber("bench/raw")
-        .callback(move |s| {
-            let recs: Vec<Record> = codec::decode(&s.payload().to_bytes()).unwrap_or_default();
-            if g.fetch_add(recs.len() as u64, Ordering::Relaxed) + recs.len() as u64 >= count
-                && let Some(tx) = tx.lock().unwrap().take()
-            {
-                let _ = tx.send(());
-            }
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let publisher = session
-        .declare_publisher("bench/raw")
-        .congestion_control(zenoh::qos::CongestionControl::Block)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let t = Instant::now();
-    let mut i = 0;
-    while i < count {
-        let n = (count - i).min(batch as u64);
-        let recs: Vec<Record> = (i..i + n).map(record).collect();
-        publisher
-            .put(codec::encode(&recs)?)
-            .wait()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        i += n;
-    }
-    tokio::time::timeout(Duration::from_secs(60), rx).await??;
-    let secs = t.elapsed().as_secs_f64();
-    drop(publisher);
-    let _ = session.close().await;
-    Ok(count as f64 / secs)
-}
-
-/// The same 3-stage pass-through written directly on Zenoh, without rill:
-/// source -> relay (decode, re-encode, publish) -> sink (decode, count). No
-/// acks, no logs, no supervision: what rill's guarantees are measured
-/// against.
-async fn run_raw_relay(count: u64, batch: usize) -> anyhow::Result<f64> {
+/// Raw Zenoh: the same records in the same batches, encoded and decoded.
+///
+/// With `relay: false` one publisher feeds one subscriber (1 hop). With
+/// `relay: true` it is the same 3-stage pass-through as the rill pipeline,
+/// written directly on Zenoh: source -> relay (decode, re-encode, publish) ->
+/// sink (decode, count), with no acks, logs or supervision: what rill's
+/// guarantees are measured against.
+async fn run_raw(count: u64, batch: usize, relay: bool) -> anyhow::Result<f64> {
+    let err = |e: zenoh::Error| anyhow::anyhow!("{e}");
     let session = rill_runtime::transport::open(&Default::default())
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -226,7 +201,7 @@ async fn run_raw_relay(count: u64, batch: usize) -> anyhow::Result<f64> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let tx = Mutex::new(Some(tx));
     let _sink = session
-        .declare_subscriber("bench/relay/b")
+        .declare_subscriber("bench/raw/out")
         .callback(move |s| {
             let recs: Vec<Record> = codec::decode(&s.payload().to_bytes()).unwrap_or_default();
             if g.fetch_add(recs.len() as u64, Ordering::Relaxed) + recs.len() as u64 >= count
@@ -236,36 +211,41 @@ async fn run_raw_relay(count: u64, batch: usize) -> anyhow::Result<f64> {
             }
         })
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let out = session
-        .declare_publisher("bench/relay/b")
-        .congestion_control(zenoh::qos::CongestionControl::Block)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let _relay = session
-        .declare_subscriber("bench/relay/a")
-        .callback(move |s| {
-            let recs: Vec<Record> = codec::decode(&s.payload().to_bytes()).unwrap_or_default();
-            if let Ok(bytes) = codec::encode(&recs) {
-                let _ = out.put(bytes).wait();
-            }
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let publisher = session
-        .declare_publisher("bench/relay/a")
-        .congestion_control(zenoh::qos::CongestionControl::Block)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(err)?;
+    let declare = |key: &'static str| {
+        session
+            .declare_publisher(key)
+            .congestion_control(zenoh::qos::CongestionControl::Block)
+    };
+    let _relay = if relay {
+        let out = declare("bench/raw/out").await.map_err(err)?;
+        let sub = session
+            .declare_subscriber("bench/raw/in")
+            .callback(move |s| {
+                let recs: Vec<Record> = codec::decode(&s.payload().to_bytes()).unwrap_or_default();
+                if let Ok(bytes) = codec::encode(&recs) {
+                    let _ = out.put(bytes).wait();
+                }
+            })
+            .await
+            .map_err(err)?;
+        Some(sub)
+    } else {
+        None
+    };
+    let publisher = declare(if relay {
+        "bench/raw/in"
+    } else {
+        "bench/raw/out"
+    })
+    .await
+    .map_err(err)?;
     let t = Instant::now();
     let mut i = 0;
     while i < count {
         let n = (count - i).min(batch as u64);
         let recs: Vec<Record> = (i..i + n).map(record).collect();
-        publisher
-            .put(codec::encode(&recs)?)
-            .wait()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        publisher.put(codec::encode(&recs)?).wait().map_err(err)?;
         i += n;
     }
     tokio::time::timeout(Duration::from_secs(60), rx).await??;
@@ -289,19 +269,22 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     epoch();
-    println!("rill benchmark: {count} records of {{key, id, value, t_us}}, batches of 256");
+    println!(
+        "rill benchmark: {count} records of {{key, id, value, t_us}}, batches of {}",
+        batch()
+    );
     // warm up both paths once
-    run_raw(count / 10, 256).await?;
+    run_raw(count / 10, batch(), false).await?;
     run_rill(count / 10, None).await?;
 
-    run_raw_relay(count / 10, 256).await?;
+    run_raw(count / 10, batch(), true).await?;
 
     let mut raw = Vec::new();
     let mut relay = Vec::new();
     let mut rill = Vec::new();
     for _ in 0..3 {
-        raw.push(run_raw(count, 256).await?);
-        relay.push(run_raw_relay(count, 256).await?);
+        raw.push(run_raw(count, batch(), false).await?);
+        relay.push(run_raw(count, batch(), true).await?);
         rill.push(run_rill(count, None).await?.0);
     }
     let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
