@@ -3,17 +3,24 @@
 //! Relative paths resolve against the working directory of `rill run` (as in
 //! Beam). Sources read one record per line or row; a line that is not valid
 //! fails that record only (with `file:line` in the message), so with
-//! `error_handling` the rest of the file flows on. Sinks hand every batch to
-//! the operating system before it is acknowledged, and `fsync` at the end.
+//! `error_handling` the rest of the file flows on.
+//!
+//! Sinks write effects exactly once: at every commit of the stage they
+//! `fsync` the file and record its length in the stage's state; a restarted
+//! sink cuts the file back to that length before it goes on, so what it
+//! wrote after its last commit (and will write again) is not doubled. Under
+//! `at_least_once` it keeps what it wrote. A first run truncates the file.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use rill_core::json::{parse_json_line, record_to_json_line, value_to_json};
 use rill_core::node::{
     BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink, Source, SourceStatus,
 };
+use rill_core::spec::Delivery;
+use rill_core::state::KeyedState;
 use rill_core::{Fields, Record, Value};
 use serde::Deserialize;
 
@@ -297,6 +304,9 @@ impl Source for CsvSource {
 
 // ---------------------------------------------------------------------------
 
+/// The state key of a file sink's committed length.
+const OFFSET_KEY: &str = "offset";
+
 fn open_for_write(
     ctx: &BuildContext<'_>,
     path: &std::path::Path,
@@ -307,14 +317,55 @@ fn open_for_write(
     {
         std::fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
     }
-    // a restarted sink continues the file its first incarnation wrote
-    let file = if ctx.attempt > 0 {
-        OpenOptions::new().create(true).append(true).open(&path)
-    } else {
-        File::create(&path)
-    }
-    .map_err(|e| NodeError::failed(format!("cannot open {} for writing: {e}", path.display())))?;
+    let cannot = |e: std::io::Error| {
+        NodeError::failed(format!("cannot open {} for writing: {e}", path.display()))
+    };
+    let committed = match ctx.state.get_value(OFFSET_KEY)? {
+        Some(Value::Int(n)) if n >= 0 => Some(n as u64),
+        Some(other) => {
+            return Err(NodeError::failed(format!(
+                "the committed length of {} is not a length: {other:?}",
+                path.display()
+            )));
+        }
+        None => None,
+    };
+    let file = match committed {
+        // a first run starts the file over
+        None => File::create(&path).map_err(cannot)?,
+        // a restarted sink continues from its last commit
+        Some(len) => {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .read(true)
+                .open(&path)
+                .map_err(cannot)?;
+            let on_disk = f.metadata().map_err(|e| NodeError::io(&path, e))?.len();
+            if on_disk < len {
+                return Err(NodeError::failed(format!(
+                    "{} is {on_disk} bytes but {len} were committed to it: it was cut or replaced outside rill; run with --reset-state to write it again",
+                    path.display()
+                )));
+            }
+            if ctx.delivery == Delivery::ExactlyOnce {
+                f.set_len(len).map_err(|e| NodeError::io(&path, e))?;
+            }
+            f.seek(SeekFrom::End(0))
+                .map_err(|e| NodeError::io(&path, e))?;
+            f
+        }
+    };
     Ok((path, file))
+}
+
+/// A file sink's commit: everything written reaches the disk, and its
+/// length goes into the stage's state.
+fn checkpoint_file(state: &KeyedState, path: &std::path::Path, f: &File) -> Result<(), NodeError> {
+    f.sync_data().map_err(|e| NodeError::io(path, e))?;
+    let len = f.metadata().map_err(|e| NodeError::io(path, e))?.len();
+    state.put_value(OFFSET_KEY, &Value::Int(len as i64))
 }
 
 /// `WriteToJson`: one JSON object per line.
@@ -342,6 +393,7 @@ impl NodeConfig for WriteToJson {
         Ok(Node::Sink(Box::new(JsonSink {
             path,
             out: BufWriter::with_capacity(1 << 16, file),
+            state: ctx.state.clone(),
         })))
     }
 }
@@ -349,6 +401,7 @@ impl NodeConfig for WriteToJson {
 struct JsonSink {
     path: PathBuf,
     out: BufWriter<File>,
+    state: KeyedState,
 }
 
 impl Sink for JsonSink {
@@ -360,15 +413,12 @@ impl Sink for JsonSink {
                 .and_then(|_| self.out.write_all(b"\n"))
                 .map_err(|e| NodeError::io(&self.path, e))?;
         }
-        self.out.flush().map_err(|e| NodeError::io(&self.path, e))
+        Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), NodeError> {
+    fn checkpoint(&mut self) -> Result<(), NodeError> {
         self.out.flush().map_err(|e| NodeError::io(&self.path, e))?;
-        self.out
-            .get_ref()
-            .sync_all()
-            .map_err(|e| NodeError::io(&self.path, e))
+        checkpoint_file(&self.state, &self.path, self.out.get_ref())
     }
 }
 
@@ -413,6 +463,7 @@ impl NodeConfig for WriteToCsv {
             path,
             writer,
             header,
+            state: ctx.state.clone(),
         })))
     }
 }
@@ -421,6 +472,7 @@ struct CsvSink {
     path: PathBuf,
     writer: csv::Writer<BufWriter<File>>,
     header: Option<Vec<String>>,
+    state: KeyedState,
 }
 
 fn cell(v: &Value) -> String {
@@ -459,20 +511,14 @@ impl Sink for CsvSink {
                 .collect();
             self.writer.write_record(&row).map_err(io)?;
         }
-        self.writer
-            .flush()
-            .map_err(|e| NodeError::io(&self.path, e))
+        Ok(())
     }
 
-    fn finish(&mut self) -> Result<(), NodeError> {
+    fn checkpoint(&mut self) -> Result<(), NodeError> {
         self.writer
             .flush()
             .map_err(|e| NodeError::io(&self.path, e))?;
-        self.writer
-            .get_ref()
-            .get_ref()
-            .sync_all()
-            .map_err(|e| NodeError::io(&self.path, e))
+        checkpoint_file(&self.state, &self.path, self.writer.get_ref().get_ref())
     }
 }
 

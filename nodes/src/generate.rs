@@ -53,12 +53,20 @@ impl NodeConfig for Generate {
         Ok(())
     }
 
-    fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let start_time = self.start_time.unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
-        });
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        // the clock's start is part of the stream: a restarted source takes
+        // the one its first incarnation committed
+        let start_time = match (self.start_time, ctx.state.get_value("start_time")?) {
+            (Some(t), _) => t,
+            (None, Some(Value::Int(t))) => t,
+            (None, _) => {
+                let t = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                ctx.state.put_value("start_time", &Value::Int(t))?;
+                t
+            }
+        };
         Ok(Node::Source(Box::new(GenerateSource {
             cfg: self.clone(),
             next: 0,
@@ -106,6 +114,18 @@ impl GenerateSource {
 }
 
 impl Source for GenerateSource {
+    fn seek(&mut self, emitted: u64) -> bool {
+        self.next = emitted;
+        if let Some(r) = self.cfg.rate {
+            // resume the pace where it was, not with a burst
+            let ahead = Duration::from_secs_f64(emitted as f64 / r);
+            self.started = Instant::now()
+                .checked_sub(ahead)
+                .unwrap_or_else(Instant::now);
+        }
+        true
+    }
+
     fn poll(&mut self, max: usize, out: &mut Emitter) -> Result<SourceStatus, NodeError> {
         let remaining = self
             .cfg
@@ -154,12 +174,15 @@ mod tests {
         };
         let run = |g: &Generate| {
             let ext = Default::default();
+            let state = Default::default();
             let ctx = BuildContext {
                 pipeline: "t",
                 stage: "g",
                 attempt: 0,
                 base_dir: std::path::Path::new("."),
                 extensions: &ext,
+                state: &state,
+                delivery: Default::default(),
             };
             let Node::Source(mut s) = g.build(&ctx).unwrap() else {
                 panic!()

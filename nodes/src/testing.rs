@@ -7,21 +7,27 @@
 //! |------|--------------|
 //! | `TestFault` | passes records on; panics (or errors) at record `at` of the stage's life, `times` times (across restarts) |
 //! | `TestSlow` | passes records on, sleeping `per_record` for each |
+//! | `TestCountPerKey` | adds `count`: how many records with this key it has seen so far (keyed state: survives restarts) |
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rill_core::Record;
 use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform};
 use rill_core::registry::Registry;
+use rill_core::state::KeyedState;
 use rill_core::units::Dur;
+use rill_core::{Record, Value};
 use serde::Deserialize;
 
 /// Registers the test-only node types.
 pub fn register_testing(r: &mut Registry) {
     r.register::<TestFault>("TestFault", "test only: fails on purpose");
     r.register::<TestSlow>("TestSlow", "test only: sleeps per record");
+    r.register::<TestCountPerKey>(
+        "TestCountPerKey",
+        "test only: running count per key in the stage's keyed state",
+    );
 }
 
 /// Failures so far per stage, shared by every incarnation in the process.
@@ -127,6 +133,54 @@ impl Transform for SlowNode {
     fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
         std::thread::sleep(self.0 * batch.len() as u32);
         for r in batch {
+            out.emit(r);
+        }
+        Ok(())
+    }
+}
+
+/// A window-free stateful node: the running count of records per key,
+/// kept in the stage's [`KeyedState`] (so it is committed with the input
+/// positions and resumes exactly after a crash).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TestCountPerKey {
+    /// The field to write the count to.
+    #[serde(default = "count_field")]
+    pub field: String,
+}
+
+fn count_field() -> String {
+    "count".into()
+}
+
+impl NodeConfig for TestCountPerKey {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Transform
+    }
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        Ok(Node::Transform(Box::new(CountNode {
+            field: self.field.clone(),
+            state: ctx.state.clone(),
+        })))
+    }
+}
+
+struct CountNode {
+    field: String,
+    state: KeyedState,
+}
+
+impl Transform for CountNode {
+    fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+        for mut r in batch {
+            let key = r.key.clone().unwrap_or_default();
+            let n = match self.state.get(key.as_bytes())? {
+                Some(b) if b.len() == 8 => u64::from_be_bytes(b.try_into().expect("8 bytes")),
+                _ => 0,
+            } + 1;
+            self.state.put(key.as_bytes(), n.to_be_bytes().to_vec());
+            r.fields.insert(self.field.clone(), Value::Int(n as i64));
             out.emit(r);
         }
         Ok(())

@@ -160,13 +160,39 @@ pub fn graph(file: &Path, mermaid: bool) -> u8 {
     OK
 }
 
-pub async fn run(
-    file: PathBuf,
-    stages: Option<Vec<String>>,
-    listen: Vec<String>,
-    connect: Vec<String>,
-    quiet: bool,
-) -> u8 {
+/// The flags of `rill run`.
+pub struct RunFlags {
+    pub stages: Option<Vec<String>>,
+    pub listen: Vec<String>,
+    pub connect: Vec<String>,
+    pub quiet: bool,
+    pub reset_state: bool,
+}
+
+/// Resolves on SIGTERM or Ctrl-C (SIGINT).
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    match term {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
+    let RunFlags {
+        stages,
+        listen,
+        connect,
+        quiet,
+        reset_state,
+    } = flags;
     let pipeline = match load(&file) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
@@ -176,6 +202,7 @@ pub async fn run(
         listen: (!listen.is_empty()).then_some(listen),
         connect: (!connect.is_empty()).then_some(connect),
         base_dir: None,
+        reset_state,
     };
     let run = match Run::start(pipeline.clone(), opts).await {
         Ok(r) => r,
@@ -193,10 +220,16 @@ pub async fn run(
     let progress = (!quiet && std::io::stderr().is_terminal())
         .then(|| summary::Progress::start(metrics.clone()));
     let signals = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nstopping (Ctrl-C)...");
-            stopper.stop();
-        }
+        let first = stop_signal().await;
+        eprintln!(
+            "\nstopping ({first}): committing what was processed; a second signal stops at once"
+        );
+        stopper.stop();
+        let second = stop_signal().await;
+        // every commit is atomic and durable: stopping here is as safe as a
+        // crash, and the next run resumes from the last commit
+        eprintln!("stopped at once ({second}); the next run resumes from the last commit");
+        std::process::exit(130);
     });
     let result = run.wait().await;
     signals.abort();
@@ -235,8 +268,11 @@ pub async fn run(
         Err(RunError::Stopped(report)) => {
             if !quiet {
                 summary::print(&report, "stopped");
+                eprintln!(
+                    "stopped on request; run the same command again to resume from where it stopped"
+                );
             }
-            FAILED
+            OK
         }
         Err(RunError::BadInput(e)) => {
             eprintln!("error: {e}");

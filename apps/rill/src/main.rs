@@ -35,6 +35,10 @@ enum Command {
         /// No progress and no summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Discard the stored state of the stages this process runs (their
+        /// output logs, positions and node state) and start them over.
+        #[arg(long)]
+        reset_state: bool,
     },
     /// Check a pipeline without running it.
     Validate { file: PathBuf },
@@ -86,7 +90,17 @@ fn main() -> ExitCode {
             listen,
             connect,
             quiet,
-        } => commands::with_runtime(commands::run(file, stages, listen, connect, quiet)),
+            reset_state,
+        } => commands::with_runtime(commands::run(
+            file,
+            commands::RunFlags {
+                stages,
+                listen,
+                connect,
+                quiet,
+                reset_state,
+            },
+        )),
         Command::Tap {
             key,
             listen,

@@ -26,6 +26,7 @@ pub use value::{DType, Fields, Record, Tensor, TensorData, Value};
 pub mod node;
 pub mod registry;
 pub mod spec;
+pub mod state;
 pub mod testkit;
 pub mod units;
 pub mod wire;

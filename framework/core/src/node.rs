@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use crate::spec::Delivery;
+use crate::state::KeyedState;
 use crate::value::Record;
 
 /// What a node does in the graph.
@@ -177,6 +179,20 @@ pub trait Source: Send {
     fn deterministic(&self) -> bool {
         true
     }
+
+    /// Moves a deterministic source past its first `emitted` records (what
+    /// it had emitted at the stage's last commit), when it can do that
+    /// without producing them; returns false to have the runtime poll and
+    /// discard them instead.
+    fn seek(&mut self, _emitted: u64) -> bool {
+        false
+    }
+
+    /// Called before each commit of the stage: put what the source needs to
+    /// resume into its [`KeyedState`].
+    fn checkpoint(&mut self) -> Result<(), NodeError> {
+        Ok(())
+    }
 }
 
 /// A node that turns records into records.
@@ -187,6 +203,12 @@ pub trait Transform: Send {
 
     /// All inputs have ended: emit what is still held (open windows, buffers).
     fn finish(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Called before each commit of the stage: put what the node must keep
+    /// into its [`KeyedState`] (if it does not write it there as it goes).
+    fn checkpoint(&mut self) -> Result<(), NodeError> {
         Ok(())
     }
 }
@@ -200,6 +222,14 @@ pub trait Sink: Send {
 
     /// All inputs have ended: flush and close.
     fn finish(&mut self) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Called before each commit of the stage: make what was written so far
+    /// durable (flush, fsync) and record in the [`KeyedState`] how far it
+    /// goes, so a restarted sink can cut off what was written after the
+    /// commit (exactly-once effects).
+    fn checkpoint(&mut self) -> Result<(), NodeError> {
         Ok(())
     }
 }
@@ -264,6 +294,11 @@ pub struct BuildContext<'a> {
     /// of `rill run`, as in Beam).
     pub base_dir: &'a Path,
     pub extensions: &'a Extensions,
+    /// The stage's keyed state, as of its last commit.
+    pub state: &'a KeyedState,
+    /// The stage's delivery guarantee (sinks truncate to their last commit
+    /// only under `exactly_once`).
+    pub delivery: Delivery,
 }
 
 impl BuildContext<'_> {

@@ -117,6 +117,10 @@ pub struct Input {
     /// `None` for the main output, else a named output (error outputs too).
     pub output: Option<String>,
     pub queue: QueueSpec,
+    /// Overrides `options.delivery` for this input (only `best_effort` is
+    /// meaningful: the consumer takes what arrives, asks for no replay and
+    /// skips gaps).
+    pub delivery: Option<Delivery>,
     pub mark: Mark,
 }
 
@@ -335,6 +339,67 @@ pub struct Options {
     /// pipelines run unchanged.
     #[serde(default)]
     pub streaming: Option<bool>,
+    /// How often a stage commits (positions, state and outputs in one
+    /// durable write): after this many records or this much time, whichever
+    /// comes first, and whenever its input runs dry.
+    #[serde(default)]
+    pub checkpoint_interval: CheckpointInterval,
+}
+
+/// `options.checkpoint_interval`: `{records: N, time: T}`, or just a
+/// duration (`100ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointInterval {
+    pub records: u64,
+    pub time: Duration,
+}
+
+impl Default for CheckpointInterval {
+    fn default() -> Self {
+        CheckpointInterval {
+            records: 16_384,
+            time: Duration::from_millis(100),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckpointInterval {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CheckpointInterval;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as `100ms`, or {records: N, time: DURATION}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let time = crate::units::parse_duration(v).map_err(E::custom)?;
+                Ok(CheckpointInterval {
+                    time,
+                    ..CheckpointInterval::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = CheckpointInterval::default();
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "records" => out.records = m.next_value()?,
+                        "time" => out.time = m.next_value::<Dur>()?.0,
+                        other => {
+                            return Err(serde::de::Error::unknown_field(
+                                other,
+                                &["records", "time"],
+                            ));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -354,6 +419,7 @@ impl Default for Options {
             queue: QueueSpec::default(),
             restart: RestartPolicy::default(),
             streaming: None,
+            checkpoint_interval: CheckpointInterval::default(),
         }
     }
 }
@@ -817,6 +883,7 @@ fn parse_root(
                     stage: p.clone(),
                     output: None,
                     queue: options.queue,
+                    delivery: None,
                     mark: r.node.mark,
                 }],
                 None => {
@@ -893,10 +960,10 @@ fn check_options(cx: &mut Cx, o: &Options, node: Option<&YNode>) {
         cx.err(at("batch_size"), "`batch_size` must be at least 1");
     }
     check_queue(cx, &o.queue, at("queue"));
-    if o.delivery == Delivery::BestEffort {
+    if o.checkpoint_interval.records == 0 {
         cx.err(
-            at("delivery"),
-            "`delivery: best_effort` is not supported yet by this version of rill; use `exactly_once` or `at_least_once`",
+            at("checkpoint_interval"),
+            "`checkpoint_interval.records` must be at least 1",
         );
     }
     if !matches!(o.zenoh.mode.as_str(), "peer" | "client") {
@@ -1114,6 +1181,7 @@ struct InputMap {
     stage: String,
     output: Option<String>,
     queue: Option<QueueSpec>,
+    delivery: Option<Delivery>,
 }
 
 fn parse_inputs(cx: &mut Cx, node: &YNode, default_queue: QueueSpec) -> Option<Vec<Input>> {
@@ -1123,6 +1191,7 @@ fn parse_inputs(cx: &mut Cx, node: &YNode, default_queue: QueueSpec) -> Option<V
                 stage: s.clone(),
                 output: None, // split into stage.output during resolution
                 queue: default_queue,
+                delivery: None,
                 mark: n.mark,
             }),
             YValue::Map(_) => {
@@ -1134,6 +1203,7 @@ fn parse_inputs(cx: &mut Cx, node: &YNode, default_queue: QueueSpec) -> Option<V
                     stage: m.stage,
                     output: Some(m.output.unwrap_or_default()),
                     queue: m.queue.unwrap_or(default_queue),
+                    delivery: m.delivery,
                     mark: n.mark,
                 })
             }
@@ -1459,6 +1529,7 @@ impl PipelineBuilder {
                 stage: (*i).to_owned(),
                 output: None,
                 queue: self.options.queue,
+                delivery: None,
                 mark: Mark::default(),
             })
             .collect();

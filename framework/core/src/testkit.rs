@@ -75,10 +75,12 @@ pub fn run_transform(
     }
     node.finish(&mut out)?;
     run.absorb(&mut out);
+    node.checkpoint()?;
     Ok(run)
 }
 
-/// Writes `batches` to a sink, then finishes it.
+/// Writes `batches` to a sink, then finishes it and checkpoints it (as the
+/// runtime's final commit does).
 pub fn run_sink(node: &mut dyn Sink, batches: Vec<Vec<Record>>) -> Result<TestRun, NodeError> {
     let mut run = TestRun::default();
     let mut out = Emitter::new();
@@ -87,6 +89,7 @@ pub fn run_sink(node: &mut dyn Sink, batches: Vec<Vec<Record>>) -> Result<TestRu
         run.absorb(&mut out);
     }
     node.finish()?;
+    node.checkpoint()?;
     Ok(run)
 }
 
@@ -123,12 +126,15 @@ pub fn build_yaml(
         .ok_or_else(|| format!("unknown type `{type_name}`"))?
         .map_err(|e| e.to_string())?;
     let ext = Extensions::default();
+    let state = crate::state::KeyedState::default();
     let ctx = BuildContext {
         pipeline: "test",
         stage: type_name,
         attempt: 0,
         base_dir,
         extensions: &ext,
+        state: &state,
+        delivery: crate::spec::Delivery::ExactlyOnce,
     };
     cfg.build(&ctx).map_err(|e| e.to_string())
 }

@@ -19,10 +19,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod durable;
 pub mod log;
 pub mod metrics;
 pub mod protocol;
 pub mod stage;
+pub mod store;
 pub mod supervisor;
 pub mod transport;
 
@@ -32,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
 use rill_core::node::{BuildContext, Extensions};
-use rill_core::spec::Pipeline;
+use rill_core::spec::{Delivery, Pipeline};
+use rill_core::state::{MemStore, StateStore};
 use tokio::sync::Mutex;
 
 pub use metrics::{StageMetrics, StageSnapshot};
@@ -52,6 +55,8 @@ pub struct RunOptions {
     /// Directory relative paths in configs resolve against (default: the
     /// working directory).
     pub base_dir: Option<PathBuf>,
+    /// Discard the local stages' stored state before starting.
+    pub reset_state: bool,
 }
 
 /// Why a run could not start or did not succeed.
@@ -110,6 +115,7 @@ pub struct Run {
     outcome: Arc<std::sync::Mutex<Outcome>>,
     session: zenoh::Session,
     started: Instant,
+    stores: Vec<Arc<dyn StateStore>>,
 }
 
 impl Run {
@@ -152,28 +158,50 @@ impl Run {
         };
         let mut extensions = Extensions::default();
         extensions.insert(session.clone());
-        let epoch = fastrand::u64(..);
 
+        let stores = open_stores(&pipeline, &local, &base_dir, opts.reset_state)
+            .map_err(RunError::BadInput)?;
         let mut stages = Vec::new();
         let mut metrics = Vec::new();
-        for s in local {
+        for (s, store) in local.iter().zip(stores) {
+            let m = Arc::new(StageMetrics::new(&s.name, &s.type_name));
+            let mut shared = StageShared::new(&session, &pipeline, s, store.clone(), m.clone())
+                .await
+                .map_err(|e| match e {
+                    stage::SetupError::Store(reason) => RunError::BadInput(
+                        store::StoreOpenError {
+                            stage: s.name.clone(),
+                            dir: store::stage_dir(
+                                &base_dir.join(&pipeline.options.state_dir),
+                                &pipeline.name,
+                                &s.key_name(),
+                            ),
+                            reason,
+                        }
+                        .to_string(),
+                    ),
+                    stage::SetupError::Zenoh(e) => {
+                        RunError::Internal(format!("stage `{}`: {e}", s.name))
+                    }
+                })?;
             let ctx = BuildContext {
                 pipeline: &pipeline.name,
                 stage: &s.name,
                 attempt: 0,
                 base_dir: &base_dir,
                 extensions: &extensions,
+                state: &shared.state,
+                delivery: shared.delivery,
             };
             let node = s.node.build(&ctx).map_err(|e| {
                 RunError::BadInput(format!("stage `{}` ({}): {e}", s.name, s.type_name))
             })?;
-            let m = Arc::new(StageMetrics::new(&s.name, &s.type_name));
-            let shared = StageShared::new(&session, &pipeline, s, epoch, m.clone(), node)
-                .await
-                .map_err(|e| RunError::Internal(format!("stage `{}`: {e}", s.name)))?;
+            shared.prebuilt = Some(node);
             metrics.push(m);
-            stages.push((s.clone(), Arc::new(Mutex::new(shared))));
+            stages.push(((*s).clone(), store, Arc::new(Mutex::new(shared))));
         }
+        let stores: Vec<Arc<dyn StateStore>> = stages.iter().map(|(_, st, _)| st.clone()).collect();
+        let stages = stages.into_iter().map(|(s, _, sh)| (s, sh)).collect();
         let outcome = Arc::new(std::sync::Mutex::new(Outcome::Running));
         let args = SupervisorArgs {
             stages,
@@ -193,6 +221,7 @@ impl Run {
             outcome,
             session,
             started,
+            stores,
         })
     }
 
@@ -217,7 +246,16 @@ impl Run {
         let _ = self.session.close().await;
         let outcome = self.outcome.lock().unwrap().clone();
         match outcome {
-            Outcome::Completed => Ok(report),
+            Outcome::Completed => {
+                // a finished run leaves no state behind: the next run of the
+                // pipeline starts over
+                for st in &self.stores {
+                    if let Err(e) = st.clear().and_then(|_| st.flush()) {
+                        tracing::warn!("cannot clear the finished run's state: {e}");
+                    }
+                }
+                Ok(report)
+            }
             Outcome::Failed {
                 stage,
                 error,
@@ -246,6 +284,41 @@ impl Stopper {
     pub fn stop(&self) {
         let _ = self.0.cast(SupervisorMsg::Shutdown);
     }
+}
+
+/// Opens the state stores of the local stages: sled under
+/// `<state_dir>/<pipeline>/<stage>/` unless the pipeline runs `best_effort`
+/// (memory only). `RILL_TEST_FAIL_COMMITS_AFTER=N` wraps them in a store
+/// whose commits fail after N (the fault tests' full disk).
+fn open_stores(
+    pipeline: &Pipeline,
+    local: &[&rill_core::spec::Stage],
+    base_dir: &std::path::Path,
+    reset: bool,
+) -> Result<Vec<Arc<dyn StateStore>>, String> {
+    let root = base_dir.join(&pipeline.options.state_dir);
+    let fail_after: Option<u64> = std::env::var("RILL_TEST_FAIL_COMMITS_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut out = Vec::new();
+    for s in local {
+        let dir = store::stage_dir(&root, &pipeline.name, &s.key_name());
+        if reset && dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("--reset-state: cannot remove {}: {e}", dir.display()))?;
+        }
+        let store: Arc<dyn StateStore> = if pipeline.options.delivery == Delivery::BestEffort {
+            Arc::new(MemStore::new())
+        } else {
+            Arc::new(store::SledStore::open(&dir, &s.name).map_err(|e| e.to_string())?)
+        };
+        let store: Arc<dyn StateStore> = match fail_after {
+            Some(n) => Arc::new(store::FailingStore::new(store, n)),
+            None => store,
+        };
+        out.push(store);
+    }
+    Ok(out)
 }
 
 /// Runs a pipeline to its end.

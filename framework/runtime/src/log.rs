@@ -25,6 +25,9 @@ pub struct OutLog<P = Arc<[u8]>> {
     /// consumer -> (acknowledged up to, exclusive; window in records)
     consumers: BTreeMap<String, (u64, u64)>,
     end_seq: Option<u64>,
+    /// First numbers of the messages dropped since the last
+    /// [`OutLog::take_trimmed`] (the durable log deletes them).
+    trimmed: Vec<u64>,
 }
 
 impl<P: Clone> OutLog<P> {
@@ -38,7 +41,79 @@ impl<P: Clone> OutLog<P> {
                 .map(|(c, w)| (c, (0, w.max(1))))
                 .collect(),
             end_seq: None,
+            trimmed: Vec::new(),
         }
+    }
+
+    /// Loads a log kept durably: its messages `(first_seq, count, payload)`
+    /// in order, the next number and the end marker's number. Every consumer
+    /// counts as having acknowledged what precedes the first message (what
+    /// was trimmed had been acknowledged by all).
+    pub fn restore(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, u64, P)>,
+        next_seq: u64,
+        end_seq: Option<u64>,
+    ) {
+        self.entries = entries
+            .into_iter()
+            .map(|(first_seq, count, payload)| Entry {
+                first_seq,
+                count,
+                payload,
+            })
+            .collect();
+        self.next_seq = next_seq;
+        self.end_seq = end_seq;
+        let low = self.entries.front().map_or(next_seq, |e| e.first_seq);
+        for (acked, _) in self.consumers.values_mut() {
+            *acked = low;
+        }
+        self.trimmed.clear();
+    }
+
+    /// Drops every message numbered at or past `seq` (what was appended
+    /// after the last commit, when the stage restarts from that commit).
+    pub fn truncate_to(&mut self, seq: u64) {
+        while self.entries.back().is_some_and(|e| e.first_seq >= seq) {
+            self.entries.pop_back();
+        }
+        debug_assert!(
+            self.entries
+                .back()
+                .is_none_or(|e| e.first_seq + e.count <= seq),
+            "truncate_to cuts a message"
+        );
+        if self.end_seq.is_some_and(|e| e >= seq) {
+            self.end_seq = None;
+        }
+        self.next_seq = seq;
+        for (acked, _) in self.consumers.values_mut() {
+            *acked = (*acked).min(seq);
+        }
+    }
+
+    /// The messages numbered from `seq` on: `(first_seq, count, payload)`.
+    pub fn entries_from(&self, seq: u64) -> impl Iterator<Item = (u64, u64, &P)> {
+        self.entries
+            .iter()
+            .filter(move |e| e.first_seq >= seq)
+            .map(|e| (e.first_seq, e.count, &e.payload))
+    }
+
+    /// The first numbers of the messages dropped since the last call.
+    pub fn take_trimmed(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.trimmed)
+    }
+
+    /// The end marker's number, once appended.
+    pub fn end_seq(&self) -> Option<u64> {
+        self.end_seq
+    }
+
+    /// The consumers' acknowledgements.
+    pub fn acks(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.consumers.iter().map(|(c, (a, _))| (c.as_str(), *a))
     }
 
     /// The number the next record will get.
@@ -116,6 +191,7 @@ impl<P: Clone> OutLog<P> {
         let after = self.min_acked();
         while let Some(e) = self.entries.front() {
             if e.first_seq + e.count <= after {
+                self.trimmed.push(e.first_seq);
                 self.entries.pop_front();
             } else {
                 break;
@@ -127,11 +203,22 @@ impl<P: Clone> OutLog<P> {
     /// The held messages that contain numbers at or above `from`, oldest
     /// first, up to `limit` records past `from`.
     pub fn resend_from(&self, from: u64, limit: u64) -> Vec<P> {
+        self.resend_between(from, u64::MAX, limit)
+    }
+
+    /// As [`Self::resend_from`], only messages that start below `upto`.
+    pub fn resend_between(&self, from: u64, upto: u64, limit: u64) -> Vec<P> {
+        let stop = from.saturating_add(limit).min(upto);
         self.entries
             .iter()
-            .filter(|e| e.first_seq + e.count > from && e.first_seq < from.saturating_add(limit))
+            .filter(|e| e.first_seq + e.count > from && e.first_seq < stop)
             .map(|e| e.payload.clone())
             .collect()
+    }
+
+    /// Whether messages were dropped since the last [`Self::take_trimmed`].
+    pub fn has_trimmed(&self) -> bool {
+        !self.trimmed.is_empty()
     }
 
     /// Messages held.
@@ -179,6 +266,18 @@ impl InCursor {
             let skip = (self.next - first_seq) as usize;
             self.next = end;
             Arrival::Fresh { skip }
+        }
+    }
+
+    /// As [`Self::arrive`], for a `best_effort` input: a gap is accepted
+    /// (what it skipped is lost) instead of asked for again.
+    pub fn arrive_lossy(&mut self, epoch: u64, first_seq: u64, count: u64) -> Arrival {
+        match self.arrive(epoch, first_seq, count) {
+            Arrival::Gap { .. } => {
+                self.next = first_seq + count;
+                Arrival::Fresh { skip: 0 }
+            }
+            a => a,
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct StageMetrics {
     pub started: Mutex<Option<Instant>>,
     pub finished: Mutex<Option<Instant>>,
     pub last_error: Mutex<Option<String>>,
+    /// Durable commits, and the time spent in them (µs).
+    pub commits: AtomicU64,
+    pub commit_us: AtomicU64,
 }
 
 impl StageMetrics {
@@ -54,6 +57,8 @@ impl StageMetrics {
             started: Mutex::new(None),
             finished: Mutex::new(None),
             last_error: Mutex::new(None),
+            commits: AtomicU64::new(0),
+            commit_us: AtomicU64::new(0),
         }
     }
 
@@ -109,6 +114,8 @@ impl StageMetrics {
             p50_us: self.latency_quantile_us(0.5),
             p99_us: self.latency_quantile_us(0.99),
             finished: self.finished.lock().unwrap().is_some(),
+            commits: self.commits.load(Relaxed),
+            commit_us: self.commit_us.load(Relaxed),
         }
     }
 }
@@ -130,4 +137,6 @@ pub struct StageSnapshot {
     pub p50_us: Option<u64>,
     pub p99_us: Option<u64>,
     pub finished: bool,
+    pub commits: u64,
+    pub commit_us: u64,
 }

@@ -35,6 +35,13 @@ pub fn ctl_key(pipeline: &str, stage_key: &str, output: Option<&str>) -> String 
     }
 }
 
+/// `rill/<pipeline>/<stage>/alive`: the liveliness token a stage holds
+/// while its process runs (producers resend to a consumer that comes up,
+/// consumers ask a producer that comes up for what they miss).
+pub fn alive_key(pipeline: &str, stage_key: &str) -> String {
+    format!("rill/{pipeline}/{stage_key}/alive")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

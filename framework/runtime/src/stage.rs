@@ -9,21 +9,28 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rill_core::node::{BuildContext, Emitter, Extensions, Failure, Node, SourceStatus};
-use rill_core::spec::Stage;
+use rill_core::spec::{CheckpointInterval, Delivery, Stage};
+use rill_core::state::{KeyedState, StateStore, WriteBatch};
 use rill_core::{Fields, Record, Value};
 use tokio::sync::Mutex;
 use tracing::{debug, warn};
 use zenoh::Session;
 use zenoh::bytes::ZBytes;
+use zenoh::liveliness::LivelinessToken;
 use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::CongestionControl;
 
-use crate::log::{Arrival, InCursor, OutLog};
+use crate::durable::{
+    self, EPOCH_KEY, FINISHED_KEY, InputPos, OutputLog, SOURCE_KEY, SourcePos, input_key,
+};
+use crate::log::{Arrival, InCursor};
 use crate::metrics::StageMetrics;
 use crate::protocol::{
-    CtlMsg, DataMsg, ProducerId, ctl_key, data_key, decode_ctl, decode_data, encode_ctl,
+    CtlMsg, DataMsg, ProducerId, alive_key, ctl_key, data_key, decode_ctl, decode_data, encode_ctl,
     encode_data,
 };
 
@@ -40,7 +47,7 @@ pub(crate) struct OutPort {
     pub name: Option<String>,
     pub producer: ProducerId,
     pub publisher: Publisher<'static>,
-    pub log: OutLog<ZBytes>,
+    pub log: OutputLog<ZBytes>,
     pub window: u64,
     last_progress: Instant,
     rto: Duration,
@@ -50,6 +57,7 @@ pub(crate) struct OutPort {
 pub(crate) struct InPort {
     pub label: String,
     pub data_key: String,
+    pub producer_key: String,
     pub ctl: Publisher<'static>,
     /// What the subscriber has let through (shared with its callback).
     pub received: Arc<std::sync::Mutex<InCursor>>,
@@ -57,10 +65,16 @@ pub(crate) struct InPort {
     pub processed: u64,
     pub epoch: Option<u64>,
     pub ended: bool,
+    /// The position of the last commit.
+    pub committed: InputPos,
+    /// A `best_effort` input: gaps are skipped, nothing is asked again.
+    pub lossy: bool,
     last_resend: Option<Instant>,
 }
 
-/// The part of a stage that survives restarts of its actor.
+/// The part of a stage that survives restarts of its actor: its store and
+/// what it committed, its publishers and metrics. A new incarnation starts
+/// from the last commit ([`StageShared::rollback`]).
 pub struct StageShared {
     pub(crate) pipeline: String,
     pub(crate) stage: Stage,
@@ -68,28 +82,71 @@ pub struct StageShared {
     pub(crate) outputs: Vec<OutPort>,
     pub(crate) inputs: Vec<InPort>,
     pub(crate) metrics: Arc<StageMetrics>,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) state: KeyedState,
+    pub(crate) delivery: Delivery,
+    ckpt: CheckpointInterval,
     /// The node built before the run started (taken by the first incarnation).
     pub(crate) prebuilt: Option<Node>,
-    /// Records a source has emitted so far: a restarted (deterministic)
-    /// source skips this many, so nothing is emitted twice.
-    pub(crate) source_emitted: u64,
-    pub(crate) source_failed: u64,
-    pub(crate) source_done: bool,
+    /// What a source has emitted (and failed) so far, and what of it is
+    /// committed: a restarted deterministic source seeks or skips past it.
+    pub(crate) source: SourcePos,
+    source_committed: SourcePos,
     pub(crate) finished_node: bool,
+    finished_committed: bool,
     pub(crate) batch_size: usize,
+    /// Records consumed or produced since the last commit, and since when.
+    dirty_records: u64,
+    dirty_since: Option<Instant>,
+    commit_queued: bool,
+    _alive: Option<LivelinessToken>,
+}
+
+/// Loads the stage's epoch, or draws one for a new store.
+fn load_epoch(store: &dyn StateStore) -> Result<u64, String> {
+    match store.get(EPOCH_KEY).map_err(|e| e.to_string())? {
+        Some(b) => Ok(u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| "the stage epoch is malformed".to_owned())?,
+        )),
+        None => {
+            let epoch = fastrand::u64(..);
+            let mut batch = WriteBatch::default();
+            batch.put(EPOCH_KEY.to_vec(), epoch.to_be_bytes().to_vec());
+            store.commit(batch).map_err(|e| e.to_string())?;
+            store.flush().map_err(|e| e.to_string())?;
+            Ok(epoch)
+        }
+    }
+}
+
+/// Why the shared part of a stage could not be set up.
+#[derive(Debug)]
+pub(crate) enum SetupError {
+    /// The stored state is unusable (bad input: exit 2).
+    Store(String),
+    Zenoh(zenoh::Error),
+}
+
+impl From<zenoh::Error> for SetupError {
+    fn from(e: zenoh::Error) -> Self {
+        SetupError::Zenoh(e)
+    }
 }
 
 impl StageShared {
-    /// Declares the stage's publishers.
+    /// Loads the stage's committed state from `store` and declares its
+    /// publishers and liveliness token.
     pub(crate) async fn new(
         session: &Session,
         pipeline: &rill_core::spec::Pipeline,
         stage: &Stage,
-        epoch: u64,
+        store: Arc<dyn StateStore>,
         metrics: Arc<StageMetrics>,
-        prebuilt: Node,
-    ) -> Result<StageShared, zenoh::Error> {
+    ) -> Result<StageShared, SetupError> {
         let key = stage.key_name();
+        let epoch = load_epoch(store.as_ref()).map_err(SetupError::Store)?;
         let mut outputs = Vec::new();
         let mut names: Vec<Option<String>> = Vec::new();
         if stage.kind != rill_core::NodeKind::Sink {
@@ -103,6 +160,10 @@ impl StageShared {
                 .map(|(c, i)| (c.key_name(), c.inputs[i].queue.size as u64))
                 .collect();
             let window = consumers.iter().map(|(_, w)| *w).min().unwrap_or(u64::MAX);
+            let log = OutputLog::load(store.as_ref(), name.as_deref(), consumers, |b| {
+                ZBytes::from(b.to_vec())
+            })
+            .map_err(SetupError::Store)?;
             let publisher = session
                 .declare_publisher(data_key(&pipeline.name, &key, name.as_deref()))
                 .congestion_control(CongestionControl::Block)
@@ -115,7 +176,7 @@ impl StageShared {
                 },
                 name,
                 publisher,
-                log: OutLog::new(consumers),
+                log,
                 window,
                 last_progress: Instant::now(),
                 rto: RTO_MIN,
@@ -131,17 +192,46 @@ impl StageShared {
                 .declare_publisher(ctl_key(&pipeline.name, &producer, inp.output.as_deref()))
                 .congestion_control(CongestionControl::Block)
                 .await?;
+            let label = inp.to_string();
+            let committed: InputPos = match store
+                .get(&input_key(&label))
+                .map_err(|e| SetupError::Store(e.to_string()))?
+            {
+                Some(b) => durable::decode(&format!("the position of input `{label}`"), &b)
+                    .map_err(SetupError::Store)?,
+                None => InputPos::default(),
+            };
             inputs.push(InPort {
-                label: inp.to_string(),
+                label,
                 data_key: data_key(&pipeline.name, &producer, inp.output.as_deref()),
+                producer_key: producer,
                 ctl,
                 received: Arc::default(),
-                processed: 0,
-                epoch: None,
-                ended: false,
+                processed: committed.next,
+                epoch: committed.epoch,
+                ended: committed.ended,
+                committed,
+                lossy: inp.delivery == Some(Delivery::BestEffort)
+                    || pipeline.options.delivery == Delivery::BestEffort,
                 last_resend: None,
             });
         }
+        let source: SourcePos = match store
+            .get(SOURCE_KEY)
+            .map_err(|e| SetupError::Store(e.to_string()))?
+        {
+            Some(b) => durable::decode("the source position", &b).map_err(SetupError::Store)?,
+            None => SourcePos::default(),
+        };
+        let finished = store
+            .get(FINISHED_KEY)
+            .map_err(|e| SetupError::Store(e.to_string()))?
+            .is_some();
+        let alive = session
+            .liveliness()
+            .declare_token(alive_key(&pipeline.name, &key))
+            .await
+            .ok();
         Ok(StageShared {
             pipeline: pipeline.name.clone(),
             consumer_id: key,
@@ -149,19 +239,73 @@ impl StageShared {
             outputs,
             inputs,
             metrics,
-            prebuilt: Some(prebuilt),
-            source_emitted: 0,
-            source_failed: 0,
-            source_done: false,
-            finished_node: false,
+            state: KeyedState::new(store.clone()),
+            store,
+            delivery: pipeline.options.delivery,
+            ckpt: pipeline.options.checkpoint_interval,
+            prebuilt: None,
+            source,
+            source_committed: source,
+            finished_node: finished,
+            finished_committed: finished,
             batch_size: pipeline.options.batch_size,
+            dirty_records: 0,
+            dirty_since: None,
+            commit_queued: false,
+            _alive: alive,
         })
+    }
+
+    /// Forgets everything since the last commit: a new incarnation of the
+    /// stage starts from there.
+    fn rollback(&mut self) {
+        for port in &mut self.outputs {
+            port.log.rollback();
+        }
+        for port in &mut self.inputs {
+            port.processed = port.committed.next;
+            port.epoch = port.committed.epoch;
+            port.ended = port.committed.ended;
+        }
+        self.source = self.source_committed;
+        self.finished_node = self.finished_committed;
+        self.state.discard();
+        self.dirty_records = 0;
+        self.dirty_since = None;
+        self.commit_queued = false;
+    }
+
+    /// Records are published as soon as they are produced (else at commit).
+    fn publish_early(&self) -> bool {
+        self.delivery != Delivery::ExactlyOnce
     }
 
     fn outputs_blocked(&self) -> bool {
         self.outputs
             .iter()
-            .any(|o| o.log.has_consumers() && o.log.room() == 0)
+            .any(|o| o.log.log.has_consumers() && o.log.log.room() == 0)
+    }
+
+    /// An output is half full of records not yet committed: commit now so
+    /// consumers get them while the stage fills the other half.
+    fn commit_due(&self) -> bool {
+        self.dirty_records >= self.ckpt.records
+            || self
+                .dirty_since
+                .is_some_and(|t| t.elapsed() >= self.ckpt.time)
+            || self.outputs.iter().any(|o| {
+                o.log.log.has_consumers()
+                    && o.log.log.next_seq() - o.log.committed_seq() >= o.window.div_ceil(2)
+            })
+    }
+
+    fn dirty(&self) -> bool {
+        self.dirty_since.is_some()
+    }
+
+    fn mark_dirty(&mut self, records: u64) {
+        self.dirty_records += records;
+        self.dirty_since.get_or_insert_with(Instant::now);
     }
 
     fn inputs_ended(&self) -> bool {
@@ -170,13 +314,14 @@ impl StageShared {
 
     fn done(&self) -> bool {
         let node_done = match self.stage.kind {
-            rill_core::NodeKind::Source => self.source_done,
-            _ => self.finished_node,
+            rill_core::NodeKind::Source => self.source_committed.done,
+            _ => self.finished_committed,
         };
-        node_done && self.outputs.iter().all(|o| o.log.finished())
+        node_done && !self.dirty() && self.outputs.iter().all(|o| o.log.log.finished())
     }
 
-    /// Publishes records on output `idx`, in messages of `batch_size`.
+    /// Appends records to output `idx`, in messages of `batch_size`, and
+    /// publishes them now or at the next commit.
     async fn publish(
         &mut self,
         idx: usize,
@@ -186,6 +331,7 @@ impl StageShared {
             return Ok(());
         }
         let batch_size = self.batch_size;
+        let early = self.publish_early();
         let port = &mut self.outputs[idx];
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
@@ -193,38 +339,44 @@ impl StageShared {
             let count = chunk.len() as u64;
             let msg = DataMsg::Batch {
                 producer: port.producer.clone(),
-                first_seq: port.log.next_seq(),
+                first_seq: port.log.log.next_seq(),
                 records: chunk,
             };
             let payload = ZBytes::from(encode_data(&msg)?);
-            if port.log.unacked() == 0 {
+            if port.log.log.unacked() == 0 {
                 port.last_progress = Instant::now();
             }
-            port.log.append(count, payload.clone());
+            port.log.log.append(count, payload.clone());
             self.metrics
                 .log_high_water
-                .fetch_max(port.log.unacked(), std::sync::atomic::Ordering::Relaxed);
-            port.publisher.put(payload).await?;
+                .fetch_max(port.log.log.unacked(), Relaxed);
+            if early {
+                port.publisher.put(payload).await?;
+            }
         }
         Ok(())
     }
 
     async fn publish_end(&mut self) -> Result<(), ActorProcessingErr> {
+        let early = self.publish_early();
         for port in &mut self.outputs {
-            if port.log.ended() {
+            if port.log.log.ended() {
                 continue;
             }
             let msg = DataMsg::End {
                 producer: port.producer.clone(),
-                seq: port.log.next_seq(),
+                seq: port.log.log.next_seq(),
             };
             let payload = ZBytes::from(encode_data(&msg)?);
-            if port.log.unacked() == 0 {
+            if port.log.log.unacked() == 0 {
                 port.last_progress = Instant::now();
             }
-            port.log.append_end(payload.clone());
-            port.publisher.put(payload).await?;
+            port.log.log.append_end(payload.clone());
+            if early {
+                port.publisher.put(payload).await?;
+            }
         }
+        self.mark_dirty(0);
         Ok(())
     }
 
@@ -235,7 +387,7 @@ impl StageShared {
         if !failures.is_empty() {
             self.metrics
                 .errors
-                .fetch_add(failures.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                .fetch_add(failures.len() as u64, Relaxed);
             let Some(err_out) = self.stage.error_output.clone() else {
                 let f = &failures[0];
                 let msg = format!("record {} failed: {}", describe_record(&f.record), f.msg);
@@ -262,7 +414,7 @@ impl StageShared {
         }
         self.metrics
             .records_out
-            .fetch_add(n_main + n_named, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(n_main + n_named, Relaxed);
         Ok(())
     }
 
@@ -280,15 +432,118 @@ impl StageShared {
             })
     }
 
+    /// Makes everything since the last commit durable in one atomic write:
+    /// the node's checkpoint and state changes, input positions, the source
+    /// position, new output messages. Then publishes what waited for it and
+    /// acknowledges the inputs. Nothing is acknowledged before it is durable.
+    async fn commit(&mut self, node: &mut Node) -> Result<(), ActorProcessingErr> {
+        let trims = self.outputs.iter().any(|o| o.log.log.has_trimmed());
+        if !self.dirty() && !trims {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if self.dirty() {
+            let r = tokio::task::block_in_place(|| match node {
+                Node::Source(s) => s.checkpoint(),
+                Node::Transform(t) => t.checkpoint(),
+                Node::Sink(s) => s.checkpoint(),
+            });
+            if let Err(e) = r {
+                *self.metrics.last_error.lock().unwrap() = Some(e.to_string());
+                return Err(format!("checkpoint failed: {e}").into());
+            }
+        }
+        let mut batch = WriteBatch {
+            ops: self.state.take_changes(),
+        };
+        for port in &self.inputs {
+            let pos = InputPos {
+                epoch: port.epoch,
+                next: port.processed,
+                ended: port.ended,
+            };
+            if pos != port.committed {
+                batch.put(input_key(&port.label), durable::encode(&pos));
+            }
+        }
+        if self.source != self.source_committed {
+            batch.put(SOURCE_KEY.to_vec(), durable::encode(&self.source));
+        }
+        if self.finished_node && !self.finished_committed {
+            batch.put(FINISHED_KEY.to_vec(), vec![1]);
+        }
+        let durable = self.store.durable();
+        for port in &mut self.outputs {
+            if durable {
+                port.log
+                    .stage_commit(&mut batch, |p| p.to_bytes().into_owned());
+            } else {
+                // a store in memory holds no copy of the logs
+                port.log.log.take_trimmed();
+            }
+        }
+        if batch.is_empty() {
+            self.dirty_records = 0;
+            self.dirty_since = None;
+            return Ok(());
+        }
+        let store = self.store.clone();
+        tokio::task::block_in_place(|| {
+            store.commit(batch)?;
+            if durable {
+                store.flush()?;
+            }
+            Ok::<(), rill_core::state::StoreError>(())
+        })
+        .map_err(|e| {
+            let msg = format!(
+                "cannot commit to the state store (nothing acknowledged since the last commit): {e}"
+            );
+            *self.metrics.last_error.lock().unwrap() = Some(msg.clone());
+            msg
+        })?;
+        self.metrics.commits.fetch_add(1, Relaxed);
+        self.metrics
+            .commit_us
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        // what waited for the commit goes out now
+        let early = self.publish_early();
+        for port in &mut self.outputs {
+            if !early {
+                for p in port.log.uncommitted() {
+                    port.publisher.put(p.clone()).await?;
+                }
+            }
+            port.log.committed();
+        }
+        self.source_committed = self.source;
+        self.finished_committed = self.finished_node;
+        self.dirty_records = 0;
+        self.dirty_since = None;
+        for i in 0..self.inputs.len() {
+            let port = &mut self.inputs[i];
+            let pos = InputPos {
+                epoch: port.epoch,
+                next: port.processed,
+                ended: port.ended,
+            };
+            if pos != port.committed {
+                port.committed = pos;
+                self.ack(i).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn ack(&mut self, input: usize) -> Result<(), ActorProcessingErr> {
         let port = &self.inputs[input];
-        let Some(epoch) = port.epoch else {
+        let Some(epoch) = port.committed.epoch else {
             return Ok(());
         };
         let msg = CtlMsg::Ack {
             consumer: self.consumer_id.clone(),
             epoch,
-            next: port.processed,
+            next: port.committed.next,
         };
         port.ctl.put(encode_ctl(&msg)?).await?;
         Ok(())
@@ -301,6 +556,9 @@ impl StageShared {
         force: bool,
     ) -> Result<(), ActorProcessingErr> {
         let port = &mut self.inputs[input];
+        if port.ended || port.lossy {
+            return Ok(());
+        }
         if !force && port.last_resend.is_some_and(|t| t.elapsed() < RESEND_GAP) {
             return Ok(());
         }
@@ -314,10 +572,18 @@ impl StageShared {
         Ok(())
     }
 
+    /// Resends what output `idx` holds from `from` on (only what is
+    /// committed, under `exactly_once`), up to a window.
     async fn resend(&mut self, idx: usize, from: u64) -> Result<(), ActorProcessingErr> {
+        let early = self.publish_early();
         let port = &mut self.outputs[idx];
-        let from = from.max(port.log.min_acked());
-        for payload in port.log.resend_from(from, port.window) {
+        let from = from.max(port.log.log.min_acked());
+        let upto = if early {
+            u64::MAX
+        } else {
+            port.log.committed_seq()
+        };
+        for payload in port.log.log.resend_between(from, upto, port.window) {
             port.publisher.put(payload).await?;
         }
         Ok(())
@@ -376,10 +642,19 @@ pub enum StageMsg {
     Gap { input: usize, from: u64 },
     /// A consumer's message about output `output`.
     Ctl { output: usize, msg: CtlMsg },
+    /// The producer of input `input` came up (its liveliness token).
+    ProducerUp { input: usize },
+    /// A consumer of output `output` came up.
+    ConsumerUp { output: usize },
+    /// Commit what is pending (queued behind the input that arrived before
+    /// it, so one commit covers all of it).
+    Commit,
     /// Timers.
     Tick,
     /// Sources: emit more now.
     Poll,
+    /// Graceful stop: commit what was processed and stop.
+    Drain,
 }
 
 enum Pending {
@@ -415,6 +690,7 @@ pub struct StageState {
     skip: (u64, u64),
     poll_at: Option<Instant>,
     offload: Offload,
+    draining: bool,
     _subs: Vec<Subscriber<()>>,
 }
 
@@ -451,6 +727,20 @@ impl Offload {
     }
 }
 
+/// Builds the stage's node for an incarnation after the first.
+fn build_node(sh: &StageShared, args: &StageArgs) -> Result<Node, ActorProcessingErr> {
+    let ctx = BuildContext {
+        pipeline: &sh.pipeline,
+        stage: &sh.stage.name,
+        attempt: args.attempt,
+        base_dir: &args.base_dir,
+        extensions: &args.extensions,
+        state: &sh.state,
+        delivery: sh.delivery,
+    };
+    Ok(sh.stage.node.build(&ctx)?)
+}
+
 /// The stage actor.
 pub struct StageActor;
 
@@ -465,18 +755,11 @@ impl Actor for StageActor {
         args: StageArgs,
     ) -> Result<StageState, ActorProcessingErr> {
         let mut sh = args.shared.lock().await;
-        let node = match sh.prebuilt.take() {
+        // a new incarnation starts from the last commit
+        sh.rollback();
+        let mut node = match sh.prebuilt.take() {
             Some(n) => n,
-            None => {
-                let ctx = BuildContext {
-                    pipeline: &sh.pipeline,
-                    stage: &sh.stage.name,
-                    attempt: args.attempt,
-                    base_dir: &args.base_dir,
-                    extensions: &args.extensions,
-                };
-                sh.stage.node.build(&ctx)?
-            }
+            None => build_node(&sh, &args)?,
         };
         sh.metrics
             .started
@@ -484,6 +767,7 @@ impl Actor for StageActor {
             .unwrap()
             .get_or_insert_with(Instant::now);
         let mut subs = Vec::new();
+        let pipeline_name = sh.pipeline.clone();
         // inputs: a fresh incarnation expects what was processed last
         for (i, port) in sh.inputs.iter_mut().enumerate() {
             {
@@ -494,6 +778,7 @@ impl Actor for StageActor {
             let received = port.received.clone();
             let me = myself.clone();
             let label = port.label.clone();
+            let lossy = port.lossy;
             let sub = args
                 .session
                 .declare_subscriber(port.data_key.clone())
@@ -517,7 +802,14 @@ impl Actor for StageActor {
                     if count == 0 {
                         return;
                     }
-                    let arrival = received.lock().unwrap().arrive(epoch, first, count);
+                    let arrival = {
+                        let mut r = received.lock().unwrap();
+                        if lossy {
+                            r.arrive_lossy(epoch, first, count)
+                        } else {
+                            r.arrive(epoch, first, count)
+                        }
+                    };
                     let out = match (arrival, msg) {
                         (Arrival::Fresh { skip }, DataMsg::Batch { mut records, .. }) => {
                             records.drain(..skip);
@@ -540,10 +832,29 @@ impl Actor for StageActor {
                 })
                 .await?;
             subs.push(sub);
+            // the producer coming up (again) is the moment to ask it
+            let me = myself.clone();
+            let sub = args
+                .session
+                .liveliness()
+                .declare_subscriber(alive_key(&pipeline_name, &port.producer_key))
+                .history(true)
+                .callback(move |sample| {
+                    if sample.kind() == zenoh::sample::SampleKind::Put {
+                        let _ = me.cast(StageMsg::ProducerUp { input: i });
+                    }
+                })
+                .await?;
+            subs.push(sub);
         }
         let key = sh.stage.key_name();
+        let consumers_of: Vec<Vec<String>> = sh
+            .outputs
+            .iter()
+            .map(|o| o.log.log.acks().map(|(c, _)| c.to_owned()).collect())
+            .collect();
         for (o, port) in sh.outputs.iter().enumerate() {
-            if !port.log.has_consumers() {
+            if !port.log.log.has_consumers() {
                 continue;
             }
             let me = myself.clone();
@@ -557,16 +868,42 @@ impl Actor for StageActor {
                 })
                 .await?;
             subs.push(sub);
+            for c in &consumers_of[o] {
+                let me = myself.clone();
+                let sub = args
+                    .session
+                    .liveliness()
+                    .declare_subscriber(alive_key(&sh.pipeline, c))
+                    .history(true)
+                    .callback(move |sample| {
+                        if sample.kind() == zenoh::sample::SampleKind::Put {
+                            let _ = me.cast(StageMsg::ConsumerUp { output: o });
+                        }
+                    })
+                    .await?;
+                subs.push(sub);
+            }
         }
         // ask every input for what we have not processed yet
         for i in 0..sh.inputs.len() {
             let from = sh.inputs[i].processed;
             sh.request_resend(i, from, true).await?;
         }
-        let skip = match &node {
-            Node::Source(src) if src.deterministic() => (sh.source_emitted, sh.source_failed),
-            _ => (0, 0),
-        };
+        // a source resumes after what it had emitted at the last commit
+        let mut skip = (0, 0);
+        if let Node::Source(src) = &mut node
+            && src.deterministic()
+        {
+            let (emitted, failed) = (sh.source.emitted, sh.source.failed);
+            if emitted + failed > 0 && !src.seek(emitted + failed) {
+                skip = (emitted, failed);
+            }
+        }
+        // what was committed but not yet acknowledged goes out again
+        for o in 0..sh.outputs.len() {
+            let from = sh.outputs[o].log.log.min_acked();
+            sh.resend(o, from).await?;
+        }
         drop(sh);
         myself.send_interval(TICK, || StageMsg::Tick);
         if matches!(node, Node::Source(_)) {
@@ -579,6 +916,7 @@ impl Actor for StageActor {
             skip,
             poll_at: None,
             offload: Offload::default(),
+            draining: false,
             _subs: subs,
         })
     }
@@ -601,32 +939,42 @@ impl Actor for StageActor {
                 let depth = sh
                     .metrics
                     .queue_depth
-                    .fetch_add(records.len() as i64, std::sync::atomic::Ordering::Relaxed)
+                    .fetch_add(records.len() as i64, Relaxed)
                     + records.len() as i64;
-                sh.metrics
-                    .queue_high_water
-                    .fetch_max(depth, std::sync::atomic::Ordering::Relaxed);
+                sh.metrics.queue_high_water.fetch_max(depth, Relaxed);
                 st.pending.push_back(Pending::Data {
                     input,
                     epoch,
                     first_seq,
                     records,
                 });
-                drive(&mut sh, st).await?;
+                drive(&mut sh, st, &myself).await?;
             }
             StageMsg::End { input, epoch, seq } => {
                 st.pending.push_back(Pending::End { input, epoch, seq });
-                drive(&mut sh, st).await?;
+                drive(&mut sh, st, &myself).await?;
             }
             StageMsg::Duplicate { input } => sh.ack(input).await?,
             StageMsg::Gap { input, from } => sh.request_resend(input, from, false).await?,
+            StageMsg::ProducerUp { input } => {
+                let from = sh.inputs[input].received.lock().unwrap().next;
+                sh.request_resend(input, from, true).await?;
+                sh.ack(input).await?;
+            }
+            StageMsg::ConsumerUp { output } => {
+                let from = sh.outputs[output].log.log.min_acked();
+                sh.resend(output, from).await?;
+            }
             StageMsg::Ctl { output, msg } => match msg {
                 CtlMsg::Ack { consumer, next, .. } => {
                     let port = &mut sh.outputs[output];
-                    if port.log.ack(&consumer, next) {
+                    if port.log.log.ack(&consumer, next) {
                         port.last_progress = Instant::now();
                         port.rto = RTO_MIN;
-                        drive(&mut sh, st).await?;
+                        if port.log.log.has_trimmed() {
+                            queue_commit(&mut sh, &myself)?;
+                        }
+                        drive(&mut sh, st, &myself).await?;
                         if matches!(st.node, Node::Source(_)) && st.poll_at.is_none() {
                             poll_source(&mut sh, st, &myself).await?;
                         }
@@ -634,13 +982,20 @@ impl Actor for StageActor {
                 }
                 CtlMsg::Resend { from, .. } => sh.resend(output, from).await?,
             },
+            StageMsg::Commit => {
+                sh.commit_queued = false;
+                sh.commit(&mut st.node).await?;
+            }
             StageMsg::Tick => {
+                if sh.commit_due() {
+                    sh.commit(&mut st.node).await?;
+                }
                 for o in 0..sh.outputs.len() {
                     let port = &mut sh.outputs[o];
-                    if port.log.unacked() > 0 && port.last_progress.elapsed() >= port.rto {
+                    if port.log.log.unacked() > 0 && port.last_progress.elapsed() >= port.rto {
                         port.rto = (port.rto * 2).min(RTO_MAX);
                         port.last_progress = Instant::now();
-                        let from = port.log.min_acked();
+                        let from = port.log.log.min_acked();
                         debug!(stage = %sh.stage.name, output = o, from, "resending unacknowledged records");
                         sh.resend(o, from).await?;
                     }
@@ -658,6 +1013,12 @@ impl Actor for StageActor {
                     poll_source(&mut sh, st, &myself).await?;
                 }
             }
+            StageMsg::Drain => {
+                st.draining = true;
+                sh.commit(&mut st.node).await?;
+                myself.stop(Some(DRAINED.into()));
+                return Ok(());
+            }
         }
         if sh.done() {
             *sh.metrics.finished.lock().unwrap() = Some(Instant::now());
@@ -669,10 +1030,51 @@ impl Actor for StageActor {
 
 /// The stop reason of a stage that finished its work.
 pub const DONE: &str = "done";
+/// The stop reason of a stage that committed and stopped on request.
+pub const DRAINED: &str = "drained";
+
+/// Commits now when a threshold is reached, else queues a commit behind the
+/// input already waiting (group commit).
+async fn after_work(
+    sh: &mut StageShared,
+    st: &mut StageState,
+    myself: &ActorRef<StageMsg>,
+) -> Result<(), ActorProcessingErr> {
+    if !sh.dirty() {
+        return Ok(());
+    }
+    if sh.commit_due() {
+        sh.commit(&mut st.node).await
+    } else {
+        queue_commit(sh, myself)
+    }
+}
+
+fn queue_commit(
+    sh: &mut StageShared,
+    myself: &ActorRef<StageMsg>,
+) -> Result<(), ActorProcessingErr> {
+    if !sh.commit_queued {
+        sh.commit_queued = true;
+        myself.cast(StageMsg::Commit)?;
+    }
+    Ok(())
+}
 
 /// Processes queued input while the outputs have room.
-async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorProcessingErr> {
-    while !sh.outputs_blocked() {
+async fn drive(
+    sh: &mut StageShared,
+    st: &mut StageState,
+    myself: &ActorRef<StageMsg>,
+) -> Result<(), ActorProcessingErr> {
+    loop {
+        if sh.outputs_blocked() {
+            // under exactly_once the consumers see nothing before a commit
+            if sh.dirty() {
+                sh.commit(&mut st.node).await?;
+            }
+            break;
+        }
         let Some(item) = st.pending.pop_front() else {
             break;
         };
@@ -684,21 +1086,29 @@ async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorPro
                 records,
             } => {
                 let n = records.len() as u64;
-                sh.metrics
-                    .queue_depth
-                    .fetch_sub(n as i64, std::sync::atomic::Ordering::Relaxed);
-                if sh.inputs[input].epoch != Some(epoch) {
-                    sh.inputs[input].epoch = Some(epoch);
-                    sh.inputs[input].processed = 0;
+                sh.metrics.queue_depth.fetch_sub(n as i64, Relaxed);
+                let port = &mut sh.inputs[input];
+                if port.ended {
+                    continue; // an ended input takes nothing more
                 }
-                if first_seq != sh.inputs[input].processed {
-                    // stale (queued before a restart of the producer); the
-                    // cursor asks again where needed
-                    continue;
+                if port.epoch != Some(epoch) {
+                    if port.epoch.is_some() {
+                        warn!(stage = %sh.stage.name, input = %port.label,
+                            "the producer started over (its state was reset): reading it from its start");
+                    }
+                    port.epoch = Some(epoch);
+                    port.processed = 0;
                 }
-                sh.metrics
-                    .records_in
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                if first_seq != port.processed {
+                    if port.lossy && first_seq > port.processed {
+                        port.processed = first_seq; // best effort: skip the gap
+                    } else {
+                        // stale (queued before a restart of the producer);
+                        // the cursor asks again where needed
+                        continue;
+                    }
+                }
+                sh.metrics.records_in.fetch_add(n, Relaxed);
                 let started = Instant::now();
                 let mut out = Emitter::new();
                 let result = match &mut st.node {
@@ -713,19 +1123,27 @@ async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorPro
                 }
                 sh.route(&mut out).await?;
                 sh.inputs[input].processed = first_seq + n;
-                sh.ack(input).await?;
+                sh.mark_dirty(n);
             }
             Pending::End { input, epoch, seq } => {
-                if sh.inputs[input].epoch != Some(epoch) {
-                    sh.inputs[input].epoch = Some(epoch);
-                    sh.inputs[input].processed = 0;
-                }
-                if sh.inputs[input].processed != seq {
+                let port = &mut sh.inputs[input];
+                if port.ended {
                     continue;
                 }
-                sh.inputs[input].ended = true;
-                sh.inputs[input].processed = seq + 1;
-                sh.ack(input).await?;
+                if port.epoch != Some(epoch) {
+                    port.epoch = Some(epoch);
+                    port.processed = 0;
+                }
+                if port.processed != seq {
+                    if port.lossy && seq > port.processed {
+                        port.processed = seq;
+                    } else {
+                        continue;
+                    }
+                }
+                port.ended = true;
+                port.processed = seq + 1;
+                sh.mark_dirty(0);
                 if sh.inputs_ended() && !sh.finished_node {
                     let mut out = Emitter::new();
                     let result = match &mut st.node {
@@ -740,11 +1158,13 @@ async fn drive(sh: &mut StageShared, st: &mut StageState) -> Result<(), ActorPro
                     sh.route(&mut out).await?;
                     sh.publish_end().await?;
                     sh.finished_node = true;
+                    // the end goes out at once
+                    sh.commit(&mut st.node).await?;
                 }
             }
         }
     }
-    Ok(())
+    after_work(sh, st, myself).await
 }
 
 /// Lets a source emit as much as its outputs have room for.
@@ -756,17 +1176,22 @@ async fn poll_source(
     let Node::Source(src) = &mut st.node else {
         return Ok(());
     };
-    if sh.source_done {
+    if sh.source.done || st.draining {
         return Ok(());
     }
     let room = sh
         .outputs
         .iter()
-        .map(|o| o.log.room())
+        .map(|o| o.log.log.room())
         .min()
         .unwrap_or(u64::MAX);
     if room == 0 {
-        return Ok(()); // an ack will poll again
+        // an ack will poll again; under exactly_once the consumers see
+        // nothing before a commit
+        if sh.dirty() {
+            sh.commit(&mut st.node).await?;
+        }
+        return Ok(());
     }
     let max = room.min(sh.batch_size as u64) as usize;
     let mut out = Emitter::new();
@@ -782,8 +1207,8 @@ async fn poll_source(
     };
     let (main, named, failures) = out.take();
     let (n_main, n_failed) = (main.len() as u64, failures.len() as u64);
-    // a restarted deterministic source replays what an earlier incarnation
-    // emitted: skip it
+    // a restarted deterministic source that cannot seek replays what an
+    // earlier incarnation emitted: skip it
     let skip_main = st.skip.0.min(n_main) as usize;
     let skip_failed = st.skip.1.min(n_failed) as usize;
     st.skip.0 -= skip_main as u64;
@@ -803,19 +1228,25 @@ async fn poll_source(
     }
     sh.route(&mut out).await?;
     // counted only once routed: a batch that failed the stage is emitted again
-    sh.source_emitted += n_main;
-    sh.source_failed += n_failed;
+    sh.source.emitted += n_main;
+    sh.source.failed += n_failed;
+    sh.mark_dirty(n_main + n_failed);
     match status {
         SourceStatus::More => {
             myself.cast(StageMsg::Poll)?;
+            if sh.commit_due() {
+                sh.commit(&mut st.node).await?;
+            }
         }
         SourceStatus::Wait(d) => {
             st.poll_at = Some(Instant::now() + d);
             myself.send_after(d, || StageMsg::Poll);
+            after_work(sh, st, myself).await?;
         }
         SourceStatus::Done => {
-            sh.source_done = true;
+            sh.source.done = true;
             sh.publish_end().await?;
+            sh.commit(&mut st.node).await?;
         }
     }
     Ok(())

@@ -40,9 +40,15 @@ pub struct SupervisorArgs {
 
 pub enum SupervisorMsg {
     Respawn(String),
-    /// Stop everything (a signal).
+    /// Graceful stop (a signal): every stage commits what it processed and
+    /// stops; after [`DRAIN_LIMIT`] the rest are stopped as they are.
     Shutdown,
+    /// Stop at once.
+    ForceStop,
 }
+
+/// How long a graceful stop may take.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(8);
 
 struct Child {
     stage: Stage,
@@ -52,6 +58,7 @@ struct Child {
     recent: VecDeque<Instant>,
     history: Vec<String>,
     done: bool,
+    actor: Option<ActorRef<crate::stage::StageMsg>>,
 }
 
 pub struct SupervisorState {
@@ -83,6 +90,7 @@ impl Supervisor {
         match Actor::spawn_linked(None, StageActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 st.by_id.insert(actor.get_id(), i);
+                st.children[i].actor = Some(actor);
                 Ok(())
             }
             Err(e) => Err(format!("could not start: {e}")),
@@ -190,6 +198,7 @@ impl Actor for Supervisor {
                     recent: VecDeque::new(),
                     history: Vec::new(),
                     done: false,
+                    actor: None,
                 })
                 .collect(),
             by_id: HashMap::new(),
@@ -232,7 +241,31 @@ impl Actor for Supervisor {
                 }
             }
             SupervisorMsg::Shutdown => {
-                *st.outcome.lock().unwrap() = Outcome::Stopped;
+                {
+                    let mut o = st.outcome.lock().unwrap();
+                    if !matches!(*o, Outcome::Running) {
+                        return Ok(());
+                    }
+                    *o = Outcome::Stopped;
+                }
+                info!("stopping: every stage commits what it has processed");
+                let mut live = 0;
+                for c in &st.children {
+                    if let Some(a) = &c.actor
+                        && !c.done
+                    {
+                        live += 1;
+                        let _ = a.cast(crate::stage::StageMsg::Drain);
+                    }
+                }
+                if live == 0 {
+                    myself.stop(None);
+                } else {
+                    myself.send_after(DRAIN_LIMIT, || SupervisorMsg::ForceStop);
+                }
+            }
+            SupervisorMsg::ForceStop => {
+                warn!("stages did not stop in time; stopping them as they are");
                 myself.stop_children(None);
                 myself.stop(None);
             }
@@ -251,7 +284,16 @@ impl Actor for Supervisor {
                 let Some(i) = child_index(st, &cell) else {
                     return Ok(());
                 };
-                if reason.as_deref() == Some(DONE) {
+                st.children[i].actor = None;
+                let stopping = matches!(*st.outcome.lock().unwrap(), Outcome::Stopped);
+                if stopping {
+                    // draining (or failed while draining: its last commit
+                    // stands)
+                    st.children[i].done = true;
+                    if st.children.iter().all(|c| c.done || c.actor.is_none()) {
+                        myself.stop(None);
+                    }
+                } else if reason.as_deref() == Some(DONE) {
                     st.children[i].done = true;
                     info!(stage = %st.children[i].stage.name, "stage finished");
                     if st.children.iter().all(|c| c.done) {
@@ -271,6 +313,14 @@ impl Actor for Supervisor {
                 let Some(i) = child_index(st, &cell) else {
                     return Ok(());
                 };
+                st.children[i].actor = None;
+                if matches!(*st.outcome.lock().unwrap(), Outcome::Stopped) {
+                    st.children[i].done = true;
+                    if st.children.iter().all(|c| c.done || c.actor.is_none()) {
+                        myself.stop(None);
+                    }
+                    return Ok(());
+                }
                 let msg = err.to_string();
                 let msg = if msg.is_empty() {
                     "panicked".to_owned()

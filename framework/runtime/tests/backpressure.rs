@@ -31,6 +31,7 @@ options:
         Arc::new(p),
         RunOptions {
             base_dir: Some(dir.path().to_owned()),
+            reset_state: false,
             ..Default::default()
         },
     )

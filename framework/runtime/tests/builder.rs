@@ -65,6 +65,7 @@ async fn a_pipeline_built_in_rust_runs() {
         Arc::new(p),
         RunOptions {
             base_dir: Some(dir.path().to_owned()),
+            reset_state: false,
             ..Default::default()
         },
     )

@@ -1,0 +1,350 @@
+//! What a stage keeps in its [`StateStore`], and how its commits are built.
+//!
+//! Layout of a stage's store (all in one keyspace, so one atomic batch
+//! covers a whole commit):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `m/format` | `rill-state-1` |
+//! | `m/epoch` | the stage's producer epoch (u64 BE), drawn when the store is created |
+//! | `m/source` | a source's `(emitted, failed, done)` |
+//! | `m/finished` | present once the node has finished (all inputs ended) |
+//! | `i/<input>` | an input's committed `(epoch, next, ended)` |
+//! | `o/<output>\0n` | an output log's `(next_seq, end_seq)` |
+//! | `o/<output>\0e<first_seq BE>` | one held message: record count (u64 BE) + the encoded message |
+//! | `s/<key>` | the node's keyed state |
+
+use rill_core::state::{StateStore, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+use crate::log::OutLog;
+
+pub const EPOCH_KEY: &[u8] = b"m/epoch";
+pub const SOURCE_KEY: &[u8] = b"m/source";
+pub const FINISHED_KEY: &[u8] = b"m/finished";
+
+pub fn input_key(label: &str) -> Vec<u8> {
+    let mut k = b"i/".to_vec();
+    k.extend_from_slice(label.as_bytes());
+    k
+}
+
+fn out_prefix(name: Option<&str>) -> Vec<u8> {
+    let mut k = b"o/".to_vec();
+    k.extend_from_slice(name.unwrap_or("").as_bytes());
+    k.push(0);
+    k
+}
+
+/// An input's committed position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputPos {
+    pub epoch: Option<u64>,
+    pub next: u64,
+    pub ended: bool,
+}
+
+/// A source's committed progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePos {
+    pub emitted: u64,
+    pub failed: u64,
+    pub done: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct OutMeta {
+    next_seq: u64,
+    end_seq: Option<u64>,
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("plain structs encode")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("{what} is undecodable ({e})"))
+}
+
+/// One stage output: its [`OutLog`] and what of it is committed.
+#[derive(Debug)]
+pub struct OutputLog<P> {
+    pub log: OutLog<P>,
+    prefix: Vec<u8>,
+    committed_seq: u64,
+    committed_end: Option<u64>,
+}
+
+impl<P: Clone> OutputLog<P> {
+    /// Loads output `name`'s log from the store (empty in a new store),
+    /// checking that its messages are contiguous.
+    pub fn load(
+        store: &dyn StateStore,
+        name: Option<&str>,
+        consumers: Vec<(String, u64)>,
+        decode_payload: impl Fn(&[u8]) -> P,
+    ) -> Result<OutputLog<P>, String> {
+        let prefix = out_prefix(name);
+        let label = name.unwrap_or("main");
+        let mut log = OutLog::new(consumers);
+        let mut meta_key = prefix.clone();
+        meta_key.push(b'n');
+        let meta: OutMeta = match store.get(&meta_key).map_err(|e| e.to_string())? {
+            Some(b) => decode(&format!("the log header of output `{label}`"), &b)?,
+            None => OutMeta::default(),
+        };
+        let mut entry_prefix = prefix.clone();
+        entry_prefix.push(b'e');
+        let mut entries = Vec::new();
+        let mut expect: Option<u64> = None;
+        for (k, v) in store
+            .scan_prefix(&entry_prefix)
+            .map_err(|e| e.to_string())?
+        {
+            let seq_bytes: [u8; 8] = k[entry_prefix.len()..]
+                .try_into()
+                .map_err(|_| format!("output `{label}` has a malformed log key"))?;
+            let first = u64::from_be_bytes(seq_bytes);
+            if v.len() < 8 {
+                return Err(format!("output `{label}`: message {first} is truncated"));
+            }
+            let count = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+            if expect.is_some_and(|e| e != first) {
+                return Err(format!(
+                    "output `{label}`: the log skips from {} to {first}",
+                    expect.unwrap_or(0)
+                ));
+            }
+            expect = Some(first + count);
+            entries.push((first, count, decode_payload(&v[8..])));
+        }
+        if let Some(e) = expect
+            && e != meta.next_seq
+        {
+            return Err(format!(
+                "output `{label}`: the log ends at {e} but its header says {}",
+                meta.next_seq
+            ));
+        }
+        log.restore(entries, meta.next_seq, meta.end_seq);
+        Ok(OutputLog {
+            log,
+            prefix,
+            committed_seq: meta.next_seq,
+            committed_end: meta.end_seq,
+        })
+    }
+
+    /// A log for a stage with no store behind it.
+    pub fn fresh(name: Option<&str>, consumers: Vec<(String, u64)>) -> OutputLog<P> {
+        OutputLog {
+            log: OutLog::new(consumers),
+            prefix: out_prefix(name),
+            committed_seq: 0,
+            committed_end: None,
+        }
+    }
+
+    /// Whether anything changed since the last commit.
+    pub fn dirty(&self) -> bool {
+        self.log.next_seq() != self.committed_seq || self.log.end_seq() != self.committed_end
+    }
+
+    /// The messages appended since the last commit.
+    pub fn uncommitted(&self) -> impl Iterator<Item = &P> {
+        self.log.entries_from(self.committed_seq).map(|(_, _, p)| p)
+    }
+
+    pub fn committed_seq(&self) -> u64 {
+        self.committed_seq
+    }
+
+    /// Adds to `batch` what changed since the last commit: new messages,
+    /// deletes of trimmed ones, the header.
+    pub fn stage_commit(&mut self, batch: &mut WriteBatch, bytes: impl Fn(&P) -> Vec<u8>) {
+        for first in self.log.take_trimmed() {
+            batch.delete(self.entry_key(first));
+        }
+        if !self.dirty() {
+            return;
+        }
+        let new: Vec<(u64, Vec<u8>)> = self
+            .log
+            .entries_from(self.committed_seq)
+            .map(|(first, count, p)| {
+                let mut v = count.to_be_bytes().to_vec();
+                v.extend_from_slice(&bytes(p));
+                (first, v)
+            })
+            .collect();
+        for (first, v) in new {
+            batch.put(self.entry_key(first), v);
+        }
+        let mut meta_key = self.prefix.clone();
+        meta_key.push(b'n');
+        batch.put(
+            meta_key,
+            encode(&OutMeta {
+                next_seq: self.log.next_seq(),
+                end_seq: self.log.end_seq(),
+            }),
+        );
+    }
+
+    /// The batch from [`Self::stage_commit`] is durable.
+    pub fn committed(&mut self) {
+        self.committed_seq = self.log.next_seq();
+        self.committed_end = self.log.end_seq();
+    }
+
+    /// Forgets what was appended since the last commit.
+    pub fn rollback(&mut self) {
+        self.log.truncate_to(self.committed_seq);
+        if self.committed_end.is_some() && self.log.end_seq().is_none() {
+            // cannot happen: the end is the last thing appended
+            debug_assert!(false, "rollback lost a committed end");
+        }
+    }
+
+    fn entry_key(&self, first: u64) -> Vec<u8> {
+        let mut k = self.prefix.clone();
+        k.push(b'e');
+        k.extend_from_slice(&first.to_be_bytes());
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Model-based test of the durable log: random appends, acks, commits,
+    //! rollbacks and crashes (reloads from what was committed) against a
+    //! model of what must survive.
+    use super::*;
+    use proptest::prelude::*;
+    use rill_core::state::MemStore;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(u64),
+        Ack(usize, u64),
+        Commit,
+        Rollback,
+        Crash,
+        End,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u64..6).prop_map(Op::Append),
+            3 => (0usize..2, 0u64..40).prop_map(|(c, n)| Op::Ack(c, n)),
+            2 => Just(Op::Commit),
+            1 => Just(Op::Rollback),
+            1 => Just(Op::Crash),
+            1 => Just(Op::End),
+        ]
+    }
+
+    fn payload(first: u64, count: u64) -> Vec<u8> {
+        let mut v = first.to_be_bytes().to_vec();
+        v.extend_from_slice(&count.to_be_bytes());
+        v
+    }
+
+    proptest! {
+        #[test]
+        fn durable_log_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
+            let store = MemStore::new();
+            let consumers = || vec![("a".to_owned(), 1000), ("b".to_owned(), 1000)];
+            let load = |store: &MemStore| {
+                OutputLog::load(store, Some("x"), consumers(), |b: &[u8]| b.to_vec()).unwrap()
+            };
+            let mut out = load(&store);
+            // model: committed next number and end; what each consumer has
+            // acknowledged (acks are facts: they survive crashes in the
+            // consumer, which acks only what it committed)
+            let mut m_next = 0u64;
+            let mut m_end: Option<u64> = None;
+            let mut live_next = 0u64;
+            let mut live_end: Option<u64> = None;
+            let mut acked = [0u64; 2];
+            for op in ops {
+                match op {
+                    Op::Append(k) if live_end.is_none() => {
+                        let first = out.log.next_seq();
+                        out.log.append(k, payload(first, k));
+                        live_next += k;
+                    }
+                    Op::End if live_end.is_none() => {
+                        let first = out.log.next_seq();
+                        out.log.append_end(payload(first, 1));
+                        live_end = Some(first);
+                        live_next += 1;
+                    }
+                    Op::Ack(c, n) => {
+                        // a consumer acknowledges only what was committed
+                        let n = n.min(m_next);
+                        acked[c] = acked[c].max(n);
+                        out.log.ack(["a", "b"][c], acked[c]);
+                    }
+                    Op::Commit => {
+                        let mut batch = WriteBatch::default();
+                        out.stage_commit(&mut batch, |p| p.clone());
+                        store.commit(batch).unwrap();
+                        out.committed();
+                        m_next = live_next;
+                        m_end = live_end;
+                    }
+                    Op::Rollback => {
+                        out.rollback();
+                        live_next = m_next;
+                        live_end = m_end;
+                        for (c, name) in ["a", "b"].into_iter().enumerate() {
+                            out.log.ack(name, acked[c]);
+                        }
+                    }
+                    Op::Crash => {
+                        out = load(&store);
+                        live_next = m_next;
+                        live_end = m_end;
+                        for (c, name) in ["a", "b"].into_iter().enumerate() {
+                            out.log.ack(name, acked[c]);
+                        }
+                    }
+                    _ => {}
+                }
+                // the live log continues the committed one
+                prop_assert_eq!(out.log.next_seq(), live_next);
+                prop_assert_eq!(out.log.end_seq(), live_end);
+                let low = acked[0].min(acked[1]);
+                // everything not acknowledged by all is held, contiguous,
+                // and each message is the one appended with that number
+                let held: Vec<(u64, u64, Vec<u8>)> =
+                    out.log.entries_from(0).map(|(f, c, p)| (f, c, p.clone())).collect();
+                match held.first() {
+                    Some(h) => prop_assert!(h.0 <= low, "an unacknowledged message was trimmed"),
+                    None => prop_assert!(low >= live_next, "the log lost messages"),
+                }
+                let mut expect = held.first().map_or(live_next, |h| h.0);
+                for (f, c, p) in &held {
+                    prop_assert_eq!(*f, expect);
+                    prop_assert_eq!(p, &payload(*f, *c));
+                    expect = f + c;
+                }
+                prop_assert_eq!(expect, live_next);
+                // resending from any unacknowledged number finds it
+                let from = low.min(live_next);
+                if from < live_next {
+                    prop_assert!(!out.log.resend_from(from, u64::MAX).is_empty());
+                }
+                // the store holds only committed messages not yet trimmed at
+                // the last commit, and nothing past the committed end
+                let stored = store.scan_prefix(b"o/x\0e").unwrap();
+                for (k, v) in &stored {
+                    let first = u64::from_be_bytes(k[5..].try_into().unwrap());
+                    let count = u64::from_be_bytes(v[..8].try_into().unwrap());
+                    prop_assert!(first + count <= m_next);
+                }
+            }
+        }
+    }
+}

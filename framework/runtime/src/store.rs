@@ -1,0 +1,237 @@
+//! The durable state store: sled, one database per stage under
+//! `<state_dir>/<pipeline>/<stage>/`. This is the only module that calls
+//! `sled::`; everything else sees [`StateStore`].
+//!
+//! sled is beta software with open reports of corruption after abrupt stops,
+//! so opening is defensive: a store that fails to open, panics while
+//! opening, lacks rill's format marker or holds undecodable entries is
+//! refused with a [`StoreOpenError`] (the CLI exits 2 and names
+//! `--reset-state`), never retried in a loop.
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rill_core::state::{Entries, StateStore, StoreError, StoreResult, WriteBatch};
+
+/// The key that marks a store as rill's, with its layout version.
+pub const FORMAT_KEY: &[u8] = b"m/format";
+pub const FORMAT: &[u8] = b"rill-state-1";
+
+/// Why a stage's store could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the state of stage `{stage}` at {} cannot be used: {reason}; to discard it and start the pipeline over, run again with --reset-state", dir.display())]
+pub struct StoreOpenError {
+    pub stage: String,
+    pub dir: PathBuf,
+    pub reason: String,
+}
+
+/// The directory of a stage's state.
+pub fn stage_dir(state_dir: &Path, pipeline: &str, stage: &str) -> PathBuf {
+    state_dir.join(pipeline).join(stage)
+}
+
+/// A stage's sled database.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    dir: PathBuf,
+}
+
+fn err(e: sled::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir` and checks it is rill's.
+    pub fn open(dir: &Path, stage: &str) -> Result<SledStore, StoreOpenError> {
+        let fail = |reason: String| StoreOpenError {
+            stage: stage.to_owned(),
+            dir: dir.to_owned(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(32 << 20)
+            .flush_every_ms(None);
+        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| config.open()));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => {
+                let reason = match &e {
+                    sled::Error::Io(io) if io.to_string().contains("lock") => {
+                        format!("another process holds it ({io}); is the stage already running?")
+                    }
+                    _ => format!("sled cannot open it: {e}"),
+                };
+                return Err(fail(reason));
+            }
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "a panic".into());
+                return Err(fail(format!("sled failed while opening it: {msg}")));
+            }
+        };
+        match db.get(FORMAT_KEY) {
+            Ok(Some(v)) if v.as_ref() == FORMAT => {}
+            Ok(Some(v)) => {
+                return Err(fail(format!(
+                    "it was written in an unknown layout ({:?})",
+                    String::from_utf8_lossy(&v)
+                )));
+            }
+            Ok(None) if db.is_empty() => {
+                db.insert(FORMAT_KEY, FORMAT)
+                    .map_err(|e| fail(e.to_string()))?;
+                db.flush().map_err(|e| fail(e.to_string()))?;
+            }
+            Ok(None) => return Err(fail("its format marker is missing (corrupt?)".into())),
+            Err(e) => return Err(fail(format!("cannot read it: {e}"))),
+        }
+        Ok(SledStore {
+            db,
+            dir: dir.to_owned(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl StateStore for SledStore {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self.db.get(key).map_err(err)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> StoreResult<Entries> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+            .collect()
+    }
+
+    fn commit(&self, batch: WriteBatch) -> StoreResult<()> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.db.apply_batch(b).map_err(err)
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.db.flush().map(|_| ()).map_err(err)
+    }
+
+    fn clear(&self) -> StoreResult<()> {
+        self.db.clear().map_err(err)?;
+        self.db.insert(FORMAT_KEY, FORMAT).map_err(err)?;
+        Ok(())
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
+/// A store that fails its commits after a number of them: the failing disk
+/// of the fault tests. Enabled with `RILL_TEST_FAIL_COMMITS_AFTER=N` (test
+/// builds and test pipelines only; see `docs/runtime-semantics.md`).
+#[derive(Debug)]
+pub struct FailingStore {
+    inner: Arc<dyn StateStore>,
+    left: AtomicU64,
+}
+
+impl FailingStore {
+    pub fn new(inner: Arc<dyn StateStore>, after: u64) -> FailingStore {
+        FailingStore {
+            inner,
+            left: AtomicU64::new(after),
+        }
+    }
+
+    fn spend(&self) -> StoreResult<()> {
+        let ok = self
+            .left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError(
+                "No space left on device (os error 28) [injected by RILL_TEST_FAIL_COMMITS_AFTER]"
+                    .into(),
+            ))
+        }
+    }
+}
+
+impl StateStore for FailingStore {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.get(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> StoreResult<Entries> {
+        self.inner.scan_prefix(prefix)
+    }
+    fn commit(&self, batch: WriteBatch) -> StoreResult<()> {
+        self.spend()?;
+        self.inner.commit(batch)
+    }
+    fn flush(&self) -> StoreResult<()> {
+        self.inner.flush()
+    }
+    fn clear(&self) -> StoreResult<()> {
+        self.inner.clear()
+    }
+    fn durable(&self) -> bool {
+        self.inner.durable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_survive_reopen_and_foreign_data_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p/s");
+        {
+            let st = SledStore::open(&dir, "s").unwrap();
+            let mut b = WriteBatch::default();
+            b.put(b"a".to_vec(), b"1".to_vec());
+            b.put(b"b".to_vec(), b"2".to_vec());
+            st.commit(b).unwrap();
+            st.flush().unwrap();
+            // a second opener is refused while the first holds it
+            let e = SledStore::open(&dir, "s").unwrap_err();
+            assert!(e.to_string().contains("--reset-state"), "{e}");
+        }
+        let st = SledStore::open(&dir, "s").unwrap();
+        assert_eq!(st.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(st.scan_prefix(b"").unwrap().len(), 3, "a, b and the marker");
+        st.clear().unwrap();
+        assert_eq!(st.get(b"a").unwrap(), None);
+        drop(st);
+
+        // a sled database that rill did not write
+        let other = tmp.path().join("other");
+        {
+            let db = sled::open(&other).unwrap();
+            db.insert(b"x", b"y").unwrap();
+            db.flush().unwrap();
+        }
+        let e = SledStore::open(&other, "o").unwrap_err();
+        assert!(e.reason.contains("format marker"), "{e}");
+    }
+}
