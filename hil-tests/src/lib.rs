@@ -1,12 +1,151 @@
 //! # rill-hil-tests
 //!
-//! Hardware-in-the-loop tests: real CUDA devices, real process kills, real
-//! network cuts. Each test checks for its hardware first and, where it is
+//! Hardware-in-the-loop tests: real process kills, real CUDA devices, real
+//! network cuts. Each test checks for what it needs first and, where it is
 //! absent, skips with a message saying what was missing, so `cargo test
 //! --workspace` stays green on a CPU-only CI machine.
 //!
-//! The core-runtime work has no hardware-dependent tests yet: its process
-//! tests (two `rill run --stages` processes on loopback, restarts of
-//! panicking stages) run everywhere and live in `apps/rill/tests/`. This
-//! crate receives the SIGKILL chaos test with the exactly-once work and the
-//! CUDA parity tests with RunInference.
+//! - `tests/chaos.rs`: SIGKILL at random moments against a pipeline split
+//!   over three `rill run --stages` processes, and against a one-process
+//!   run; the sink must equal an undisturbed run's, record for record. A
+//!   short version (~30 s) runs in CI; the long one is
+//!   `cargo test --release -p rill-hil-tests -- --ignored chaos_long`.
+//!
+//! This library holds what the tests share: finding (or building) the
+//! `rill` binary, free loopback ports, and a process driver.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// The `rill` binary of the profile these tests were built with (next to
+/// the test executable's `deps/` folder), built with cargo if absent.
+pub fn rill_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_owned();
+    let bin = profile_dir.join("rill");
+    if !bin.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.args(["build", "-q", "-p", "rill-cli"])
+            .current_dir(root());
+        if release {
+            c.arg("--release");
+        }
+        let st = c.status().expect("cargo build -p rill-cli");
+        assert!(st.success(), "cannot build the rill binary");
+    }
+    bin
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One `rill run` process that the driver kills and starts again.
+pub struct Proc {
+    pub name: String,
+    pub args: Vec<String>,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub starts: u32,
+    pub kills: u32,
+    pub exit: Option<i32>,
+}
+
+impl Proc {
+    pub fn new(name: &str, dir: &Path, args: &[String]) -> Proc {
+        Proc {
+            name: name.to_owned(),
+            args: args.to_vec(),
+            dir: dir.to_owned(),
+            child: None,
+            starts: 0,
+            kills: 0,
+            exit: None,
+        }
+    }
+
+    /// Starts it; its stderr goes to `<dir>/<name>.<n>.log`.
+    pub fn start(&mut self) {
+        let log =
+            std::fs::File::create(self.dir.join(format!("{}.{}.log", self.name, self.starts)))
+                .expect("log file");
+        let child = Command::new(rill_bin())
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .env("RILL_TEST_NODES", "1")
+            .env_remove("RILL_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rill");
+        self.child = Some(child);
+        self.starts += 1;
+        self.exit = None;
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            self.kills += 1;
+        }
+    }
+
+    /// Whether it is running; records its exit code once it has ended.
+    pub fn running(&mut self) -> bool {
+        let Some(c) = self.child.as_mut() else {
+            return false;
+        };
+        match c.try_wait().expect("try_wait") {
+            None => true,
+            Some(st) => {
+                self.exit = Some(st.code().unwrap_or(-1));
+                self.child = None;
+                false
+            }
+        }
+    }
+
+    /// The stderr of every start, for failure messages.
+    pub fn logs(&self) -> String {
+        (0..self.starts)
+            .map(|n| {
+                let p = self.dir.join(format!("{}.{n}.log", self.name));
+                format!(
+                    "--- {} start {n} ---\n{}",
+                    self.name,
+                    std::fs::read_to_string(p).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

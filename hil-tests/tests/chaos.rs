@@ -1,0 +1,269 @@
+//! SIGKILL chaos: kill any rill process at any moment, start it again, and
+//! the sink ends up exactly as an undisturbed run leaves it.
+//!
+//! Three stages: `Generate` (keyed records; the per-key sequence number is
+//! `id / keys`), `TestCountPerKey` (a running count per key in keyed state,
+//! so a record processed twice, or a state change lost, shows as a wrong
+//! count), and `WriteToJson`. They run
+//! - undisturbed, in one process (the reference);
+//! - in three `rill run --stages` processes, one of which a driver SIGKILLs
+//!   every 0–6 s and starts again;
+//! - all in one process, SIGKILLed the same way.
+//!
+//! The short version runs in CI (~30 s). The long one:
+//! `cargo test --release -p rill-hil-tests -- --ignored chaos_long`.
+//! `RILL_CHAOS_SEED=N` replays a kill schedule.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rill_hil_tests::{Proc, free_port};
+
+struct Plan {
+    records: u64,
+    rate: u64,
+    keys: u64,
+    /// Kill for this long, then let the runs finish.
+    chaos_for: Duration,
+    /// Give up after this long.
+    limit: Duration,
+}
+
+fn pipeline(p: &Plan) -> String {
+    format!(
+        r#"
+pipeline:
+  name: chaos
+  transforms:
+    - type: Generate
+      name: gen
+      config: {{count: {n}, keys: {k}, rate: {r}, seed: 11}}
+    - type: TestCountPerKey
+      name: count
+      input: gen
+    - type: WriteToJson
+      name: sink
+      input: count
+      config: {{path: out.jsonl}}
+options:
+  checkpoint_interval: 50ms
+"#,
+        n = p.records,
+        k = p.keys,
+        r = p.rate
+    )
+}
+
+fn endpoints(ports: &[u16], me: usize) -> Vec<String> {
+    let mut args = vec![
+        "--listen".to_owned(),
+        format!("tcp/127.0.0.1:{}", ports[me]),
+    ];
+    for (i, p) in ports.iter().enumerate() {
+        if i != me {
+            args.push("--connect".into());
+            args.push(format!("tcp/127.0.0.1:{p}"));
+        }
+    }
+    args
+}
+
+fn scenario(dir: &Path, plan: &Plan, split: bool) -> Vec<Proc> {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), pipeline(plan)).unwrap();
+    if !split {
+        let port = free_port();
+        let mut args: Vec<String> = vec!["run".into(), "-q".into(), "p.yaml".into()];
+        args.extend(endpoints(&[port], 0));
+        return vec![Proc::new("all", dir, &args)];
+    }
+    let ports = [free_port(), free_port(), free_port()];
+    ["gen", "count", "sink"]
+        .iter()
+        .enumerate()
+        .map(|(i, stage)| {
+            let mut args: Vec<String> = vec![
+                "run".into(),
+                "-q".into(),
+                "p.yaml".into(),
+                "--stages".into(),
+                (*stage).into(),
+            ];
+            args.extend(endpoints(&ports, i));
+            Proc::new(stage, dir, &args)
+        })
+        .collect()
+}
+
+/// Checks the sink of a run: ids 0..n in order, each once, and each count
+/// is the record's per-key sequence number + 1.
+fn check_sink(path: &Path, plan: &Plan) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut expect = 0u64;
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("{}:{}: not JSON ({e}): {line}", path.display(), i + 1))?;
+        let id = v["id"].as_u64().ok_or(format!("line {}: no id", i + 1))?;
+        if id != expect {
+            return Err(format!(
+                "{}:{}: expected id {expect}, found {id} ({})",
+                path.display(),
+                i + 1,
+                if id < expect { "a duplicate" } else { "a gap" }
+            ));
+        }
+        let count = v["count"]
+            .as_u64()
+            .ok_or(format!("line {}: no count", i + 1))?;
+        if count != id / plan.keys + 1 {
+            return Err(format!(
+                "{}:{}: record {id} has count {count}, expected {} (keyed state lost or doubled)",
+                path.display(),
+                i + 1,
+                id / plan.keys + 1
+            ));
+        }
+        expect += 1;
+    }
+    if expect != plan.records {
+        return Err(format!(
+            "{}: {expect} records, expected {}",
+            path.display(),
+            plan.records
+        ));
+    }
+    Ok(())
+}
+
+fn chaos(plan: Plan) {
+    let seed: u64 = std::env::var("RILL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("chaos seed {seed} (RILL_CHAOS_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let calm = tmp.path().join("undisturbed");
+    let split = tmp.path().join("split");
+    let single = tmp.path().join("single");
+    let mut reference = scenario(&calm, &plan, false);
+    let mut groups = [
+        scenario(&split, &plan, true),
+        scenario(&single, &plan, false),
+    ];
+    reference[0].start();
+    for g in &mut groups {
+        for p in g.iter_mut() {
+            p.start();
+        }
+    }
+    let started = Instant::now();
+    let mut next_kill = Instant::now() + Duration::from_millis(rng.u64(0..6000));
+    let mut kills = Vec::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let mut all_done = reference.iter_mut().all(|p| !p.running());
+        for g in &mut groups {
+            for p in g.iter_mut() {
+                if !p.running() {
+                    if let Some(code) = p.exit
+                        && code != 0
+                    {
+                        panic!(
+                            "process `{}` exited with {code} (seed {seed})\n{}",
+                            p.name,
+                            p.logs()
+                        );
+                    }
+                } else {
+                    all_done = false;
+                }
+            }
+        }
+        if all_done {
+            break;
+        }
+        assert!(
+            started.elapsed() < plan.limit,
+            "not finished after {:?} (seed {seed}); kills: {kills:?}\n{}",
+            plan.limit,
+            groups
+                .iter()
+                .flatten()
+                .map(|p| p.logs())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        if Instant::now() >= next_kill && started.elapsed() < plan.chaos_for {
+            // one victim in each disturbed run
+            for g in &mut groups {
+                let live: Vec<usize> = (0..g.len()).filter(|&i| g[i].running()).collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let i = live[rng.usize(0..live.len())];
+                kills.push(format!(
+                    "{:.1}s {}",
+                    started.elapsed().as_secs_f64(),
+                    g[i].name
+                ));
+                g[i].kill();
+                g[i].start();
+            }
+            next_kill = Instant::now() + Duration::from_millis(rng.u64(0..6000));
+        }
+    }
+    eprintln!("kills: {kills:?}");
+    assert_eq!(
+        reference[0].exit,
+        Some(0),
+        "undisturbed run failed\n{}",
+        reference[0].logs()
+    );
+    check_sink(&calm.join("out.jsonl"), &plan).unwrap();
+    let want = std::fs::read(calm.join("out.jsonl")).unwrap();
+    for (dir, g) in [(&split, &groups[0]), (&single, &groups[1])] {
+        let path = dir.join("out.jsonl");
+        if let Err(e) = check_sink(&path, &plan) {
+            panic!(
+                "seed {seed}, kills {kills:?}: {e}\n{}",
+                g.iter().map(|p| p.logs()).collect::<Vec<_>>().join("\n")
+            );
+        }
+        let got = std::fs::read(&path).unwrap();
+        assert!(
+            got == want,
+            "{} differs from the undisturbed run's sink (seed {seed})",
+            path.display()
+        );
+        let n_kills: u32 = g.iter().map(|p| p.kills).sum();
+        assert!(
+            n_kills > 0,
+            "the driver killed nothing in {}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn chaos_short() {
+    chaos(Plan {
+        records: 100_000,
+        rate: 5_000,
+        keys: 100,
+        chaos_for: Duration::from_secs(20),
+        limit: Duration::from_secs(120),
+    });
+}
+
+#[test]
+#[ignore = "long: run with --ignored chaos_long"]
+fn chaos_long() {
+    chaos(Plan {
+        records: 1_000_000,
+        rate: 5_000,
+        keys: 1000,
+        chaos_for: Duration::from_secs(190),
+        limit: Duration::from_secs(600),
+    });
+}
