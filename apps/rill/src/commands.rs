@@ -169,18 +169,35 @@ pub struct RunFlags {
     pub reset_state: bool,
 }
 
-/// Resolves on SIGTERM or Ctrl-C (SIGINT).
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    match term {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "Ctrl-C",
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            "Ctrl-C"
+/// SIGTERM and SIGINT (Ctrl-C), registered before the run starts so a
+/// signal during start-up is a graceful stop too.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn register() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) -> &'static str {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.term) => "SIGTERM",
+            _ = recv(&mut self.int) => "Ctrl-C",
         }
     }
 }
@@ -193,6 +210,7 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
         quiet,
         reset_state,
     } = flags;
+    let mut signals = StopSignals::register();
     let pipeline = match load(&file) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
@@ -220,12 +238,12 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
     let progress = (!quiet && std::io::stderr().is_terminal())
         .then(|| summary::Progress::start(metrics.clone()));
     let signals = tokio::spawn(async move {
-        let first = stop_signal().await;
+        let first = signals.next().await;
         eprintln!(
             "\nstopping ({first}): committing what was processed; a second signal stops at once"
         );
         stopper.stop();
-        let second = stop_signal().await;
+        let second = signals.next().await;
         // every commit is atomic and durable: stopping here is as safe as a
         // crash, and the next run resumes from the last commit
         eprintln!("stopped at once ({second}); the next run resumes from the last commit");

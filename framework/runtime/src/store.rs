@@ -52,11 +52,28 @@ impl SledStore {
             dir: dir.to_owned(),
             reason,
         };
-        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create it: {e}")))?;
-        let config = sled::Config::new()
-            .path(dir)
-            .cache_capacity(32 << 20)
-            .flush_every_ms(None);
+        if !dir.exists() {
+            // a new store is made aside and moved into place once it holds
+            // its format marker: a store directory without the marker was
+            // damaged (sled opens a truncated database as an empty one)
+            let parent = dir.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(parent)
+                .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            let fresh = parent.join(format!(".{}.new", name.unwrap_or_default()));
+            let _ = std::fs::remove_dir_all(&fresh);
+            {
+                let db = Self::config(&fresh)
+                    .open()
+                    .map_err(|e| fail(format!("sled cannot create it: {e}")))?;
+                db.insert(FORMAT_KEY, FORMAT)
+                    .and_then(|_| db.flush())
+                    .map_err(|e| fail(format!("cannot write it: {e}")))?;
+            }
+            std::fs::rename(&fresh, dir)
+                .map_err(|e| fail(format!("cannot move {} into place: {e}", fresh.display())))?;
+        }
+        let config = Self::config(dir);
         let opened = std::panic::catch_unwind(AssertUnwindSafe(|| config.open()));
         let db = match opened {
             Ok(Ok(db)) => db,
@@ -86,18 +103,25 @@ impl SledStore {
                     String::from_utf8_lossy(&v)
                 )));
             }
-            Ok(None) if db.is_empty() => {
-                db.insert(FORMAT_KEY, FORMAT)
-                    .map_err(|e| fail(e.to_string()))?;
-                db.flush().map_err(|e| fail(e.to_string()))?;
+            Ok(None) => {
+                return Err(fail(
+                    "its format marker is missing: it was truncated, damaged or written by something else"
+                        .into(),
+                ));
             }
-            Ok(None) => return Err(fail("its format marker is missing (corrupt?)".into())),
             Err(e) => return Err(fail(format!("cannot read it: {e}"))),
         }
         Ok(SledStore {
             db,
             dir: dir.to_owned(),
         })
+    }
+
+    fn config(dir: &Path) -> sled::Config {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(32 << 20)
+            .flush_every_ms(None)
     }
 
     pub fn dir(&self) -> &Path {

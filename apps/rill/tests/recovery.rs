@@ -1,0 +1,242 @@
+//! Crash recovery through the real binary: graceful stop and resume,
+//! SIGKILL and resume with keyed state, a corrupt store, a failing disk.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// An unbounded keyed stream through a running count per key.
+const UNBOUNDED: &str = r#"
+pipeline:
+  name: resume
+  transforms:
+    - type: Generate
+      name: gen
+      config: {rate: 3000, keys: 7, seed: 5}
+    - type: TestCountPerKey
+      name: count
+      input: gen
+    - type: WriteToJson
+      name: sink
+      input: count
+      config: {path: out.jsonl}
+options:
+  checkpoint_interval: 20ms
+"#;
+
+fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+fn wait_lines(path: &Path, n: usize) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while lines(path) < n {
+        assert!(Instant::now() < end, "fewer than {n} lines in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Ids 0..n in order, once each, with the right running count; returns n.
+fn check_exact(path: &Path, keys: u64) -> u64 {
+    let mut n = 0;
+    for v in read_jsonl(path) {
+        let id = v["id"].as_u64().unwrap();
+        assert_eq!(id, n, "{}: record {n} is id {id}", path.display());
+        assert_eq!(
+            v["count"].as_u64().unwrap(),
+            id / keys + 1,
+            "record {id}: wrong running count"
+        );
+        n += 1;
+    }
+    n
+}
+
+fn run_bg(dir: &Path, extra: &[&str]) -> Child {
+    let mut args = vec!["run", "-q", "p.yaml", "--listen", "tcp/127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    command(dir, &args).spawn().unwrap()
+}
+
+#[test]
+fn stop_kill_and_resume_an_unbounded_run_exactly() {
+    let dir = sandbox();
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(dir.path().join("p.yaml"), UNBOUNDED).unwrap();
+
+    // 1. SIGTERM: drains, commits, exits 0 well within 10 s
+    let child = run_bg(dir.path(), &[]);
+    wait_lines(&out, 1000);
+    let t = Instant::now();
+    signal(&child, "-TERM");
+    let o = wait(child, Duration::from_secs(10), "rill after SIGTERM");
+    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(&o));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let n1 = check_exact(&out, 7);
+    assert!(n1 >= 1000);
+
+    // 2. resume, then SIGKILL at a random moment
+    let mut child = run_bg(dir.path(), &[]);
+    wait_lines(&out, n1 as usize + 1500);
+    std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // 3. resume, then two signals: the second stops at once
+    let child = run_bg(dir.path(), &[]);
+    wait_lines(&out, n1 as usize + 3000);
+    signal(&child, "-TERM");
+    signal(&child, "-TERM");
+    let o = wait(child, Duration::from_secs(10), "rill after two SIGTERMs");
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(130)),
+        "exit {:?}: {}",
+        o.status,
+        stderr(&o)
+    );
+
+    // 4. resume once more and stop cleanly: no gap, no duplicate, the
+    //    running counts continue
+    let child = run_bg(dir.path(), &[]);
+    let before = lines(&out);
+    wait_lines(&out, before + 1000);
+    signal(&child, "-INT");
+    let o = wait(child, Duration::from_secs(10), "rill after Ctrl-C");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let n = check_exact(&out, 7);
+    assert!(n > n1 + 3000, "{n} records after four runs");
+
+    // 5. --reset-state starts over
+    let child = run_bg(dir.path(), &["--reset-state"]);
+    wait_lines(&out, 10);
+    signal(&child, "-TERM");
+    let o = wait(child, Duration::from_secs(10), "rill --reset-state");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = check_exact(&out, 7);
+    assert!(m < n, "the file was started over ({m} records)");
+}
+
+const BOUNDED: &str = r#"
+pipeline:
+  name: bounded
+  transforms:
+    - type: Generate
+      name: gen
+      config: {count: 6000, rate: 3000, keys: 5, seed: 1}
+    - type: TestCountPerKey
+      name: count
+      input: gen
+    - type: WriteToJson
+      name: sink
+      input: count
+      config: {path: out.jsonl}
+options:
+  checkpoint_interval: 20ms
+"#;
+
+fn store_dir(dir: &Path, stage: &str) -> std::path::PathBuf {
+    dir.join(".rill/state/bounded").join(stage)
+}
+
+#[test]
+fn a_corrupt_or_truncated_store_is_refused_with_exit_2() {
+    for damage in ["garbage", "truncate", "foreign"] {
+        let dir = sandbox();
+        let out = dir.path().join("out.jsonl");
+        std::fs::write(dir.path().join("p.yaml"), BOUNDED).unwrap();
+        let mut child = run_bg(dir.path(), &[]);
+        wait_lines(&out, 500);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let s = store_dir(dir.path(), "count");
+        match damage {
+            "garbage" => {
+                // overwrite the database file with noise
+                let db = s.join("db");
+                let len = std::fs::metadata(&db).unwrap().len() as usize;
+                let noise: Vec<u8> = (0..len.max(4096)).map(|_| fastrand::u8(..)).collect();
+                std::fs::write(&db, noise).unwrap();
+                std::fs::write(s.join("conf"), b"\x00\x01garbage").unwrap();
+            }
+            "truncate" => {
+                for f in ["db", "conf"] {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(s.join(f))
+                        .unwrap()
+                        .set_len(3)
+                        .unwrap();
+                }
+            }
+            _ => {
+                // a directory that holds something else entirely
+                std::fs::remove_dir_all(&s).unwrap();
+                std::fs::create_dir_all(&s).unwrap();
+                std::fs::write(s.join("db"), b"not a database").unwrap();
+                std::fs::write(s.join("conf"), b"not a config").unwrap();
+            }
+        }
+        let o = rill(dir.path(), &["run", "-q", "p.yaml"]);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{damage}: {}\n{}",
+            stderr(&o),
+            stdout(&o)
+        );
+        let err = stderr(&o);
+        assert!(
+            err.contains("stage `count`") && err.contains("--reset-state"),
+            "{damage}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{damage}: {err}");
+        // discarding the state runs the pipeline from the start
+        let o = rill(dir.path(), &["run", "-q", "p.yaml", "--reset-state"]);
+        assert!(o.status.success(), "{damage}: {}", stderr(&o));
+        assert_eq!(check_exact(&out, 5), 6000);
+    }
+}
+
+#[test]
+fn a_failing_disk_stops_acknowledging_and_the_run_resumes_without_loss() {
+    let dir = sandbox();
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(dir.path().join("p.yaml"), BOUNDED).unwrap();
+    // every store fails its commits after 30: the stages stop, restart,
+    // fail again, and the run fails with a message naming the store
+    let o = command(dir.path(), &["run", "-q", "p.yaml"])
+        .env("RILL_TEST_FAIL_COMMITS_AFTER", "30")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot commit to the state store") && err.contains("No space left"),
+        "{err}"
+    );
+    let partial = check_exact(&out, 5);
+    assert!(partial < 6000, "the run cannot have finished ({partial})");
+    // space is back: the next run resumes and loses nothing
+    let o = rill(dir.path(), &["run", "-q", "p.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(check_exact(&out, 5), 6000);
+    // a finished run leaves no state behind: the next run starts over
+    // (and writes the whole file again, rather than nothing)
+    let o = rill(dir.path(), &["run", "-q", "p.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(check_exact(&out, 5), 6000);
+}
