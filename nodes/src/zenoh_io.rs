@@ -247,15 +247,31 @@ impl NodeConfig for WriteToZenoh {
             .congestion_control(zenoh::qos::CongestionControl::Block)
             .wait()
             .map_err(|e| NodeError::failed(format!("cannot publish on {}: {e}", self.key)))?;
+        // the stream's identity and numbering are committed with the
+        // stage: a restarted sink sends again what followed its last commit
+        // under the same numbers, so a consumer can drop what it has seen
+        let epoch = match ctx.state.get_value("epoch")? {
+            Some(Value::Int(e)) => e as u64,
+            _ => {
+                let e = fastrand_epoch();
+                ctx.state.put_value("epoch", &Value::Int(e as i64))?;
+                e
+            }
+        };
+        let seq = match ctx.state.get_value("seq")? {
+            Some(Value::Int(n)) if n >= 0 => n as u64,
+            _ => 0,
+        };
         Ok(Node::Sink(Box::new(ZenohSink {
             publisher,
             format: self.format,
             producer: ProducerId {
                 stage: ctx.stage.to_owned(),
                 output: None,
-                epoch: fastrand_epoch(),
+                epoch,
             },
-            seq: 0,
+            seq,
+            state: ctx.state.clone(),
         })))
     }
 }
@@ -276,6 +292,7 @@ struct ZenohSink {
     format: Format,
     producer: ProducerId,
     seq: u64,
+    state: rill_core::state::KeyedState,
 }
 
 impl Sink for ZenohSink {
@@ -303,5 +320,9 @@ impl Sink for ZenohSink {
             }
         }
         Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), NodeError> {
+        self.state.put_value("seq", &Value::Int(self.seq as i64))
     }
 }

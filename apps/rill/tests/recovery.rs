@@ -122,6 +122,15 @@ fn stop_kill_and_resume_an_unbounded_run_exactly() {
 
     // 5. --reset-state starts over
     let child = run_bg(dir.path(), &["--reset-state"]);
+    // the sink starts its file over, then writes again
+    let end = Instant::now() + Duration::from_secs(30);
+    while lines(&out) >= n as usize {
+        assert!(
+            Instant::now() < end,
+            "--reset-state did not start the file over"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     wait_lines(&out, 10);
     signal(&child, "-TERM");
     let o = wait(child, Duration::from_secs(10), "rill --reset-state");
@@ -239,4 +248,57 @@ fn a_failing_disk_stops_acknowledging_and_the_run_resumes_without_loss() {
     let o = rill(dir.path(), &["run", "-q", "p.yaml"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(check_exact(&out, 5), 6000);
+}
+
+#[test]
+fn every_delivery_mode_delivers_a_bounded_run_exactly() {
+    let dir = sandbox();
+    let out = dir.path().join("out.jsonl");
+    for (mode, extra) in [
+        ("exactly_once", ""),
+        ("at_least_once", ""),
+        ("best_effort", ""),
+        // grouped commits by count, and a best_effort input
+        (
+            "exactly_once",
+            "  checkpoint_interval: {records: 100, time: 5ms}\n",
+        ),
+    ] {
+        let mut yaml = BOUNDED.replace(
+            "  checkpoint_interval: 20ms\n",
+            &format!("  delivery: {mode}\n{extra}"),
+        );
+        if !extra.is_empty() {
+            yaml = yaml.replace("input: gen", "input: {stage: gen, delivery: best_effort}");
+        }
+        std::fs::write(dir.path().join("p.yaml"), &yaml).unwrap();
+        let _ = std::fs::remove_dir_all(dir.path().join(".rill"));
+        let o = rill(dir.path(), &["run", "-q", "p.yaml"]);
+        assert!(o.status.success(), "{mode}: {}", stderr(&o));
+        assert_eq!(check_exact(&out, 5), 6000, "{mode} {extra}");
+        // best_effort writes nothing to disk
+        let stored = dir.path().join(".rill/state/bounded/count");
+        if mode == "best_effort" {
+            assert!(!stored.exists(), "best_effort made {}", stored.display());
+        }
+    }
+    for (bad, want) in [
+        (
+            "  checkpoint_interval: {records: 0}\n",
+            "`checkpoint_interval.records` must be at least 1",
+        ),
+        (
+            "  checkpoint_interval: {every: 3}\n",
+            "unknown field `every`",
+        ),
+        ("  checkpoint_interval: soon\n", "p.yaml:16"),
+        ("  delivery: twice\n", "p.yaml:16"),
+    ] {
+        let yaml = BOUNDED.replace("  checkpoint_interval: 20ms\n", bad);
+        std::fs::write(dir.path().join("p.yaml"), &yaml).unwrap();
+        let o = rill(dir.path(), &["validate", "p.yaml"]);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {}", stdout(&o));
+        let all = stdout(&o) + &stderr(&o);
+        assert!(all.contains(want), "{bad}: {all}");
+    }
 }
