@@ -991,19 +991,6 @@ fn check_queue(cx: &mut Cx, q: &QueueSpec, mark: Mark) {
 }
 
 fn check_restart(cx: &mut Cx, r: &RestartPolicy, mark: Mark) {
-    if r.strategy != Strategy::OneForOne {
-        cx.err(
-            mark,
-            format!(
-                "restart strategy `{}` is not supported yet: use `one_for_one`",
-                match r.strategy {
-                    Strategy::RestForOne => "rest_for_one",
-                    Strategy::OneForAll => "one_for_all",
-                    Strategy::OneForOne => "one_for_one",
-                }
-            ),
-        );
-    }
     if r.backoff.multiplier.is_nan() || r.backoff.multiplier < 1.0 {
         cx.err(mark, "backoff `multiplier` must be at least 1.0");
     }

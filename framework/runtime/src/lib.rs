@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
 use rill_core::node::{BuildContext, Extensions};
-use rill_core::spec::{Delivery, Pipeline};
+use rill_core::spec::{Delivery, Pipeline, Strategy};
 use rill_core::state::{MemStore, StateStore};
 use tokio::sync::Mutex;
 
@@ -201,7 +201,31 @@ impl Run {
             stages.push(((*s).clone(), store, Arc::new(Mutex::new(shared))));
         }
         let stores: Vec<Arc<dyn StateStore>> = stages.iter().map(|(_, st, _)| st.clone()).collect();
-        let stages = stages.into_iter().map(|(s, _, sh)| (s, sh)).collect();
+        let names: Vec<String> = stages.iter().map(|(s, _, _)| s.name.clone()).collect();
+        let stages = stages
+            .into_iter()
+            .zip(metrics.iter().cloned())
+            .map(|((s, _, shared), metrics)| {
+                let peers: Vec<usize> = match s.restart.strategy {
+                    Strategy::OneForOne => Vec::new(),
+                    Strategy::RestForOne => {
+                        let down = pipeline.downstream(&s.name);
+                        (0..names.len())
+                            .filter(|&j| down.contains(&names[j]))
+                            .collect()
+                    }
+                    Strategy::OneForAll => {
+                        (0..names.len()).filter(|&j| names[j] != s.name).collect()
+                    }
+                };
+                supervisor::ChildSpec {
+                    stage: s,
+                    shared,
+                    metrics,
+                    peers,
+                }
+            })
+            .collect();
         let outcome = Arc::new(std::sync::Mutex::new(Outcome::Running));
         let args = SupervisorArgs {
             stages,

@@ -30,8 +30,59 @@ pub enum Outcome {
     Stopped,
 }
 
+/// One local stage, as the supervisor gets it.
+pub struct ChildSpec {
+    pub stage: Stage,
+    pub shared: Arc<Mutex<StageShared>>,
+    pub metrics: Arc<crate::StageMetrics>,
+    /// The other local stages its restart strategy restarts with it
+    /// (`rest_for_one`: those downstream; `one_for_all`: all).
+    pub peers: Vec<usize>,
+}
+
+/// OTP-style restart intensity and exponential backoff for one stage: at
+/// most `max_restarts` restarts within `within`; the n-th restart in the
+/// window waits `min(initial × multiplier^(n-1), max)` plus jitter.
+#[derive(Debug, Clone)]
+pub struct RestartTracker {
+    policy: rill_core::spec::RestartPolicy,
+    recent: VecDeque<Instant>,
+}
+
+impl RestartTracker {
+    pub fn new(policy: rill_core::spec::RestartPolicy) -> RestartTracker {
+        RestartTracker {
+            policy,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Records a failure now: the delay before the restart, or `None` when
+    /// the intensity is exceeded. `rand` in [0, 1) scales the jitter.
+    pub fn on_failure(&mut self, rand: f64) -> Option<Duration> {
+        self.on_failure_at(Instant::now(), rand)
+    }
+
+    /// [`Self::on_failure`] at a given time (the tests drive the clock).
+    pub fn on_failure_at(&mut self, now: Instant, rand: f64) -> Option<Duration> {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.within.0)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() as u32 >= self.policy.max_restarts {
+            return None;
+        }
+        self.recent.push_back(now);
+        let delay = self.policy.backoff.delay(self.recent.len() as u32);
+        Some(delay + delay.mul_f64(self.policy.backoff.jitter * rand))
+    }
+}
+
 pub struct SupervisorArgs {
-    pub stages: Vec<(Stage, Arc<Mutex<StageShared>>)>,
+    pub stages: Vec<ChildSpec>,
     pub session: Session,
     pub base_dir: std::path::PathBuf,
     pub extensions: Extensions,
@@ -47,18 +98,26 @@ pub enum SupervisorMsg {
     ForceStop,
 }
 
+/// The stop reason of a stage stopped to restart with a failed peer.
+pub const RESTART: &str = "restart with a peer";
+
 /// How long a graceful stop may take.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(8);
 
 struct Child {
     stage: Stage,
     shared: Arc<Mutex<StageShared>>,
+    metrics: Arc<crate::StageMetrics>,
+    peers: Vec<usize>,
     attempt: u32,
-    /// Restart times within the intensity window.
-    recent: VecDeque<Instant>,
+    tracker: RestartTracker,
     history: Vec<String>,
     done: bool,
     actor: Option<ActorRef<crate::stage::StageMsg>>,
+    /// Stopped by the supervisor to restart with a failed peer.
+    restarting: bool,
+    /// To be spawned again once its actor has stopped.
+    respawn_when_stopped: bool,
 }
 
 pub struct SupervisorState {
@@ -98,7 +157,8 @@ impl Supervisor {
     }
 
     /// Applies the restart policy of child `i` after a failure; false when
-    /// the restart intensity is exceeded and the run must fail.
+    /// the restart intensity is exceeded and the run must fail. Its
+    /// strategy's peers are stopped now and restarted with it.
     fn schedule_restart(
         myself: &ActorRef<SupervisorMsg>,
         st: &mut SupervisorState,
@@ -107,43 +167,36 @@ impl Supervisor {
     ) -> bool {
         let since = st.started.elapsed();
         let c = &mut st.children[i];
-        let policy = c.stage.restart;
-        let now = Instant::now();
         c.history
             .push(format!("{:.3}s: {error}", since.as_secs_f64()));
-        while c
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.within.0)
-        {
-            c.recent.pop_front();
-        }
-        if c.recent.len() as u32 >= policy.max_restarts {
+        let Some(delay) = c.tracker.on_failure(fastrand::f64()) else {
             return false;
-        }
-        c.recent.push_back(now);
+        };
         c.attempt += 1;
-        let n = c.recent.len() as u32;
-        let mut delay = policy.backoff.delay(n);
-        if policy.backoff.jitter > 0.0 {
-            delay += delay.mul_f64(policy.backoff.jitter * fastrand::f64());
-        }
+        c.metrics
+            .restarts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = c.stage.name.clone();
+        let strategy = c.stage.restart.strategy;
         warn!(stage = %name, attempt = c.attempt, delay_ms = delay.as_millis() as u64, "stage failed: {error}; restarting");
-        if let Ok(sh) = c.shared.try_lock() {
-            sh.metrics
+        for j in c.peers.clone() {
+            let p = &mut st.children[j];
+            if p.done || p.restarting {
+                continue;
+            }
+            p.restarting = true;
+            p.attempt += 1;
+            p.metrics
                 .restarts
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        } else {
-            let shared = c.shared.clone();
-            tokio::spawn(async move {
-                shared
-                    .lock()
-                    .await
-                    .metrics
-                    .restarts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            });
+            p.history.push(format!(
+                "{:.3}s: restarted with `{name}` ({strategy:?})",
+                since.as_secs_f64()
+            ));
+            warn!(stage = %p.stage.name, "restarting with `{name}` ({strategy:?})");
+            if let Some(a) = &p.actor {
+                a.stop(Some(RESTART.into()));
+            }
         }
         myself.send_after(delay, move || SupervisorMsg::Respawn(name));
         true
@@ -191,14 +244,18 @@ impl Actor for Supervisor {
             children: args
                 .stages
                 .into_iter()
-                .map(|(stage, shared)| Child {
-                    stage,
-                    shared,
+                .map(|spec| Child {
+                    tracker: RestartTracker::new(spec.stage.restart),
+                    stage: spec.stage,
+                    shared: spec.shared,
+                    metrics: spec.metrics,
+                    peers: spec.peers,
                     attempt: 0,
-                    recent: VecDeque::new(),
                     history: Vec::new(),
                     done: false,
                     actor: None,
+                    restarting: false,
+                    respawn_when_stopped: false,
                 })
                 .collect(),
             by_id: HashMap::new(),
@@ -236,6 +293,20 @@ impl Actor for Supervisor {
                     return Ok(());
                 };
                 info!(stage = %name, attempt = st.children[i].attempt, "restarting stage");
+                // the peers stopped with it come back with it
+                for j in st.children[i].peers.clone() {
+                    if !st.children[j].restarting {
+                        continue;
+                    }
+                    if st.children[j].actor.is_some() {
+                        st.children[j].respawn_when_stopped = true;
+                    } else {
+                        st.children[j].restarting = false;
+                        if let Err(e) = Self::spawn_child(&myself, st, j).await {
+                            Self::on_failure(&myself, st, j, e);
+                        }
+                    }
+                }
                 if let Err(e) = Self::spawn_child(&myself, st, i).await {
                     Self::on_failure(&myself, st, i, e);
                 }
@@ -285,6 +356,18 @@ impl Actor for Supervisor {
                     return Ok(());
                 };
                 st.children[i].actor = None;
+                if st.children[i].restarting && reason.as_deref() != Some(DONE) {
+                    // stopped to restart with a failed peer
+                    if st.children[i].respawn_when_stopped {
+                        st.children[i].respawn_when_stopped = false;
+                        st.children[i].restarting = false;
+                        if let Err(e) = Self::spawn_child(&myself, st, i).await {
+                            Self::on_failure(&myself, st, i, e);
+                        }
+                    }
+                    return Ok(());
+                }
+                st.children[i].restarting = false;
                 let stopping = matches!(*st.outcome.lock().unwrap(), Outcome::Stopped);
                 if stopping {
                     // draining (or failed while draining: its last commit
@@ -314,6 +397,17 @@ impl Actor for Supervisor {
                     return Ok(());
                 };
                 st.children[i].actor = None;
+                if st.children[i].restarting {
+                    // it failed while being stopped for a peer's restart
+                    if st.children[i].respawn_when_stopped {
+                        st.children[i].respawn_when_stopped = false;
+                        st.children[i].restarting = false;
+                        if let Err(e) = Self::spawn_child(&myself, st, i).await {
+                            Self::on_failure(&myself, st, i, e);
+                        }
+                    }
+                    return Ok(());
+                }
                 if matches!(*st.outcome.lock().unwrap(), Outcome::Stopped) {
                     st.children[i].done = true;
                     if st.children.iter().all(|c| c.done || c.actor.is_none()) {
@@ -349,4 +443,47 @@ pub async fn wait_until(d: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rill_core::spec::{Backoff, RestartPolicy};
+    use rill_core::units::Dur;
+
+    fn policy() -> RestartPolicy {
+        RestartPolicy {
+            max_restarts: 3,
+            within: Dur(Duration::from_secs(10)),
+            backoff: Backoff {
+                initial: Dur(Duration::from_millis(100)),
+                max: Dur(Duration::from_millis(300)),
+                multiplier: 2.0,
+                jitter: 0.5,
+            },
+            ..RestartPolicy::default()
+        }
+    }
+
+    #[test]
+    fn backoff_and_intensity_window_are_exact() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut t = RestartTracker::new(policy());
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis());
+        // the n-th restart in the window: 100, 200, then capped at 300 ms
+        assert_eq!(ms(t.on_failure_at(at(0), 0.0)), Some(100));
+        assert_eq!(ms(t.on_failure_at(at(1000), 0.0)), Some(200));
+        assert_eq!(ms(t.on_failure_at(at(2000), 0.0)), Some(300));
+        // a 4th failure within 10 s of the first exceeds the intensity
+        assert_eq!(ms(t.on_failure_at(at(10_000), 0.0)), None);
+        // once the first restart is more than 10 s old, one is allowed
+        // again, and the backoff counts only the restarts in the window
+        assert_eq!(ms(t.on_failure_at(at(10_001), 0.0)), Some(300));
+        // ... and after a quiet window the sequence starts over
+        assert_eq!(ms(t.on_failure_at(at(30_000), 0.0)), Some(100));
+        // jitter adds up to `jitter` x the delay
+        let mut t = RestartTracker::new(policy());
+        assert_eq!(ms(t.on_failure_at(at(0), 0.999_999)), Some(149));
+    }
 }
