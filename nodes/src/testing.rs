@@ -7,6 +7,7 @@
 //! |------|--------------|
 //! | `TestFault` | passes records on; panics (or errors) at record `at` of the stage's life, `times` times (across restarts) |
 //! | `TestSlow` | passes records on, sleeping `per_record` for each |
+//! | `TestFlaky` | fails (as a record failure) each record whose `id` is a multiple of `every`, its first `times` tries |
 //! | `TestCountPerKey` | adds `count`: how many records with this key it has seen so far (keyed state: survives restarts) |
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use serde::Deserialize;
 pub fn register_testing(r: &mut Registry) {
     r.register::<TestFault>("TestFault", "test only: fails on purpose");
     r.register::<TestSlow>("TestSlow", "test only: sleeps per record");
+    r.register::<TestFlaky>("TestFlaky", "test only: records fail their first tries");
     r.register::<TestCountPerKey>(
         "TestCountPerKey",
         "test only: running count per key in the stage's keyed state",
@@ -181,6 +183,61 @@ impl Transform for CountNode {
             } + 1;
             self.state.put(key.as_bytes(), n.to_be_bytes().to_vec());
             r.fields.insert(self.field.clone(), Value::Int(n as i64));
+            out.emit(r);
+        }
+        Ok(())
+    }
+}
+
+/// Tries per (stage, id) so far, shared by every incarnation in the process.
+static TRIES: Mutex<Option<HashMap<(String, i64), u32>>> = Mutex::new(None);
+
+/// Fails records (as record failures, for `error_handling`) whose `id` is
+/// a multiple of `every`, the first `times` times each is seen.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TestFlaky {
+    pub every: i64,
+    pub times: u32,
+}
+
+impl NodeConfig for TestFlaky {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Transform
+    }
+    fn validate(&self) -> Result<(), String> {
+        if self.every < 1 {
+            return Err("`every` must be at least 1".into());
+        }
+        Ok(())
+    }
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        Ok(Node::Transform(Box::new(FlakyNode {
+            cfg: self.clone(),
+            stage: format!("{}/{}", ctx.pipeline, ctx.stage),
+        })))
+    }
+}
+
+struct FlakyNode {
+    cfg: TestFlaky,
+    stage: String,
+}
+
+impl Transform for FlakyNode {
+    fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+        let mut g = TRIES.lock().unwrap();
+        let tries = g.get_or_insert_with(HashMap::new);
+        for r in batch {
+            let id = r.get("id").and_then(Value::as_i64).unwrap_or(-1);
+            if id % self.cfg.every == 0 {
+                let n = tries.entry((self.stage.clone(), id)).or_insert(0);
+                *n += 1;
+                if *n <= self.cfg.times {
+                    out.fail(r, format!("TestFlaky: try {n} of record {id} fails"));
+                    continue;
+                }
+            }
             out.emit(r);
         }
         Ok(())

@@ -85,6 +85,8 @@ impl NodeError {
 pub struct Failure {
     pub record: Record,
     pub msg: String,
+    /// How many times the record was tried (1 unless the stage retries).
+    pub attempts: u32,
 }
 
 /// What [`Emitter::take`] returns: (main output, named outputs, failures).
@@ -125,7 +127,13 @@ impl Emitter {
         self.failures.push(Failure {
             record,
             msg: msg.into(),
+            attempts: 1,
         });
+    }
+
+    /// Records a failure as it is (with its attempt count).
+    pub fn push_failure(&mut self, f: Failure) {
+        self.failures.push(f);
     }
 
     pub fn main(&self) -> &[Record] {

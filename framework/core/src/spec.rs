@@ -281,6 +281,25 @@ struct ResourceHints {
 pub struct ErrorHandling {
     /// Name of the output that receives dead letters (`stage.NAME`).
     pub output: String,
+    /// Tries a failed record again before it becomes a dead letter.
+    #[serde(default)]
+    pub retries: Retries,
+    /// Fails the pipeline when more than this share of the stage's records
+    /// fail (Beam's `threshold`), once 100 records have come in, and at the
+    /// end of the input.
+    #[serde(default, alias = "error_threshold")]
+    pub threshold: Option<f64>,
+}
+
+/// `retries: {max: N, backoff: DURATION}`: a failed record is tried up to
+/// `max` more times, `backoff` apart, before it becomes a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Retries {
+    #[serde(default)]
+    pub max: u32,
+    #[serde(default)]
+    pub backoff: Dur,
 }
 
 /// Zenoh settings of a process.
@@ -437,6 +456,10 @@ pub struct Stage {
     /// Named outputs (the error output included).
     pub outputs: Vec<String>,
     pub error_output: Option<String>,
+    /// Retries of a failed record before it is dead-lettered.
+    pub retries: Retries,
+    /// Share of failed records past which the pipeline fails.
+    pub error_threshold: Option<f64>,
     pub restart: RestartPolicy,
     pub resources: Resources,
     pub mark: Mark,
@@ -679,6 +702,8 @@ struct Raw<'a> {
     inputs: Option<Vec<Input>>,
     dyn_node: Option<Arc<dyn DynNode>>,
     error_output: Option<String>,
+    retries: Retries,
+    error_threshold: Option<f64>,
     restart: RestartPolicy,
     resources: Resources,
 }
@@ -920,6 +945,8 @@ fn parse_root(
             inputs,
             outputs,
             error_output: r.error_output.clone(),
+            retries: r.retries,
+            error_threshold: r.error_threshold,
             restart: r.restart,
             resources: r.resources,
             mark: r.node.mark,
@@ -1078,6 +1105,8 @@ fn parse_transform<'a>(
     let config = node.get("config").unwrap_or(&empty);
     let config = if config.is_null() { &empty } else { config };
     let mut error_output = None;
+    let mut retries = Retries::default();
+    let mut error_threshold = None;
     let node_config = match &config.value {
         YValue::Map(entries) => {
             let mut rest = Vec::with_capacity(entries.len());
@@ -1090,7 +1119,20 @@ fn parse_transform<'a>(
                                 "error_handling `output` must be a non-empty name without dots",
                             );
                         }
+                        if eh.retries.max > 100 {
+                            cx.err(v.mark, "error_handling `retries.max` must be at most 100");
+                        }
+                        if let Some(t) = eh.threshold
+                            && !(t > 0.0 && t <= 1.0)
+                        {
+                            cx.err(
+                                v.mark,
+                                format!("error_handling `threshold` must be in (0, 1], got {t}"),
+                            );
+                        }
                         error_output = Some(eh.output);
+                        retries = eh.retries;
+                        error_threshold = eh.threshold;
                     }
                 } else {
                     rest.push((k.clone(), v.clone()));
@@ -1157,6 +1199,8 @@ fn parse_transform<'a>(
         inputs,
         dyn_node,
         error_output,
+        retries,
+        error_threshold,
         restart,
         resources,
     })
@@ -1532,6 +1576,8 @@ impl PipelineBuilder {
             node,
             inputs,
             error_output: None,
+            retries: Retries::default(),
+            error_threshold: None,
             restart: self.options.restart,
             resources: Resources::default(),
             mark: Mark::default(),

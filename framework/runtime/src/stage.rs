@@ -396,7 +396,10 @@ impl StageShared {
             };
             let letters: Vec<Record> = failures
                 .into_iter()
-                .map(|f| dead_letter(&self.stage.name, f, 1))
+                .map(|f| {
+                    let attempts = f.attempts;
+                    dead_letter(&self.stage.name, f, attempts)
+                })
                 .collect();
             let idx = self.output_index(Some(&err_out))?;
             self.publish(idx, letters).await?;
@@ -1121,7 +1124,15 @@ async fn drive(
                     *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
                     return Err(e.into());
                 }
+                if sh.stage.error_output.is_some()
+                    && sh.stage.retries.max > 0
+                    && !out.failures().is_empty()
+                {
+                    let retries = sh.stage.retries;
+                    retry_failures(retries, st, &mut out).await?;
+                }
                 sh.route(&mut out).await?;
+                check_threshold(sh, 100)?;
                 sh.inputs[input].processed = first_seq + n;
                 sh.mark_dirty(n);
             }
@@ -1156,6 +1167,7 @@ async fn drive(
                         return Err(e.into());
                     }
                     sh.route(&mut out).await?;
+                    check_threshold(sh, 1)?;
                     sh.publish_end().await?;
                     sh.finished_node = true;
                     // the end goes out at once
@@ -1165,6 +1177,94 @@ async fn drive(
         }
     }
     after_work(sh, st, myself).await
+}
+
+/// The start of the error of a stage whose share of failed records passed
+/// its `error_handling.threshold`: the supervisor fails the run at once.
+pub const THRESHOLD_EXCEEDED: &str = "error threshold exceeded";
+
+/// Fails the stage (for good) when more than its threshold of records
+/// failed, once `min_in` records have come in.
+fn check_threshold(sh: &StageShared, min_in: u64) -> Result<(), ActorProcessingErr> {
+    let Some(t) = sh.stage.error_threshold else {
+        return Ok(());
+    };
+    let n_in = sh.metrics.records_in.load(Relaxed);
+    let n_err = sh.metrics.errors.load(Relaxed);
+    if n_in >= min_in && n_in > 0 && n_err as f64 / n_in as f64 > t {
+        let msg = format!(
+            "{THRESHOLD_EXCEEDED}: {n_err} of {n_in} records failed ({:.1}%), more than the stage's threshold of {:.1}%",
+            100.0 * n_err as f64 / n_in as f64,
+            100.0 * t
+        );
+        *sh.metrics.last_error.lock().unwrap() = Some(msg.clone());
+        return Err(msg.into());
+    }
+    Ok(())
+}
+
+/// Tries each failed record again, up to the stage's `retries.max` more
+/// times, `retries.backoff` apart; what still fails keeps its attempt
+/// count for its dead letter.
+async fn retry_failures(
+    retries: rill_core::spec::Retries,
+    st: &mut StageState,
+    out: &mut Emitter,
+) -> Result<(), ActorProcessingErr> {
+    let (main, named, failures) = out.take();
+    for r in main {
+        out.emit(r);
+    }
+    for (n, v) in named {
+        for r in v {
+            out.emit_to(&n, r);
+        }
+    }
+    for mut f in failures {
+        let mut failed = Some(f.clone());
+        while let Some(cur) = failed.take() {
+            f = cur;
+            if f.attempts > retries.max {
+                failed = Some(f.clone());
+                break;
+            }
+            if !retries.backoff.0.is_zero() {
+                tokio::time::sleep(retries.backoff.0).await;
+            }
+            let mut again = Emitter::new();
+            let record = vec![f.record.clone()];
+            let r = match &mut st.node {
+                Node::Transform(t) => st.offload.run(|| t.process(record, &mut again)),
+                Node::Sink(s) => st.offload.run(|| s.write(record, &mut again)),
+                Node::Source(_) => Ok(()),
+            };
+            r?;
+            let (m, n, fs) = again.take();
+            for r in m {
+                out.emit(r);
+            }
+            for (name, v) in n {
+                for r in v {
+                    out.emit_to(&name, r);
+                }
+            }
+            let mut fs = fs.into_iter();
+            failed = fs.next().map(|nf| Failure {
+                attempts: f.attempts + 1,
+                ..nf
+            });
+            for extra in fs {
+                out.push_failure(Failure {
+                    attempts: f.attempts + 1,
+                    ..extra
+                });
+            }
+        }
+        if let Some(f) = failed {
+            out.push_failure(f);
+        }
+    }
+    Ok(())
 }
 
 /// Lets a source emit as much as its outputs have room for.

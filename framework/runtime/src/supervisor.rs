@@ -224,6 +224,16 @@ impl Supervisor {
         if st.children[i].done || !matches!(*st.outcome.lock().unwrap(), Outcome::Running) {
             return;
         }
+        if error.starts_with(crate::stage::THRESHOLD_EXCEEDED) {
+            // more records fail than the stage tolerates: restarting would
+            // not help
+            st.children[i].history.push(format!(
+                "{:.3}s: {error}",
+                st.started.elapsed().as_secs_f64()
+            ));
+            Self::fail(myself, st, i, error);
+            return;
+        }
         if !Self::schedule_restart(myself, st, i, &error) {
             Self::fail(myself, st, i, error);
         }
