@@ -8,6 +8,8 @@
 //! | `TestFault` | passes records on; panics (or errors) at record `at` of the stage's life, `times` times (across restarts) |
 //! | `TestSlow` | passes records on, sleeping `per_record` for each |
 //! | `TestFlaky` | fails (as a record failure) each record whose `id` is a multiple of `every`, its first `times` tries |
+//! | `TestHang` | passes records on; at record `at` (over the stage's life in the process) sleeps `for` (default 1 h), the first `times` times |
+//! | `TestSlowStart` | passes records on; building it sleeps `delay`, or panics when `panic: true` (the first `times` builds) |
 //! | `TestCountPerKey` | adds `count`: how many records with this key it has seen so far (keyed state: survives restarts) |
 
 use std::collections::HashMap;
@@ -26,6 +28,8 @@ pub fn register_testing(r: &mut Registry) {
     r.register::<TestFault>("TestFault", "test only: fails on purpose");
     r.register::<TestSlow>("TestSlow", "test only: sleeps per record");
     r.register::<TestFlaky>("TestFlaky", "test only: records fail their first tries");
+    r.register::<TestHang>("TestHang", "test only: hangs at a record");
+    r.register::<TestSlowStart>("TestSlowStart", "test only: slow or panicking start-up");
     r.register::<TestCountPerKey>(
         "TestCountPerKey",
         "test only: running count per key in the stage's keyed state",
@@ -241,5 +245,105 @@ impl Transform for FlakyNode {
             out.emit(r);
         }
         Ok(())
+    }
+}
+
+/// Calls or builds so far per stage, shared by every incarnation.
+static EVENTS: Mutex<Option<HashMap<String, (u64, u64)>>> = Mutex::new(None);
+
+fn bump(stage: &str, records: u64, hits: bool) -> (u64, u64) {
+    let mut g = EVENTS.lock().unwrap();
+    let e = g
+        .get_or_insert_with(HashMap::new)
+        .entry(stage.to_owned())
+        .or_insert((0, 0));
+    let before = *e;
+    e.0 += records;
+    if hits {
+        e.1 += 1;
+    }
+    before
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TestHang {
+    pub at: u64,
+    #[serde(default = "one")]
+    pub times: u64,
+    #[serde(default = "an_hour", rename = "for")]
+    pub hang_for: Dur,
+}
+
+fn an_hour() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+
+impl NodeConfig for TestHang {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Transform
+    }
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        Ok(Node::Transform(Box::new(HangNode {
+            cfg: self.clone(),
+            stage: format!("hang/{}/{}", ctx.pipeline, ctx.stage),
+        })))
+    }
+}
+
+struct HangNode {
+    cfg: TestHang,
+    stage: String,
+}
+
+impl Transform for HangNode {
+    fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+        let n = batch.len() as u64;
+        let (seen, hung) = {
+            let g = EVENTS.lock().unwrap();
+            g.as_ref()
+                .and_then(|m| m.get(&self.stage).copied())
+                .unwrap_or((0, 0))
+        };
+        let hit = seen <= self.cfg.at && self.cfg.at < seen + n && hung < self.cfg.times;
+        if hit {
+            bump(&self.stage, 0, true);
+            std::thread::sleep(self.cfg.hang_for.0);
+            return Err(NodeError::failed("TestHang: woke up"));
+        }
+        bump(&self.stage, n, false);
+        for r in batch {
+            out.emit(r);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TestSlowStart {
+    #[serde(default)]
+    pub delay: Dur,
+    #[serde(default)]
+    pub panic: bool,
+    /// How many builds misbehave; `0` means all.
+    #[serde(default)]
+    pub times: u64,
+}
+
+impl NodeConfig for TestSlowStart {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Transform
+    }
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        let key = format!("start/{}/{}", ctx.pipeline, ctx.stage);
+        let (_, builds) = bump(&key, 0, true);
+        if self.times == 0 || builds < self.times {
+            std::thread::sleep(self.delay.0);
+            if self.panic {
+                panic!("TestSlowStart: deliberate panic while building");
+            }
+        }
+        Ok(Node::Transform(Box::new(SlowNode(Duration::ZERO))))
     }
 }

@@ -51,7 +51,13 @@ pub fn with_runtime(fut: impl std::future::Future<Output = u8>) -> u8 {
         .enable_all()
         .build();
     match rt {
-        Ok(rt) => rt.block_on(fut),
+        Ok(rt) => {
+            let code = rt.block_on(fut);
+            // a node call that overran its timeout may still be stuck on a
+            // blocking thread: do not wait for it
+            rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            code
+        }
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             FAILED

@@ -291,6 +291,66 @@ pub struct ErrorHandling {
     pub threshold: Option<f64>,
 }
 
+/// A stage's watchdog: `timeout: 2s` limits each call of its node (one
+/// batch, one poll); `timeout: {call: 2s, startup: 5m}` also limits how long
+/// building the node may take (a model load). A stage past a limit is
+/// stopped and restarted by its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub call: Option<Duration>,
+    pub startup: Duration,
+}
+
+/// How long building a node may take unless `timeout.startup` says.
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            call: None,
+            startup: DEFAULT_STARTUP_TIMEOUT,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Timeouts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Timeouts;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as `2s`, or {call: DURATION, startup: DURATION}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Timeouts {
+                    call: Some(crate::units::parse_duration(v).map_err(E::custom)?),
+                    ..Timeouts::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = Timeouts::default();
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "call" => out.call = Some(m.next_value::<Dur>()?.0),
+                        "startup" => out.startup = m.next_value::<Dur>()?.0,
+                        other => {
+                            return Err(serde::de::Error::unknown_field(
+                                other,
+                                &["call", "startup"],
+                            ));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// `retries: {max: N, backoff: DURATION}`: a failed record is tried up to
 /// `max` more times, `backoff` apart, before it becomes a dead letter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -460,6 +520,8 @@ pub struct Stage {
     pub retries: Retries,
     /// Share of failed records past which the pipeline fails.
     pub error_threshold: Option<f64>,
+    /// Watchdog limits.
+    pub timeout: Timeouts,
     pub restart: RestartPolicy,
     pub resources: Resources,
     pub mark: Mark,
@@ -704,6 +766,7 @@ struct Raw<'a> {
     error_output: Option<String>,
     retries: Retries,
     error_threshold: Option<f64>,
+    timeout: Timeouts,
     restart: RestartPolicy,
     resources: Resources,
 }
@@ -947,6 +1010,7 @@ fn parse_root(
             error_output: r.error_output.clone(),
             retries: r.retries,
             error_threshold: r.error_threshold,
+            timeout: r.timeout,
             restart: r.restart,
             resources: r.resources,
             mark: r.node.mark,
@@ -1091,7 +1155,7 @@ fn parse_transform<'a>(
         }
     };
 
-    for k in ["windowing", "timeout"] {
+    for k in ["windowing"] {
         if let Some((kn, _)) = node.entry(k) {
             cx.err(
                 kn.mark,
@@ -1177,6 +1241,13 @@ fn parse_transform<'a>(
         }
     };
 
+    let mut timeout = Timeouts::default();
+    if let Some(t) = node.get("timeout") {
+        timeout = cx.parse(t).unwrap_or(timeout);
+        if timeout.call.is_some_and(|d| d.is_zero()) || timeout.startup.is_zero() {
+            cx.err(t.mark, "a `timeout` must be longer than zero");
+        }
+    }
     let mut restart = default_restart;
     if let Some(r) = node.get("restart") {
         restart = cx.parse(r).unwrap_or(restart);
@@ -1201,6 +1272,7 @@ fn parse_transform<'a>(
         error_output,
         retries,
         error_threshold,
+        timeout,
         restart,
         resources,
     })
@@ -1578,6 +1650,7 @@ impl PipelineBuilder {
             error_output: None,
             retries: Retries::default(),
             error_threshold: None,
+            timeout: Timeouts::default(),
             restart: self.options.restart,
             resources: Resources::default(),
             mark: Mark::default(),

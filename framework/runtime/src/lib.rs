@@ -184,19 +184,50 @@ impl Run {
                         RunError::Internal(format!("stage `{}`: {e}", s.name))
                     }
                 })?;
-            let ctx = BuildContext {
-                pipeline: &pipeline.name,
-                stage: &s.name,
-                attempt: 0,
-                base_dir: &base_dir,
-                extensions: &extensions,
-                state: &shared.state,
-                delivery: shared.delivery,
+            // built on a thread of its own, within the startup timeout (a
+            // slow model load is not a hang; a hung one is reported)
+            let build = {
+                let (pname, sname) = (pipeline.name.clone(), s.name.clone());
+                let (config, state, delivery) =
+                    (s.node.clone(), shared.state.clone(), shared.delivery);
+                let (base_dir, extensions) = (base_dir.clone(), extensions.clone());
+                tokio::task::spawn_blocking(move || {
+                    let ctx = BuildContext {
+                        pipeline: &pname,
+                        stage: &sname,
+                        attempt: 0,
+                        base_dir: &base_dir,
+                        extensions: &extensions,
+                        state: &state,
+                        delivery,
+                    };
+                    config.build(&ctx)
+                })
             };
-            let node = s.node.build(&ctx).map_err(|e| {
-                RunError::BadInput(format!("stage `{}` ({}): {e}", s.name, s.type_name))
-            })?;
-            shared.prebuilt = Some(node);
+            let node = match tokio::time::timeout(s.timeout.startup, build).await {
+                Ok(Ok(Ok(node))) => node,
+                Ok(Ok(Err(e))) => {
+                    return Err(RunError::BadInput(format!(
+                        "stage `{}` ({}): {e}",
+                        s.name, s.type_name
+                    )));
+                }
+                Ok(Err(e)) => {
+                    return Err(RunError::Internal(format!(
+                        "stage `{}` ({}): building the node panicked: {}",
+                        s.name,
+                        s.type_name,
+                        panic_text(e)
+                    )));
+                }
+                Err(_) => {
+                    return Err(RunError::Internal(format!(
+                        "stage `{}` ({}): start-up timed out: building the node took longer than {:?}",
+                        s.name, s.type_name, s.timeout.startup
+                    )));
+                }
+            };
+            *shared.prebuilt.get_mut().unwrap() = Some(node);
             metrics.push(m);
             stages.push(((*s).clone(), store, Arc::new(Mutex::new(shared))));
         }
@@ -308,6 +339,17 @@ impl Stopper {
     pub fn stop(&self) {
         let _ = self.0.cast(SupervisorMsg::Shutdown);
     }
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let p = e.into_panic();
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Opens the state stores of the local stages: sled under

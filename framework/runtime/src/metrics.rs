@@ -37,6 +37,8 @@ pub struct StageMetrics {
     /// Durable commits, and the time spent in them (µs).
     pub commits: AtomicU64,
     pub commit_us: AtomicU64,
+    /// Calls or start-ups past the stage's `timeout`.
+    pub timeouts: AtomicU64,
 }
 
 impl StageMetrics {
@@ -59,6 +61,7 @@ impl StageMetrics {
             last_error: Mutex::new(None),
             commits: AtomicU64::new(0),
             commit_us: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
         }
     }
 
@@ -116,6 +119,7 @@ impl StageMetrics {
             finished: self.finished.lock().unwrap().is_some(),
             commits: self.commits.load(Relaxed),
             commit_us: self.commit_us.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
         }
     }
 }
@@ -139,4 +143,5 @@ pub struct StageSnapshot {
     pub finished: bool,
     pub commits: u64,
     pub commit_us: u64,
+    pub timeouts: u64,
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::sync::atomic::Ordering::Relaxed;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use rill_core::node::{BuildContext, Emitter, Extensions, Failure, Node, SourceStatus};
+use rill_core::node::{BuildContext, Emitter, Extensions, Failure, Node, NodeError, SourceStatus};
 use rill_core::spec::{CheckpointInterval, Delivery, Stage};
 use rill_core::state::{KeyedState, StateStore, WriteBatch};
 use rill_core::{Fields, Record, Value};
@@ -87,7 +87,7 @@ pub struct StageShared {
     pub(crate) delivery: Delivery,
     ckpt: CheckpointInterval,
     /// The node built before the run started (taken by the first incarnation).
-    pub(crate) prebuilt: Option<Node>,
+    pub(crate) prebuilt: std::sync::Mutex<Option<Node>>,
     /// What a source has emitted (and failed) so far, and what of it is
     /// committed: a restarted deterministic source seeks or skips past it.
     pub(crate) source: SourcePos,
@@ -243,7 +243,7 @@ impl StageShared {
             store,
             delivery: pipeline.options.delivery,
             ckpt: pipeline.options.checkpoint_interval,
-            prebuilt: None,
+            prebuilt: std::sync::Mutex::new(None),
             source,
             source_committed: source,
             finished_node: finished,
@@ -730,18 +730,37 @@ impl Offload {
     }
 }
 
-/// Builds the stage's node for an incarnation after the first.
-fn build_node(sh: &StageShared, args: &StageArgs) -> Result<Node, ActorProcessingErr> {
-    let ctx = BuildContext {
-        pipeline: &sh.pipeline,
-        stage: &sh.stage.name,
-        attempt: args.attempt,
-        base_dir: &args.base_dir,
-        extensions: &args.extensions,
-        state: &sh.state,
-        delivery: sh.delivery,
-    };
-    Ok(sh.stage.node.build(&ctx)?)
+/// Builds the stage's node for an incarnation after the first, on a thread
+/// of its own, within the stage's startup timeout.
+async fn build_node(sh: &StageShared, args: &StageArgs) -> Result<Node, ActorProcessingErr> {
+    let (pipeline, stage) = (sh.pipeline.clone(), sh.stage.name.clone());
+    let (config, state, delivery) = (sh.stage.node.clone(), sh.state.clone(), sh.delivery);
+    let (attempt, base_dir, extensions) =
+        (args.attempt, args.base_dir.clone(), args.extensions.clone());
+    let limit = sh.stage.timeout.startup;
+    let build = tokio::task::spawn_blocking(move || {
+        let ctx = BuildContext {
+            pipeline: &pipeline,
+            stage: &stage,
+            attempt,
+            base_dir: &base_dir,
+            extensions: &extensions,
+            state: &state,
+            delivery,
+        };
+        config.build(&ctx)
+    });
+    match tokio::time::timeout(limit, build).await {
+        Ok(Ok(node)) => Ok(node?),
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => Err(format!("building the node failed: {e}").into()),
+        Err(_) => {
+            sh.metrics.timeouts.fetch_add(1, Relaxed);
+            let msg = format!("start-up timed out: building the node took longer than {limit:?}");
+            warn!(stage = %sh.stage.name, "{msg}");
+            Err(msg.into())
+        }
+    }
 }
 
 /// The stage actor.
@@ -760,9 +779,10 @@ impl Actor for StageActor {
         let mut sh = args.shared.lock().await;
         // a new incarnation starts from the last commit
         sh.rollback();
-        let mut node = match sh.prebuilt.take() {
+        let prebuilt = sh.prebuilt.get_mut().unwrap().take();
+        let mut node = match prebuilt {
             Some(n) => n,
-            None => build_node(&sh, &args)?,
+            None => build_node(&sh, &args).await?,
         };
         sh.metrics
             .started
@@ -1113,12 +1133,16 @@ async fn drive(
                 }
                 sh.metrics.records_in.fetch_add(n, Relaxed);
                 let started = Instant::now();
-                let mut out = Emitter::new();
-                let result = match &mut st.node {
-                    Node::Transform(t) => st.offload.run(|| t.process(records, &mut out)),
-                    Node::Sink(s) => st.offload.run(|| s.write(records, &mut out)),
-                    Node::Source(_) => Ok(()),
-                };
+                let (result, mut out) = call_node(sh, st, move |node| {
+                    let mut out = Emitter::new();
+                    let r = match node {
+                        Node::Transform(t) => t.process(records, &mut out),
+                        Node::Sink(s) => s.write(records, &mut out),
+                        Node::Source(_) => Ok(()),
+                    };
+                    (r, out)
+                })
+                .await?;
                 sh.metrics.observe_latency(started.elapsed());
                 if let Err(e) = result {
                     *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
@@ -1177,6 +1201,56 @@ async fn drive(
         }
     }
     after_work(sh, st, myself).await
+}
+
+/// Stands in for a node lost to a call that timed out (it is still stuck on
+/// the thread that called it); the stage restarts with a new one.
+struct Lost;
+
+impl rill_core::node::Transform for Lost {
+    fn process(&mut self, _: Vec<Record>, _: &mut Emitter) -> Result<(), NodeError> {
+        Err(NodeError::failed(
+            "the node was lost to a call that timed out",
+        ))
+    }
+}
+
+/// Calls the node: on the worker (or under `block_in_place` once calls are
+/// heavy) without a call timeout; with one, on a thread of the blocking
+/// pool, given up after the timeout. A node that overran is left to finish
+/// on that thread, and the stage fails (its supervisor restarts it with a
+/// new node). A panic in the node fails the stage as before.
+async fn call_node<T: Send + 'static>(
+    sh: &StageShared,
+    st: &mut StageState,
+    f: impl FnOnce(&mut Node) -> T + Send + 'static,
+) -> Result<T, ActorProcessingErr> {
+    let Some(limit) = sh.stage.timeout.call else {
+        let node = &mut st.node;
+        return Ok(st.offload.run(|| f(node)));
+    };
+    let mut node = std::mem::replace(&mut st.node, Node::Transform(Box::new(Lost)));
+    let call = tokio::task::spawn_blocking(move || {
+        let r = f(&mut node);
+        (node, r)
+    });
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok((node, r))) => {
+            st.node = node;
+            Ok(r)
+        }
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => Err(format!("the node's call failed: {e}").into()),
+        Err(_) => {
+            sh.metrics.timeouts.fetch_add(1, Relaxed);
+            let msg = format!(
+                "timed out: a call of the node took longer than its timeout of {limit:?} (hung?)"
+            );
+            warn!(stage = %sh.stage.name, "{msg}");
+            *sh.metrics.last_error.lock().unwrap() = Some(msg.clone());
+            Err(msg.into())
+        }
+    }
 }
 
 /// The start of the error of a stage whose share of failed records passed
@@ -1273,9 +1347,9 @@ async fn poll_source(
     st: &mut StageState,
     myself: &ActorRef<StageMsg>,
 ) -> Result<(), ActorProcessingErr> {
-    let Node::Source(src) = &mut st.node else {
+    if !matches!(st.node, Node::Source(_)) {
         return Ok(());
-    };
+    }
     if sh.source.done || st.draining {
         return Ok(());
     }
@@ -1294,9 +1368,16 @@ async fn poll_source(
         return Ok(());
     }
     let max = room.min(sh.batch_size as u64) as usize;
-    let mut out = Emitter::new();
     let started = Instant::now();
-    let status = st.offload.run(|| src.poll(max, &mut out));
+    let (status, mut out) = call_node(sh, st, move |node| {
+        let mut out = Emitter::new();
+        let r = match node {
+            Node::Source(src) => src.poll(max, &mut out),
+            _ => Ok(SourceStatus::Done),
+        };
+        (r, out)
+    })
+    .await?;
     sh.metrics.observe_latency(started.elapsed());
     let status = match status {
         Ok(s) => s,
