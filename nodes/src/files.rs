@@ -330,7 +330,14 @@ fn open_for_write(
         }
         None => None,
     };
+    let replay = ctx.extensions.get::<rill_core::node::ReplayRun>().is_some();
     let file = match committed {
+        // a replay of dead letters adds to what the pipeline wrote
+        None if replay => OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(cannot)?,
         // a first run starts the file over
         None => File::create(&path).map_err(cannot)?,
         // a restarted sink continues from its last commit

@@ -25,7 +25,7 @@ pub fn registry() -> Registry {
     r
 }
 
-fn load(file: &Path) -> Result<Pipeline, u8> {
+pub(crate) fn load(file: &Path) -> Result<Pipeline, u8> {
     spec::load(file, &registry(), &Machine::detect()).map_err(|errs| {
         for e in &errs.0 {
             eprintln!("error: {e}");
@@ -227,6 +227,7 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
         connect: (!connect.is_empty()).then_some(connect),
         base_dir: None,
         reset_state,
+        extensions: Default::default(),
     };
     let run = match Run::start(pipeline.clone(), opts).await {
         Ok(r) => r,

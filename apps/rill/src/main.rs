@@ -2,6 +2,7 @@
 //! logging; each command lives in [`commands`].
 
 mod commands;
+mod dlq;
 mod summary;
 
 use std::path::PathBuf;
@@ -62,6 +63,43 @@ enum Command {
     },
     /// List the node types this build knows.
     Types,
+    /// Inspect and replay the dead letters of a pipeline.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqAction {
+    /// Count the dead letters per stage, with their most common errors.
+    List {
+        file: PathBuf,
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Print dead letters as JSON lines.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        stage: Option<String>,
+        /// Only these ids (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Run dead letters through their stage again (after a fix): what
+    /// succeeds flows on to the sinks, what fails comes back as a new
+    /// dead letter.
+    Replay {
+        file: PathBuf,
+        #[arg(long)]
+        stage: String,
+        /// Only these ids (repeatable); all of the stage's by default.
+        #[arg(long = "id")]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +122,18 @@ fn main() -> ExitCode {
         Command::Validate { file } => commands::validate(&file),
         Command::Graph { file, format } => commands::graph(&file, format == GraphFormat::Mermaid),
         Command::Types => commands::types(),
+        Command::Dlq { action } => match action {
+            DlqAction::List { file, stage } => dlq::list(&file, stage.as_deref()),
+            DlqAction::Show {
+                file,
+                stage,
+                ids,
+                limit,
+            } => dlq::show(&file, stage.as_deref(), &ids, limit),
+            DlqAction::Replay { file, stage, ids } => {
+                commands::with_runtime(async move { dlq::replay(&file, &stage, &ids).await })
+            }
+        },
         Command::Run {
             file,
             stages,

@@ -291,6 +291,12 @@ impl fmt::Debug for Extensions {
 }
 
 /// What [`NodeConfig::build`] gets.
+/// In a run's [`Extensions`] when the run replays dead letters into a
+/// pipeline that already wrote its outputs (`rill dlq replay`): sinks add
+/// to what their files hold instead of starting them over.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayRun;
+
 #[derive(Debug, Clone)]
 pub struct BuildContext<'a> {
     pub pipeline: &'a str,

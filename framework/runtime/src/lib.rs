@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dlq;
 pub mod durable;
 pub mod log;
 pub mod metrics;
@@ -57,6 +58,8 @@ pub struct RunOptions {
     pub base_dir: Option<PathBuf>,
     /// Discard the local stages' stored state before starting.
     pub reset_state: bool,
+    /// Given to every node's build (besides the Zenoh session).
+    pub extensions: Extensions,
 }
 
 /// Why a run could not start or did not succeed.
@@ -156,7 +159,7 @@ impl Run {
             Some(d) => d,
             None => std::env::current_dir().map_err(|e| RunError::Internal(e.to_string()))?,
         };
-        let mut extensions = Extensions::default();
+        let mut extensions = opts.extensions.clone();
         extensions.insert(session.clone());
 
         let stores = open_stores(&pipeline, &local, &base_dir, opts.reset_state)
@@ -165,25 +168,33 @@ impl Run {
         let mut metrics = Vec::new();
         for (s, store) in local.iter().zip(stores) {
             let m = Arc::new(StageMetrics::new(&s.name, &s.type_name));
-            let mut shared = StageShared::new(&session, &pipeline, s, store.clone(), m.clone())
-                .await
-                .map_err(|e| match e {
-                    stage::SetupError::Store(reason) => RunError::BadInput(
-                        store::StoreOpenError {
-                            stage: s.name.clone(),
-                            dir: store::stage_dir(
-                                &base_dir.join(&pipeline.options.state_dir),
-                                &pipeline.name,
-                                &s.key_name(),
-                            ),
-                            reason,
-                        }
-                        .to_string(),
-                    ),
-                    stage::SetupError::Zenoh(e) => {
-                        RunError::Internal(format!("stage `{}`: {e}", s.name))
+            let state_root = base_dir.join(&pipeline.options.state_dir);
+            let mut shared = StageShared::new(
+                &session,
+                &pipeline,
+                s,
+                store.clone(),
+                m.clone(),
+                &state_root,
+            )
+            .await
+            .map_err(|e| match e {
+                stage::SetupError::Store(reason) => RunError::BadInput(
+                    store::StoreOpenError {
+                        stage: s.name.clone(),
+                        dir: store::stage_dir(
+                            &base_dir.join(&pipeline.options.state_dir),
+                            &pipeline.name,
+                            &s.key_name(),
+                        ),
+                        reason,
                     }
-                })?;
+                    .to_string(),
+                ),
+                stage::SetupError::Zenoh(e) => {
+                    RunError::Internal(format!("stage `{}`: {e}", s.name))
+                }
+            })?;
             // built on a thread of its own, within the startup timeout (a
             // slow model load is not a hang; a hung one is reported)
             let build = {

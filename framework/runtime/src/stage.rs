@@ -99,6 +99,8 @@ pub struct StageShared {
     dirty_records: u64,
     dirty_since: Option<Instant>,
     commit_queued: bool,
+    /// The stage's dead-letter queue file (stages with `error_handling`).
+    dlq: Option<crate::dlq::DlqFile>,
     _alive: Option<LivelinessToken>,
 }
 
@@ -144,6 +146,7 @@ impl StageShared {
         stage: &Stage,
         store: Arc<dyn StateStore>,
         metrics: Arc<StageMetrics>,
+        state_root: &std::path::Path,
     ) -> Result<StageShared, SetupError> {
         let key = stage.key_name();
         let epoch = load_epoch(store.as_ref()).map_err(SetupError::Store)?;
@@ -227,6 +230,24 @@ impl StageShared {
             .get(FINISHED_KEY)
             .map_err(|e| SetupError::Store(e.to_string()))?
             .is_some();
+        let dlq = match &stage.error_output {
+            None => None,
+            Some(_) => {
+                let committed = store
+                    .get(crate::dlq::DLQ_LEN_KEY)
+                    .map_err(|e| SetupError::Store(e.to_string()))?
+                    .map(|b| {
+                        b.as_slice()
+                            .try_into()
+                            .map(u64::from_be_bytes)
+                            .map_err(|_| "the dead-letter queue length is malformed".to_owned())
+                    })
+                    .transpose()
+                    .map_err(SetupError::Store)?;
+                let path = crate::dlq::dlq_path(state_root, &pipeline.name, &key);
+                Some(crate::dlq::DlqFile::open(path, committed).map_err(SetupError::Store)?)
+            }
+        };
         let alive = session
             .liveliness()
             .declare_token(alive_key(&pipeline.name, &key))
@@ -252,6 +273,7 @@ impl StageShared {
             dirty_records: 0,
             dirty_since: None,
             commit_queued: false,
+            dlq,
             _alive: alive,
         })
     }
@@ -273,6 +295,11 @@ impl StageShared {
         self.dirty_records = 0;
         self.dirty_since = None;
         self.commit_queued = false;
+        if let Some(d) = &mut self.dlq
+            && let Err(e) = d.rollback()
+        {
+            warn!(stage = %self.stage.name, "cannot cut the dead-letter queue back: {e}");
+        }
     }
 
     /// Records are published as soon as they are produced (else at commit).
@@ -401,6 +428,11 @@ impl StageShared {
                     dead_letter(&self.stage.name, f, attempts)
                 })
                 .collect();
+            if let Some(d) = &mut self.dlq {
+                for l in &letters {
+                    d.push(l);
+                }
+            }
             let idx = self.output_index(Some(&err_out))?;
             self.publish(idx, letters).await?;
         }
@@ -475,6 +507,15 @@ impl StageShared {
         if self.finished_node && !self.finished_committed {
             batch.put(FINISHED_KEY.to_vec(), vec![1]);
         }
+        let mut dlq_len = None;
+        if let Some(d) = &mut self.dlq
+            && d.has_pending()
+        {
+            let len = tokio::task::block_in_place(|| d.write())
+                .map_err(|e| format!("cannot write the dead-letter queue: {e}"))?;
+            batch.put(crate::dlq::DLQ_LEN_KEY.to_vec(), len.to_be_bytes().to_vec());
+            dlq_len = Some(len);
+        }
         let durable = self.store.durable();
         for port in &mut self.outputs {
             if durable {
@@ -505,6 +546,9 @@ impl StageShared {
             *self.metrics.last_error.lock().unwrap() = Some(msg.clone());
             msg
         })?;
+        if let (Some(d), Some(len)) = (&mut self.dlq, dlq_len) {
+            d.committed(len);
+        }
         self.metrics.commits.fetch_add(1, Relaxed);
         self.metrics
             .commit_us

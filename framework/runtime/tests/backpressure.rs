@@ -32,6 +32,7 @@ options:
         RunOptions {
             base_dir: Some(dir.path().to_owned()),
             reset_state: false,
+            extensions: Default::default(),
             ..Default::default()
         },
     )

@@ -66,6 +66,7 @@ async fn a_pipeline_built_in_rust_runs() {
         RunOptions {
             base_dir: Some(dir.path().to_owned()),
             reset_state: false,
+            extensions: Default::default(),
             ..Default::default()
         },
     )
