@@ -103,7 +103,7 @@ pub fn list(file: &Path, stage: Option<&str>) -> u8 {
             *by_msg.entry(shorten(&l.msg, 100)).or_default() += 1;
         }
         let mut v: Vec<_> = by_msg.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         for (msg, n) in v.iter().take(10) {
             println!("  {n:>7}  {msg}");
         }
