@@ -5,7 +5,7 @@
 //!
 //! | type | what it does |
 //! |------|--------------|
-//! | `TestFault` | passes records on; panics (or errors) at record `at` of the stage's life, `times` times (across restarts) |
+//! | `TestFault` | passes records on; panics (or errors) at record `at` of the stage's life, `times` times (across restarts); with `every: N`, once at each record whose `id` is N-1, 2N-1, ... |
 //! | `TestSlow` | passes records on, sleeping `per_record` for each |
 //! | `TestFlaky` | fails (as a record failure) each record whose `id` is a multiple of `every`, its first `times` tries |
 //! | `TestHang` | passes records on; at record `at` (over the stage's life in the process) sleeps `for` (default 1 h), the first `times` times |
@@ -44,6 +44,7 @@ static FAULTS: Mutex<Option<HashMap<String, (u64, u64)>>> = Mutex::new(None);
 pub struct TestFault {
     /// Fail when the stage sees its `at`-th record (0-based, counted over
     /// the stage's whole life in this process).
+    #[serde(default)]
     pub at: u64,
     /// How many times to fail; `0` means every time.
     #[serde(default = "one")]
@@ -51,6 +52,10 @@ pub struct TestFault {
     /// `panic` (default) or `error`.
     #[serde(default = "panic_mode")]
     pub mode: String,
+    /// Fail once at every `every`-th record (by the records' `id` field:
+    /// ids N-1, 2N-1, ...) instead of at `at`.
+    #[serde(default)]
+    pub every: Option<u64>,
 }
 
 fn one() -> u64 {
@@ -92,8 +97,20 @@ impl Transform for FaultNode {
                 .get_or_insert_with(HashMap::new)
                 .entry(self.stage.clone())
                 .or_insert((0, 0));
-            let hit = *seen <= self.cfg.at && self.cfg.at < *seen + n;
-            if hit && (self.cfg.times == 0 || *failed < self.cfg.times) {
+            let hit = match self.cfg.every {
+                // a record numbered (by its `id` field) N, 2N, ... that has
+                // not failed the stage yet: the k-th failure is at id kN-1,
+                // so a batch delivered again after the restart passes
+                Some(e) if e > 0 => {
+                    let next = (*failed + 1) * e - 1;
+                    batch
+                        .iter()
+                        .any(|r| r.get("id").and_then(Value::as_i64) == Some(next as i64))
+                }
+                _ => *seen <= self.cfg.at && self.cfg.at < *seen + n,
+            };
+            let more = self.cfg.every.is_some() || self.cfg.times == 0 || *failed < self.cfg.times;
+            if hit && more {
                 *failed += 1;
                 true
             } else {

@@ -105,3 +105,27 @@ async fn each_strategy_restarts_exactly_its_stages() {
         "{r:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_that_crashes_every_n_records_restarts_each_time_and_loses_nothing() {
+    let y = pipeline("s_every", "one_for_one")
+        .replace("config: {at: 1500, times: 1}", "config: {every: 500}")
+        .replace("max_restarts: 3", "max_restarts: 10");
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = rill_nodes::registry();
+    rill_nodes::testing::register_testing(&mut reg);
+    let p = parse_str(&y, "p.yaml", None, &reg, &Machine::detect()).unwrap();
+    let report = run(
+        Arc::new(p),
+        RunOptions {
+            base_dir: Some(dir.path().to_owned()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let flaky = report.stages.iter().find(|s| s.stage == "flaky").unwrap();
+    assert_eq!(flaky.restarts, 6, "records 500, 1000, ..., 3000");
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 3000);
+}
