@@ -74,7 +74,19 @@ impl SledStore {
                 .map_err(|e| fail(format!("cannot move {} into place: {e}", fresh.display())))?;
         }
         let config = Self::config(dir);
-        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| config.open()));
+        // sled lets go of its file lock a moment after a database is
+        // dropped (its threads hold the last references): a lock held by
+        // this process's own previous handle goes away within a few ms, one
+        // held by another process does not
+        let started = std::time::Instant::now();
+        let opened = loop {
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| config.open()));
+            let locked = matches!(&r, Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock"));
+            if !locked || started.elapsed() > std::time::Duration::from_secs(2) {
+                break r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => {
