@@ -6,7 +6,8 @@
 //! so opening is defensive: a store that fails to open, panics while
 //! opening, lacks rill's format marker or holds undecodable entries is
 //! refused with a [`StoreOpenError`] (the CLI exits 2 and names
-//! `--reset-state`), never retried in a loop.
+//! `--reset-state`), never retried in a loop (only a lock held by this
+//! process's own just-dropped handle is waited for, up to 2 s).
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};

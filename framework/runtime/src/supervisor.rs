@@ -204,7 +204,11 @@ impl Supervisor {
 
     fn fail(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, i: usize, error: String) {
         let c = &st.children[i];
-        error!(stage = %c.stage.name, "stage failed and its restart limit is spent: {error}");
+        if error.starts_with(crate::stage::THRESHOLD_EXCEEDED) {
+            error!(stage = %c.stage.name, "stage failed: {error}");
+        } else {
+            error!(stage = %c.stage.name, "stage failed and its restart limit is spent: {error}");
+        }
         *st.outcome.lock().unwrap() = Outcome::Failed {
             stage: c.stage.name.clone(),
             error,
