@@ -197,7 +197,8 @@ pub trait Source: Send {
     }
 
     /// Called before each commit of the stage: put what the source needs to
-    /// resume into its [`KeyedState`].
+    /// resume into its [`KeyedState`]. It runs on the async worker: keep it
+    /// short (no I/O).
     fn checkpoint(&mut self) -> Result<(), NodeError> {
         Ok(())
     }
@@ -216,6 +217,7 @@ pub trait Transform: Send {
 
     /// Called before each commit of the stage: put what the node must keep
     /// into its [`KeyedState`] (if it does not write it there as it goes).
+    /// It runs on the async worker: keep it short (no I/O).
     fn checkpoint(&mut self) -> Result<(), NodeError> {
         Ok(())
     }

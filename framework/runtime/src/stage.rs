@@ -478,11 +478,13 @@ impl StageShared {
         }
         let started = Instant::now();
         if self.dirty() {
-            let r = tokio::task::block_in_place(|| match node {
+            // a sink's checkpoint does I/O (flush, fsync): off the worker;
+            // a source's or transform's puts a little state
+            let r = match node {
                 Node::Source(s) => s.checkpoint(),
                 Node::Transform(t) => t.checkpoint(),
-                Node::Sink(s) => s.checkpoint(),
-            });
+                Node::Sink(s) => tokio::task::block_in_place(|| s.checkpoint()),
+            };
             if let Err(e) = r {
                 *self.metrics.last_error.lock().unwrap() = Some(e.to_string());
                 return Err(format!("checkpoint failed: {e}").into());
@@ -532,14 +534,20 @@ impl StageShared {
             return Ok(());
         }
         let store = self.store.clone();
-        tokio::task::block_in_place(|| {
+        let write = || {
             store.commit(batch)?;
             if durable {
                 store.flush()?;
             }
             Ok::<(), rill_core::state::StoreError>(())
-        })
-        .map_err(|e| {
+        };
+        // a store in memory is written on the worker; sled's fsync is not
+        let written = if durable {
+            tokio::task::block_in_place(write)
+        } else {
+            write()
+        };
+        written.map_err(|e| {
             let msg = format!(
                 "cannot commit to the state store (nothing acknowledged since the last commit): {e}"
             );
