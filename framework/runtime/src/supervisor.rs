@@ -202,6 +202,27 @@ impl Supervisor {
         true
     }
 
+    /// A peer stopped for a failed stage's restart has stopped: spawn it
+    /// again if the failed stage has already come back (else the failed
+    /// stage's respawn does).
+    async fn peer_stopped(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, i: usize) {
+        if std::mem::take(&mut st.children[i].respawn_when_stopped) {
+            st.children[i].restarting = false;
+            if let Err(e) = Self::spawn_child(myself, st, i).await {
+                Self::on_failure(myself, st, i, e);
+            }
+        }
+    }
+
+    /// A stage stopped during a graceful stop (drained, or failed while
+    /// draining: its last commit stands).
+    fn drained(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, i: usize) {
+        st.children[i].done = true;
+        if st.children.iter().all(|c| c.done || c.actor.is_none()) {
+            myself.stop(None);
+        }
+    }
+
     fn fail(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, i: usize, error: String) {
         let c = &st.children[i];
         if error.starts_with(crate::stage::THRESHOLD_EXCEEDED) {
@@ -312,13 +333,9 @@ impl Actor for Supervisor {
                     if !st.children[j].restarting {
                         continue;
                     }
-                    if st.children[j].actor.is_some() {
-                        st.children[j].respawn_when_stopped = true;
-                    } else {
-                        st.children[j].restarting = false;
-                        if let Err(e) = Self::spawn_child(&myself, st, j).await {
-                            Self::on_failure(&myself, st, j, e);
-                        }
+                    st.children[j].respawn_when_stopped = true;
+                    if st.children[j].actor.is_none() {
+                        Self::peer_stopped(&myself, st, j).await;
                     }
                 }
                 if let Err(e) = Self::spawn_child(&myself, st, i).await {
@@ -372,24 +389,13 @@ impl Actor for Supervisor {
                 st.children[i].actor = None;
                 if st.children[i].restarting && reason.as_deref() != Some(DONE) {
                     // stopped to restart with a failed peer
-                    if st.children[i].respawn_when_stopped {
-                        st.children[i].respawn_when_stopped = false;
-                        st.children[i].restarting = false;
-                        if let Err(e) = Self::spawn_child(&myself, st, i).await {
-                            Self::on_failure(&myself, st, i, e);
-                        }
-                    }
+                    Self::peer_stopped(&myself, st, i).await;
                     return Ok(());
                 }
                 st.children[i].restarting = false;
                 let stopping = matches!(*st.outcome.lock().unwrap(), Outcome::Stopped);
                 if stopping {
-                    // draining (or failed while draining: its last commit
-                    // stands)
-                    st.children[i].done = true;
-                    if st.children.iter().all(|c| c.done || c.actor.is_none()) {
-                        myself.stop(None);
-                    }
+                    Self::drained(&myself, st, i);
                 } else if reason.as_deref() == Some(DONE) {
                     st.children[i].done = true;
                     info!(stage = %st.children[i].stage.name, "stage finished");
@@ -413,20 +419,11 @@ impl Actor for Supervisor {
                 st.children[i].actor = None;
                 if st.children[i].restarting {
                     // it failed while being stopped for a peer's restart
-                    if st.children[i].respawn_when_stopped {
-                        st.children[i].respawn_when_stopped = false;
-                        st.children[i].restarting = false;
-                        if let Err(e) = Self::spawn_child(&myself, st, i).await {
-                            Self::on_failure(&myself, st, i, e);
-                        }
-                    }
+                    Self::peer_stopped(&myself, st, i).await;
                     return Ok(());
                 }
                 if matches!(*st.outcome.lock().unwrap(), Outcome::Stopped) {
-                    st.children[i].done = true;
-                    if st.children.iter().all(|c| c.done || c.actor.is_none()) {
-                        myself.stop(None);
-                    }
+                    Self::drained(&myself, st, i);
                     return Ok(());
                 }
                 let msg = err.to_string();
