@@ -183,6 +183,8 @@ mod tests {
                 extensions: &ext,
                 state: &state,
                 delivery: Default::default(),
+                resources: Default::default(),
+                metrics: &Default::default(),
             };
             let Node::Source(mut s) = g.build(&ctx).unwrap() else {
                 panic!()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rill_core::registry::Registry;
-use rill_core::spec::{self, Machine, Pipeline};
+use rill_core::spec::{self, Pipeline};
 use rill_runtime::{Run, RunError, RunOptions};
 
 use crate::summary;
@@ -19,6 +19,7 @@ pub const BAD_INPUT: u8 = 2;
 /// The node types of this build (test-only types with `RILL_TEST_NODES=1`).
 pub fn registry() -> Registry {
     let mut r = rill_nodes::registry();
+    rill_ml::register_all(&mut r);
     if std::env::var("RILL_TEST_NODES").is_ok_and(|v| v == "1") {
         rill_nodes::testing::register_testing(&mut r);
     }
@@ -26,7 +27,7 @@ pub fn registry() -> Registry {
 }
 
 pub(crate) fn load(file: &Path) -> Result<Pipeline, u8> {
-    spec::load(file, &registry(), &Machine::detect()).map_err(|errs| {
+    spec::load(file, &registry(), &rill_ml::detect_machine()).map_err(|errs| {
         for e in &errs.0 {
             eprintln!("error: {e}");
         }
@@ -94,6 +95,18 @@ pub fn types() -> u8 {
     for (name, doc) in registry().docs() {
         println!("{name:<16} {doc}");
     }
+    println!("\nmodel handlers (RunInference `model_handler.type`):");
+    for (name, doc) in rill_ml::handler_docs() {
+        println!("  {name:<16} {doc}");
+    }
+    let gpus = rill_ml::gpus();
+    println!(
+        "\ndevices: cpu ({} cores){}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        gpus.iter()
+            .map(|g| format!(", cuda:{} ({}, {} MiB)", g.index, g.name, g.memory >> 20))
+            .collect::<String>()
+    );
     OK
 }
 

@@ -77,4 +77,10 @@ pub fn print(report: &RunReport, how: &str) {
             us(s.p99_us)
         );
     }
+    for s in report.stages.iter().filter(|s| !s.node.is_empty()) {
+        eprintln!("  {}:", s.stage);
+        for (k, v) in &s.node {
+            eprintln!("    {k:<36} {v}");
+        }
+    }
 }

@@ -18,6 +18,7 @@
 
 pub mod codec;
 pub mod json;
+pub mod metrics;
 pub mod value;
 pub mod yaml;
 

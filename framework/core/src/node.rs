@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::spec::Delivery;
+use crate::metrics::NodeMetrics;
+use crate::spec::{Delivery, Resources};
 use crate::state::KeyedState;
 use crate::value::Record;
 
@@ -315,6 +316,10 @@ pub struct BuildContext<'a> {
     /// The stage's delivery guarantee (sinks truncate to their last commit
     /// only under `exactly_once`).
     pub delivery: Delivery,
+    /// The stage's budget (`resources`).
+    pub resources: Resources,
+    /// The node's own metrics, shared by the stage's incarnations.
+    pub metrics: &'a Arc<NodeMetrics>,
 }
 
 impl BuildContext<'_> {
@@ -385,8 +390,28 @@ pub trait NodeConfig: DeserializeOwned + fmt::Debug + Send + Sync + 'static {
         true
     }
 
+    /// Dynamic batching: the runtime gathers records from several incoming
+    /// messages into one call, up to `max_batch_size` records or until the
+    /// oldest has waited `max_batch_delay`.
+    fn batching(&self) -> Option<Batching> {
+        None
+    }
+
+    /// Whether the node runs models on a device (`device`, `gpu_memory`,
+    /// `instances` in `resources` have an effect).
+    fn uses_device(&self) -> bool {
+        false
+    }
+
     /// Makes the running node.
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
+}
+
+/// How the runtime gathers records for a node (see [`NodeConfig::batching`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max_batch_size: usize,
+    pub max_batch_delay: Duration,
 }
 
 /// An object-safe view of a validated [`NodeConfig`].
@@ -394,6 +419,8 @@ pub trait DynNode: fmt::Debug + Send + Sync {
     fn kind(&self) -> NodeKind;
     fn outputs(&self) -> Vec<String>;
     fn multiple_inputs(&self) -> bool;
+    fn batching(&self) -> Option<Batching>;
+    fn uses_device(&self) -> bool;
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
 }
 
@@ -406,6 +433,12 @@ impl<C: NodeConfig> DynNode for C {
     }
     fn multiple_inputs(&self) -> bool {
         NodeConfig::multiple_inputs(self)
+    }
+    fn batching(&self) -> Option<Batching> {
+        NodeConfig::batching(self)
+    }
+    fn uses_device(&self) -> bool {
+        NodeConfig::uses_device(self)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         NodeConfig::build(self, ctx)

@@ -1468,6 +1468,8 @@ fn check_graph(cx: &mut Cx, stages: &[Stage]) {
 }
 
 fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
+    let mut threads = 0usize;
+    let mut gpu_mem: HashMap<usize, u64> = HashMap::new();
     for s in stages {
         let r = &s.resources;
         if let Some(m) = r.memory
@@ -1485,38 +1487,116 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
             );
         }
         if let Some(t) = r.cpu_threads {
-            if t == 0 || t > machine.cpus {
+            threads += t;
+            if t == 0 {
+                cx.err(s.mark, format!("`{}`: `cpu_threads` must be at least 1", s.name));
+            } else if t > machine.cpus {
                 cx.err(
                     s.mark,
                     format!(
-                        "`{}` asks for {t} CPU threads but this machine has {}",
-                        s.name, machine.cpus
+                        "`{}` asks for {t} CPU threads but this machine has {} (short by {})",
+                        s.name,
+                        machine.cpus,
+                        t - machine.cpus
                     ),
                 );
-            } else {
-                cx.err(s.mark, format!("`{}`: `cpu_threads` is not supported yet by this version of rill; remove it", s.name));
+            } else if threads > machine.cpus {
+                cx.err(
+                    s.mark,
+                    format!(
+                        "the stages' `cpu_threads` add up to {threads} with `{}`, but this machine has {} CPU cores (short by {})",
+                        s.name,
+                        machine.cpus,
+                        threads - machine.cpus
+                    ),
+                );
             }
         }
-        if let Device::Cuda(n) = r.device {
-            cx.err(s.mark, format!("`{}` asks for device cuda:{n}, but this build of rill has no CUDA support yet; use `device: cpu` or `auto`", s.name));
+        if !s.node.uses_device() {
+            let what = if matches!(r.device, Device::Cuda(_)) {
+                Some("device")
+            } else if r.gpu_memory.is_some() {
+                Some("gpu_memory")
+            } else if r.instances.is_some_and(|n| n != 1) {
+                Some("instances")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                cx.err(
+                    s.mark,
+                    format!(
+                        "`{}` ({}) runs on the CPU only: `resources.{what}` applies to stages that run models (RunInference)",
+                        s.name, s.type_name
+                    ),
+                );
+            }
+            continue;
         }
-        if r.gpu_memory.is_some() {
-            cx.err(
-                s.mark,
-                format!(
-                    "`{}`: `gpu_memory` is not supported yet by this version of rill; remove it",
-                    s.name
-                ),
-            );
+        if r.instances == Some(0) {
+            cx.err(s.mark, format!("`{}`: `instances` must be at least 1", s.name));
         }
-        if r.instances.is_some_and(|n| n != 1) {
-            cx.err(
-                s.mark,
-                format!(
-                    "`{}`: `instances` other than 1 is not supported yet by this version of rill",
-                    s.name
+        let gpu = match r.device {
+            Device::Cuda(n) => {
+                let n = n as usize;
+                if n >= machine.gpus.len() {
+                    cx.err(
+                        s.mark,
+                        format!(
+                            "`{}` asks for device cuda:{n} but this machine has {} CUDA device{}{}",
+                            s.name,
+                            machine.gpus.len(),
+                            if machine.gpus.len() == 1 { "" } else { "s" },
+                            if machine.gpus.is_empty() {
+                                " (or this build of rill has no `cuda` feature); use `device: auto` to fall back to the CPU"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                    continue;
+                }
+                Some(n)
+            }
+            Device::Auto => (!machine.gpus.is_empty()).then_some(0),
+            Device::Cpu => None,
+        };
+        if let Some(m) = r.gpu_memory {
+            match gpu {
+                None if r.device == Device::Cpu => cx.err(
+                    s.mark,
+                    format!(
+                        "`{}` sets `gpu_memory` but runs on the CPU (`device: cpu`)",
+                        s.name
+                    ),
                 ),
-            );
+                None => {} // auto on a machine without a GPU: runs on the CPU
+                Some(g) => {
+                    let total = gpu_mem.entry(g).or_default();
+                    *total += m.0;
+                    let have = machine.gpus[g];
+                    if *total > have {
+                        cx.err(
+                            s.mark,
+                            format!(
+                                "`{}` asks for {} of GPU memory on cuda:{g}, which has {}{} (short by {})",
+                                s.name,
+                                m,
+                                ByteSize(have),
+                                if *total > m.0 {
+                                    format!(
+                                        " and gives {} to other stages",
+                                        ByteSize(*total - m.0)
+                                    )
+                                } else {
+                                    String::new()
+                                },
+                                ByteSize(*total - have)
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -135,6 +135,8 @@ pub fn build_yaml(
         extensions: &ext,
         state: &state,
         delivery: crate::spec::Delivery::ExactlyOnce,
+        resources: Default::default(),
+        metrics: &Default::default(),
     };
     cfg.build(&ctx).map_err(|e| e.to_string())
 }

@@ -202,6 +202,7 @@ impl Run {
                 let (config, state, delivery) =
                     (s.node.clone(), shared.state.clone(), shared.delivery);
                 let (base_dir, extensions) = (base_dir.clone(), extensions.clone());
+                let (resources, metrics) = (s.resources, m.node.clone());
                 tokio::task::spawn_blocking(move || {
                     let ctx = BuildContext {
                         pipeline: &pname,
@@ -211,6 +212,8 @@ impl Run {
                         extensions: &extensions,
                         state: &state,
                         delivery,
+                        resources,
+                        metrics: &metrics,
                     };
                     config.build(&ctx)
                 })

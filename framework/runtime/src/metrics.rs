@@ -39,6 +39,8 @@ pub struct StageMetrics {
     pub commit_us: AtomicU64,
     /// Calls or start-ups past the stage's `timeout`.
     pub timeouts: AtomicU64,
+    /// The node's own metrics (a model's batch sizes, load times...).
+    pub node: std::sync::Arc<rill_core::metrics::NodeMetrics>,
 }
 
 impl StageMetrics {
@@ -62,6 +64,7 @@ impl StageMetrics {
             commits: AtomicU64::new(0),
             commit_us: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            node: Default::default(),
         }
     }
 
@@ -120,6 +123,12 @@ impl StageMetrics {
             commits: self.commits.load(Relaxed),
             commit_us: self.commit_us.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
+            node: self
+                .node
+                .snapshot()
+                .into_iter()
+                .map(|(k, m)| (k, rill_core::metrics::render(&m)))
+                .collect(),
         }
     }
 }
@@ -144,4 +153,6 @@ pub struct StageSnapshot {
     pub commits: u64,
     pub commit_us: u64,
     pub timeouts: u64,
+    /// The node's own metrics, rendered (`num_inferences`, ...).
+    pub node: Vec<(String, String)>,
 }

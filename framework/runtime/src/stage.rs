@@ -95,6 +95,10 @@ pub struct StageShared {
     pub(crate) finished_node: bool,
     finished_committed: bool,
     pub(crate) batch_size: usize,
+    /// The node's dynamic batching, if it asks for it.
+    batching: Option<rill_core::node::Batching>,
+    /// The stage's compute pool (`resources.cpu_threads`).
+    pub(crate) pool: Option<Arc<rayon::ThreadPool>>,
     /// Records consumed or produced since the last commit, and since when.
     dirty_records: u64,
     dirty_since: Option<Instant>,
@@ -270,6 +274,20 @@ impl StageShared {
             finished_node: finished,
             finished_committed: finished,
             batch_size: pipeline.options.batch_size,
+            batching: stage.node.batching(),
+            pool: match stage.resources.cpu_threads {
+                None => None,
+                Some(n) => Some(Arc::new(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(n)
+                        .thread_name({
+                            let name = stage.name.clone();
+                            move |i| format!("{name}-{i}")
+                        })
+                        .build()
+                        .map_err(|e| SetupError::Store(format!("cannot start the stage's {n} compute threads: {e}")))?,
+                )),
+            },
             dirty_records: 0,
             dirty_since: None,
             commit_queued: false,
@@ -706,6 +724,8 @@ pub enum StageMsg {
     Commit,
     /// Timers.
     Tick,
+    /// A gathering batch reached its `max_batch_delay`.
+    Flush,
     /// Sources: emit more now.
     Poll,
     /// Graceful stop: commit what was processed and stop.
@@ -718,6 +738,7 @@ enum Pending {
         epoch: u64,
         first_seq: u64,
         records: Vec<Record>,
+        arrived: Instant,
     },
     End {
         input: usize,
@@ -745,6 +766,8 @@ pub struct StageState {
     skip: (u64, u64),
     poll_at: Option<Instant>,
     offload: Offload,
+    /// When a `Flush` is scheduled for a batch that is still gathering.
+    flush_at: Option<Instant>,
     draining: bool,
     _subs: Vec<Subscriber<()>>,
 }
@@ -759,14 +782,19 @@ pub struct StageState {
 struct Offload {
     /// Moving average of the call time in µs.
     avg_us: f64,
+    /// The stage's own compute pool (`resources.cpu_threads`): every call
+    /// runs there, so what the node parallelises stays within its budget.
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Offload {
     const HEAVY: f64 = 200.0;
 
-    fn run<T>(&mut self, f: impl FnOnce() -> T) -> T {
+    fn run<T: Send>(&mut self, f: impl FnOnce() -> T + Send) -> T {
         let start = Instant::now();
-        let out = if self.avg_us > Self::HEAVY {
+        let out = if let Some(pool) = &self.pool {
+            tokio::task::block_in_place(|| pool.install(f))
+        } else if self.avg_us > Self::HEAVY {
             tokio::task::block_in_place(f)
         } else {
             f()
@@ -789,6 +817,7 @@ async fn build_node(sh: &StageShared, args: &StageArgs) -> Result<Node, ActorPro
     let (config, state, delivery) = (sh.stage.node.clone(), sh.state.clone(), sh.delivery);
     let (attempt, base_dir, extensions) =
         (args.attempt, args.base_dir.clone(), args.extensions.clone());
+    let (resources, metrics) = (sh.stage.resources, sh.metrics.node.clone());
     let limit = sh.stage.timeout.startup;
     let build = tokio::task::spawn_blocking(move || {
         let ctx = BuildContext {
@@ -799,6 +828,8 @@ async fn build_node(sh: &StageShared, args: &StageArgs) -> Result<Node, ActorPro
             extensions: &extensions,
             state: &state,
             delivery,
+            resources,
+            metrics: &metrics,
         };
         config.build(&ctx)
     });
@@ -979,6 +1010,7 @@ impl Actor for StageActor {
             let from = sh.outputs[o].log.log.min_acked();
             sh.resend(o, from).await?;
         }
+        let pool = sh.pool.clone();
         drop(sh);
         myself.send_interval(TICK, || StageMsg::Tick);
         if matches!(node, Node::Source(_)) {
@@ -990,7 +1022,8 @@ impl Actor for StageActor {
             pending: VecDeque::new(),
             skip,
             poll_at: None,
-            offload: Offload::default(),
+            offload: Offload { avg_us: 0.0, pool },
+            flush_at: None,
             draining: false,
             _subs: subs,
         })
@@ -1022,6 +1055,7 @@ impl Actor for StageActor {
                     epoch,
                     first_seq,
                     records,
+                    arrived: Instant::now(),
                 });
                 drive(&mut sh, st, &myself).await?;
             }
@@ -1080,6 +1114,10 @@ impl Actor for StageActor {
                     poll_source(&mut sh, st, &myself).await?;
                 }
             }
+            StageMsg::Flush => {
+                st.flush_at = None;
+                drive(&mut sh, st, &myself).await?;
+            }
             StageMsg::Poll => {
                 // a timed poll may find its wait already over (or another
                 // poll earlier): poll when nothing is scheduled in the future
@@ -1136,6 +1174,34 @@ fn queue_commit(
     Ok(())
 }
 
+/// Whether a message numbered from `first_seq` on `input` is the next one
+/// to process (else it is stale or from an ended input, and skipped).
+fn accept(sh: &mut StageShared, input: usize, epoch: u64, first_seq: u64) -> bool {
+    let stage = &sh.stage.name;
+    let port = &mut sh.inputs[input];
+    if port.ended {
+        return false; // an ended input takes nothing more
+    }
+    if port.epoch != Some(epoch) {
+        if port.epoch.is_some() {
+            warn!(stage = %stage, input = %port.label,
+                "the producer started over (its state was reset): reading it from its start");
+        }
+        port.epoch = Some(epoch);
+        port.processed = 0;
+    }
+    if first_seq != port.processed {
+        if port.lossy && first_seq > port.processed {
+            port.processed = first_seq; // best effort: skip the gap
+        } else {
+            // stale (queued before a restart of the producer); the cursor
+            // asks again where needed
+            return false;
+        }
+    }
+    true
+}
+
 /// Processes queued input while the outputs have room.
 async fn drive(
     sh: &mut StageShared,
@@ -1150,68 +1216,102 @@ async fn drive(
             }
             break;
         }
+        let Some(front) = st.pending.front() else {
+            break;
+        };
+        if let Pending::Data { arrived, .. } = front {
+            // dynamic batching: wait for more until the batch is full, the
+            // oldest record has waited long enough, or an input ends
+            let (limit, delay) = match sh.batching {
+                Some(b) => (b.max_batch_size, Some(b.max_batch_delay)),
+                None => (0, None),
+            };
+            if let Some(delay) = delay
+                && !st.draining
+            {
+                let due_at = *arrived + delay;
+                let mut queued = 0;
+                let mut end_queued = false;
+                for p in &st.pending {
+                    match p {
+                        Pending::Data { records, .. } => queued += records.len(),
+                        Pending::End { .. } => {
+                            end_queued = true;
+                            break;
+                        }
+                    }
+                }
+                if queued < limit && !end_queued && Instant::now() < due_at {
+                    if st.flush_at.is_none_or(|t| t > due_at) {
+                        st.flush_at = Some(due_at);
+                        let wait = due_at.saturating_duration_since(Instant::now());
+                        myself.send_after(wait, || StageMsg::Flush);
+                    }
+                    break;
+                }
+            }
+            let mut records: Vec<Record> = Vec::new();
+            let mut taken = 0usize;
+            while let Some(Pending::Data { .. }) = st.pending.front() {
+                if taken > 0 && records.len() >= limit {
+                    break;
+                }
+                let Some(Pending::Data {
+                    input,
+                    epoch,
+                    first_seq,
+                    records: recs,
+                    ..
+                }) = st.pending.pop_front()
+                else {
+                    unreachable!("the front is data")
+                };
+                taken += 1;
+                let n = recs.len() as u64;
+                sh.metrics.queue_depth.fetch_sub(n as i64, Relaxed);
+                if accept(sh, input, epoch, first_seq) {
+                    sh.inputs[input].processed = first_seq + n;
+                    records.extend(recs);
+                }
+            }
+            if records.is_empty() {
+                continue;
+            }
+            let n = records.len() as u64;
+            sh.metrics.records_in.fetch_add(n, Relaxed);
+            let started = Instant::now();
+            let (result, mut out) = call_node(sh, st, move |node| {
+                let mut out = Emitter::new();
+                let r = match node {
+                    Node::Transform(t) => t.process(records, &mut out),
+                    Node::Sink(s) => s.write(records, &mut out),
+                    Node::Source(_) => Ok(()),
+                };
+                (r, out)
+            })
+            .await?;
+            sh.metrics.observe_latency(started.elapsed());
+            if let Err(e) = result {
+                *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
+                return Err(e.into());
+            }
+            if sh.stage.error_output.is_some()
+                && sh.stage.retries.max > 0
+                && !out.failures().is_empty()
+            {
+                let retries = sh.stage.retries;
+                retry_failures(retries, st, &mut out).await?;
+            }
+            sh.route(&mut out).await?;
+            check_threshold(sh, 100)?;
+            sh.mark_dirty(n);
+            continue;
+        }
         let Some(item) = st.pending.pop_front() else {
             break;
         };
         match item {
-            Pending::Data {
-                input,
-                epoch,
-                first_seq,
-                records,
-            } => {
-                let n = records.len() as u64;
-                sh.metrics.queue_depth.fetch_sub(n as i64, Relaxed);
-                let port = &mut sh.inputs[input];
-                if port.ended {
-                    continue; // an ended input takes nothing more
-                }
-                if port.epoch != Some(epoch) {
-                    if port.epoch.is_some() {
-                        warn!(stage = %sh.stage.name, input = %port.label,
-                            "the producer started over (its state was reset): reading it from its start");
-                    }
-                    port.epoch = Some(epoch);
-                    port.processed = 0;
-                }
-                if first_seq != port.processed {
-                    if port.lossy && first_seq > port.processed {
-                        port.processed = first_seq; // best effort: skip the gap
-                    } else {
-                        // stale (queued before a restart of the producer);
-                        // the cursor asks again where needed
-                        continue;
-                    }
-                }
-                sh.metrics.records_in.fetch_add(n, Relaxed);
-                let started = Instant::now();
-                let (result, mut out) = call_node(sh, st, move |node| {
-                    let mut out = Emitter::new();
-                    let r = match node {
-                        Node::Transform(t) => t.process(records, &mut out),
-                        Node::Sink(s) => s.write(records, &mut out),
-                        Node::Source(_) => Ok(()),
-                    };
-                    (r, out)
-                })
-                .await?;
-                sh.metrics.observe_latency(started.elapsed());
-                if let Err(e) = result {
-                    *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
-                    return Err(e.into());
-                }
-                if sh.stage.error_output.is_some()
-                    && sh.stage.retries.max > 0
-                    && !out.failures().is_empty()
-                {
-                    let retries = sh.stage.retries;
-                    retry_failures(retries, st, &mut out).await?;
-                }
-                sh.route(&mut out).await?;
-                check_threshold(sh, 100)?;
-                sh.inputs[input].processed = first_seq + n;
-                sh.mark_dirty(n);
-            }
+            Pending::Data { .. } => unreachable!("data is handled above"),
             Pending::End { input, epoch, seq } => {
                 let port = &mut sh.inputs[input];
                 if port.ended {
@@ -1282,8 +1382,12 @@ async fn call_node<T: Send + 'static>(
         return Ok(st.offload.run(|| f(node)));
     };
     let mut node = std::mem::replace(&mut st.node, Node::Transform(Box::new(Lost)));
+    let pool = st.offload.pool.clone();
     let call = tokio::task::spawn_blocking(move || {
-        let r = f(&mut node);
+        let r = match pool {
+            Some(pool) => pool.install(|| f(&mut node)),
+            None => f(&mut node),
+        };
         (node, r)
     });
     match tokio::time::timeout(limit, call).await {
