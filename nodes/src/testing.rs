@@ -30,6 +30,10 @@ pub fn register_testing(r: &mut Registry) {
     r.register::<TestFlaky>("TestFlaky", "test only: records fail their first tries");
     r.register::<TestHang>("TestHang", "test only: hangs at a record");
     r.register::<TestSlowStart>("TestSlowStart", "test only: slow or panicking start-up");
+    r.register::<TestBatch>(
+        "TestBatch",
+        "test only: dynamic batching; tags records with the size of their batch",
+    );
     r.register::<TestCountPerKey>(
         "TestCountPerKey",
         "test only: running count per key in the stage's keyed state",
@@ -158,6 +162,43 @@ impl Transform for SlowNode {
         for r in batch {
             out.emit(r);
         }
+        Ok(())
+    }
+}
+
+/// Asks the runtime for dynamic batching and tags every record with the
+/// number of its batch (`batch`) and that batch's size (`batch_size`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TestBatch {
+    pub max_batch_size: usize,
+    pub max_batch_delay: Dur,
+}
+
+impl NodeConfig for TestBatch {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Transform
+    }
+    fn batching(&self) -> Option<rill_core::node::Batching> {
+        Some(rill_core::node::Batching {
+            max_batch_size: self.max_batch_size,
+            max_batch_delay: self.max_batch_delay.0,
+        })
+    }
+    fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        Ok(Node::Transform(Box::new(BatchNode(0))))
+    }
+}
+
+struct BatchNode(i64);
+
+impl Transform for BatchNode {
+    fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+        let n = batch.len() as i64;
+        for r in batch {
+            out.emit(r.with("batch", self.0).with("batch_size", n));
+        }
+        self.0 += 1;
         Ok(())
     }
 }

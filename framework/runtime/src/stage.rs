@@ -1260,19 +1260,36 @@ async fn drive(
                     input,
                     epoch,
                     first_seq,
-                    records: recs,
-                    ..
+                    records: mut recs,
+                    arrived,
                 }) = st.pending.pop_front()
                 else {
                     unreachable!("the front is data")
                 };
                 taken += 1;
+                if !accept(sh, input, epoch, first_seq) {
+                    sh.metrics
+                        .queue_depth
+                        .fetch_sub(recs.len() as i64, Relaxed);
+                    continue;
+                }
+                // a batch never exceeds its size: the rest of a message
+                // waits at the front for the next one
+                if limit > 0 && sh.batching.is_some() && records.len() + recs.len() > limit {
+                    let k = limit - records.len();
+                    let rest = recs.split_off(k);
+                    st.pending.push_front(Pending::Data {
+                        input,
+                        epoch,
+                        first_seq: first_seq + k as u64,
+                        records: rest,
+                        arrived,
+                    });
+                }
                 let n = recs.len() as u64;
                 sh.metrics.queue_depth.fetch_sub(n as i64, Relaxed);
-                if accept(sh, input, epoch, first_seq) {
-                    sh.inputs[input].processed = first_seq + n;
-                    records.extend(recs);
-                }
+                sh.inputs[input].processed = first_seq + n;
+                records.extend(recs);
             }
             if records.is_empty() {
                 continue;

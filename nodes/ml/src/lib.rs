@@ -16,6 +16,8 @@ pub mod device;
 pub mod handler;
 pub mod nets;
 pub mod run_inference;
+#[doc(hidden)]
+pub mod testing;
 
 pub use device::{Dev, detect_machine, gpus};
 pub use handler::{

@@ -347,6 +347,7 @@ impl ModelFiles {
                 let mut net = net;
                 let mut store = SafetensorsStore::from_file(&self.weights)
                     .with_from_adapter(PyTorchToBurnAdapter)
+                    .skip_enum_variants(true)
                     .allow_partial(false);
                 let r = net
                     .load_from(&mut store)
