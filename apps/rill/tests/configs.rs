@@ -13,6 +13,7 @@ const EXPECT: &[(&str, &str)] = &[
     ("quickstart.yaml", "checked by quickstart_output"),
     ("generate.yaml", "checked by generate_output"),
     ("csv.yaml", "checked by csv_output"),
+    ("classify.yaml", "checked by classify_accuracy"),
     ("beam/explode.yaml", "expected rows"),
     ("beam/filter_callable.yaml", "expected rows"),
     ("beam/map_to_fields_callable.yaml", "expected rows"),
@@ -119,6 +120,38 @@ fn generate_output() {
         assert!(id > last, "order kept");
         last = id;
     }
+}
+
+/// The example of RunInference: the MLP apps/train-classify trained labels
+/// the held-out stream at least this well (it reaches 0.907).
+const CLASSIFY_FLOOR: f64 = 0.88;
+
+#[test]
+fn classify_accuracy() {
+    let dir = sandbox();
+    let out = rill(dir.path(), &["run", "configs/classify.yaml"]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    // the summary shows the model's metrics
+    for m in ["num_inferences", "inference_batch_latency_micro_secs", "model_version"] {
+        assert!(err.contains(m), "no {m} in the summary:\n{err}");
+    }
+    let rows = read_jsonl(&dir.path().join("out/classify/predictions.jsonl"));
+    assert_eq!(rows.len(), 1000);
+    assert!(read_jsonl(&dir.path().join("out/classify/errors.jsonl")).is_empty());
+    let mut right = 0;
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["id"].as_i64(), Some(i as i64), "order kept");
+        assert_eq!(r["model_id"], "classify");
+        assert_eq!(r["model_version"], "1");
+        let c = r["confidence"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&c));
+        if r["predicted"] == r["label"] {
+            right += 1;
+        }
+    }
+    let acc = right as f64 / rows.len() as f64;
+    assert!(acc >= CLASSIFY_FLOOR, "accuracy {acc} below the floor {CLASSIFY_FLOOR}");
 }
 
 #[test]
