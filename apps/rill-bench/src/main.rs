@@ -348,11 +348,16 @@ fn recovery() -> anyhow::Result<Vec<Duration>> {
     Ok(delays)
 }
 
+mod inference;
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
         return child(&args[2]).await;
+    }
+    if args.get(1).map(String::as_str) == Some("inference") {
+        return tokio::task::block_in_place(|| inference::main(&args[2..]));
     }
     let count: u64 = args
         .get(1)

@@ -133,7 +133,11 @@ fn classify_accuracy() {
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     // the summary shows the model's metrics
-    for m in ["num_inferences", "inference_batch_latency_micro_secs", "model_version"] {
+    for m in [
+        "num_inferences",
+        "inference_batch_latency_micro_secs",
+        "model_version",
+    ] {
         assert!(err.contains(m), "no {m} in the summary:\n{err}");
     }
     let rows = read_jsonl(&dir.path().join("out/classify/predictions.jsonl"));
@@ -151,7 +155,10 @@ fn classify_accuracy() {
         }
     }
     let acc = right as f64 / rows.len() as f64;
-    assert!(acc >= CLASSIFY_FLOOR, "accuracy {acc} below the floor {CLASSIFY_FLOOR}");
+    assert!(
+        acc >= CLASSIFY_FLOOR,
+        "accuracy {acc} below the floor {CLASSIFY_FLOOR}"
+    );
 }
 
 #[test]

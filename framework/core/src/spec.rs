@@ -1489,7 +1489,10 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
         if let Some(t) = r.cpu_threads {
             threads += t;
             if t == 0 {
-                cx.err(s.mark, format!("`{}`: `cpu_threads` must be at least 1", s.name));
+                cx.err(
+                    s.mark,
+                    format!("`{}`: `cpu_threads` must be at least 1", s.name),
+                );
             } else if t > machine.cpus {
                 cx.err(
                     s.mark,
@@ -1534,7 +1537,10 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
             continue;
         }
         if r.instances == Some(0) {
-            cx.err(s.mark, format!("`{}`: `instances` must be at least 1", s.name));
+            cx.err(
+                s.mark,
+                format!("`{}`: `instances` must be at least 1", s.name),
+            );
         }
         let gpu = match r.device {
             Device::Cuda(n) => {

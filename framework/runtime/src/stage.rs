@@ -274,7 +274,12 @@ impl StageShared {
             finished_node: finished,
             finished_committed: finished,
             batch_size: pipeline.options.batch_size,
-            batching: stage.node.batching(),
+            // with N instances the stage gathers N batches per call, and the
+            // node runs them side by side
+            batching: stage.node.batching().map(|b| rill_core::node::Batching {
+                max_batch_size: b.max_batch_size * stage.resources.instances.unwrap_or(1).max(1),
+                ..b
+            }),
             pool: match stage.resources.cpu_threads {
                 None => None,
                 Some(n) => Some(Arc::new(
@@ -285,7 +290,11 @@ impl StageShared {
                             move |i| format!("{name}-{i}")
                         })
                         .build()
-                        .map_err(|e| SetupError::Store(format!("cannot start the stage's {n} compute threads: {e}")))?,
+                        .map_err(|e| {
+                            SetupError::Store(format!(
+                                "cannot start the stage's {n} compute threads: {e}"
+                            ))
+                        })?,
                 )),
             },
             dirty_records: 0,
@@ -1268,9 +1277,7 @@ async fn drive(
                 };
                 taken += 1;
                 if !accept(sh, input, epoch, first_seq) {
-                    sh.metrics
-                        .queue_depth
-                        .fetch_sub(recs.len() as i64, Relaxed);
+                    sh.metrics.queue_depth.fetch_sub(recs.len() as i64, Relaxed);
                     continue;
                 }
                 // a batch never exceeds its size: the rest of a message

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use rill_core::spec::{self, Machine};
 use rill_runtime::{RunOptions, run};
 
-async fn run_batches(dir: &std::path::Path, gen_cfg: &str, batch_cfg: &str) -> Vec<(i64, i64, i64)> {
+async fn run_batches(
+    dir: &std::path::Path,
+    gen_cfg: &str,
+    batch_cfg: &str,
+) -> Vec<(i64, i64, i64)> {
     let mut registry = rill_nodes::registry();
     rill_nodes::testing::register_testing(&mut registry);
     let yaml = format!(
@@ -59,11 +63,21 @@ async fn batches_gather_across_messages_up_to_the_size() {
     .await;
     assert_eq!(rows.len(), 2000);
     let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    assert_eq!(ids, (0..2000).collect::<Vec<_>>(), "lost, duplicated or reordered");
+    assert_eq!(
+        ids,
+        (0..2000).collect::<Vec<_>>(),
+        "lost, duplicated or reordered"
+    );
     let max = rows.iter().map(|r| r.2).max().unwrap();
-    assert!(max <= 40, "a batch of {max} records, above max_batch_size 40");
+    assert!(
+        max <= 40,
+        "a batch of {max} records, above max_batch_size 40"
+    );
     // messages hold 16: a batch above 16 was gathered from several
-    assert!(max > 16, "no batch gathered more than one message (max {max})");
+    assert!(
+        max > 16,
+        "no batch gathered more than one message (max {max})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

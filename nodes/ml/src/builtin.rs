@@ -180,8 +180,11 @@ impl HandlerConfig for Conv1dConfig {
         check_labels(&self.labels, self.task)?;
         match self.arch() {
             Some(a) => a.validate(),
-            None if self.channels.is_some() || self.outputs.is_some() => {
-                Err("give both `channels` and `outputs`, or neither (model.json)".into())
+            None if self.channels.is_some()
+                || self.outputs.is_some()
+                || self.kernel_size.is_some() =>
+            {
+                Err("give `channels` and `outputs` (and optionally `kernel_size`), or none of them (model.json)".into())
             }
             None => Ok(()),
         }
@@ -202,9 +205,7 @@ impl HandlerConfig for Conv1dConfig {
 }
 
 /// Registers the built-in handlers.
-pub(crate) fn register_builtins(
-    add: &mut dyn FnMut(&str, crate::handler::ParseFn, &'static str),
-) {
+pub(crate) fn register_builtins(add: &mut dyn FnMut(&str, crate::handler::ParseFn, &'static str)) {
     add(
         "BurnMlp",
         parser::<MlpConfig>(),
@@ -415,10 +416,11 @@ impl<B: Backend> ModelHandler<B> for NetHandler {
             if self.kind == "autoencoder" {
                 m.insert("score".into(), Value::Float(row[0] as f64));
             } else if self.task == Task::Classify {
-                let (best, p) = row
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::MIN), |a, (i, p)| if *p > a.1 { (i, *p) } else { a });
+                let (best, p) =
+                    row.iter().enumerate().fold(
+                        (0, f32::MIN),
+                        |a, (i, p)| if *p > a.1 { (i, *p) } else { a },
+                    );
                 let label = match &self.labels {
                     Some(l) => Value::String(l[best].clone()),
                     None => Value::Int(best as i64),

@@ -19,12 +19,14 @@ pub mod run_inference;
 #[doc(hidden)]
 pub mod testing;
 
+#[cfg(feature = "cuda")]
+pub use burn_cuda::CudaDevice;
 pub use device::{Dev, detect_machine, gpus};
+#[cfg(feature = "cuda")]
+pub use handler::Gpu;
 pub use handler::{
     Cpu, ExampleError, HandlerConfig, InferError, ModelHandler, handler_docs, register_handler,
 };
-#[cfg(feature = "cuda")]
-pub use handler::Gpu;
 pub use run_inference::RunInference;
 
 use rill_core::registry::Registry;

@@ -214,7 +214,9 @@ impl<B: Backend> Conv1dNet<B> {
     }
 }
 
-/// A loaded network.
+/// A loaded network. (Burn's `Module` derive needs the variants inline;
+/// a model is built once per load, so the size does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Net<B: Backend> {
     Mlp(Mlp<B>),

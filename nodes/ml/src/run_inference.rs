@@ -33,7 +33,7 @@ use crate::handler::{DynHandler, Engine, InferError, Loader, parse_handler};
 pub struct HandlerSpec {
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default = "empty_config")]
     pub config: serde_json::Value,
 }
 
@@ -101,6 +101,12 @@ pub struct RunInference {
     pub preprocess: Option<ExprSpec>,
     /// A callable on the output record that returns the new `inference`.
     pub postprocess: Option<ExprSpec>,
+    /// The language of `preprocess` / `postprocess` (`python`).
+    pub language: Option<String>,
+}
+
+fn empty_config() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
 }
 
 fn default_field() -> String {
@@ -114,7 +120,11 @@ const GROW_AFTER: u32 = 16;
 
 impl RunInference {
     fn handler(&self) -> Result<Arc<dyn DynHandler>, String> {
-        parse_handler(&self.model_handler.kind, self.model_handler.config.clone())
+        let config = match &self.model_handler.config {
+            serde_json::Value::Null => empty_config(),
+            c => c.clone(),
+        };
+        parse_handler(&self.model_handler.kind, config)
     }
 
     fn max_batch(&self) -> usize {
@@ -158,7 +168,15 @@ impl NodeConfig for RunInference {
             );
         }
         if self.model.is_some() && h.path().is_some() {
-            return Err("give the model once: `model.dir` or the handler's `path`, not both".into());
+            return Err(
+                "give the model once: `model.dir` or the handler's `path`, not both".into(),
+            );
+        }
+        rill_nodes::expr::check_language(&self.language)?;
+        if let Some(m) = &self.model
+            && m.poll.is_some_and(|p| p.0 < Duration::from_millis(10))
+        {
+            return Err("`model.poll` must be at least 10ms".into());
         }
         if self.inference_field.is_empty() {
             return Err("`inference_field` is empty".into());
@@ -230,7 +248,11 @@ impl NodeConfig for RunInference {
                             m.dir.display()
                         )
                     } else {
-                        format!("{}: no version loads: {}", dir.display(), refused.join("; "))
+                        format!(
+                            "{}: no version loads: {}",
+                            dir.display(),
+                            refused.join("; ")
+                        )
                     }));
                 };
                 let watcher = m.watch.then(|| {
@@ -324,7 +346,11 @@ fn model_name(p: &Path) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     if p.is_dir() || stem == "model" {
-        let dir = if p.is_dir() { p } else { p.parent().unwrap_or(p) };
+        let dir = if p.is_dir() {
+            p
+        } else {
+            p.parent().unwrap_or(p)
+        };
         // skip a version folder
         let dir = if path_version_of(dir).is_some() {
             dir.parent().unwrap_or(dir)
@@ -506,7 +532,10 @@ enum Which {
 impl RunInferenceNode {
     fn example<'r>(&self, r: &'r Record) -> Result<Cow<'r, Value>, String> {
         if let Some(pre) = &self.pre {
-            return pre.eval(r).map(Cow::Owned);
+            return pre
+                .eval(r)
+                .map(Cow::Owned)
+                .map_err(|e| format!("preprocess: {e}"));
         }
         match &self.input {
             InputSpec::Field(f) => r
@@ -563,7 +592,8 @@ impl RunInferenceNode {
                     let first = self.loader.load(path)?;
                     let ms = t.elapsed().as_millis() as u64;
                     self.metrics.observe("load_model_latency_milli_secs", ms);
-                    self.metrics.set("model_byte_size", first.byte_size() as i64);
+                    self.metrics
+                        .set("model_byte_size", first.byte_size() as i64);
                     self.metrics.count("model_loads", 1);
                     let version = path_version(path);
                     k.loaded
@@ -607,18 +637,32 @@ impl RunInferenceNode {
     }
 }
 
+/// What every forward pass of a call shares: the batch size limits and the
+/// out-of-memory back-off state, the metrics.
+#[derive(Clone, Copy)]
+struct Passes<'a> {
+    max_batch: usize,
+    cap: &'a AtomicUsize,
+    streak: &'a AtomicU32,
+    metrics: &'a NodeMetrics,
+    stage: &'a str,
+}
+
 /// Runs one forward pass (or, on out-of-memory, halves of it) and puts each
 /// result at its record's index.
 fn run_chunk(
     engine: &mut dyn Engine,
     chunk: Vec<usize>,
     examples: &[Option<Cow<'_, Value>>],
-    max_batch: usize,
-    cap: &AtomicUsize,
-    streak: &AtomicU32,
-    metrics: &NodeMetrics,
-    stage: &str,
+    p: &Passes<'_>,
 ) -> Vec<(usize, Result<Value, String>)> {
+    let Passes {
+        max_batch,
+        cap,
+        streak,
+        metrics,
+        stage,
+    } = *p;
     let mut out = Vec::with_capacity(chunk.len());
     let mut todo = VecDeque::from([chunk]);
     while let Some(part) = todo.pop_front() {
@@ -657,7 +701,11 @@ fn run_chunk(
                 let half = part.len() / 2;
                 cap.fetch_min(half, Relaxed);
                 streak.store(0, Relaxed);
-                warn!(stage, "out of memory on a batch of {}: retrying as two of {half} and less ({m})", part.len());
+                warn!(
+                    stage,
+                    "out of memory on a batch of {}: retrying as two of {half} and less ({m})",
+                    part.len()
+                );
                 let (a, b) = part.split_at(half);
                 todo.push_front(b.to_vec());
                 todo.push_front(a.to_vec());
@@ -690,22 +738,25 @@ impl Transform for RunInferenceNode {
         let examples: Vec<Option<Cow<'_, Value>>> = batch
             .iter()
             .enumerate()
-            .map(|(i, r)| match self.example(r).and_then(|e| Ok((e, self.which(r)?))) {
-                Ok((e, w)) => {
-                    groups.entry(w).or_default().push(i);
-                    Some(e)
-                }
-                Err(msg) => {
-                    results[i] = Some(Err(msg));
-                    None
-                }
-            })
+            .map(
+                |(i, r)| match self.example(r).and_then(|e| Ok((e, self.which(r)?))) {
+                    Ok((e, w)) => {
+                        groups.entry(w).or_default().push(i);
+                        Some(e)
+                    }
+                    Err(msg) => {
+                        results[i] = Some(Err(msg));
+                        None
+                    }
+                },
+            )
             .collect();
         let mut versions: Vec<(Which, String)> = Vec::new();
         for (w, idx) in groups {
             let chunks = self.chunks(idx.clone(), &examples);
             let (max_batch, stage) = (self.max_batch, self.stage.clone());
-            let (cap, streak, metrics) = (self.cap.clone(), self.streak.clone(), self.metrics.clone());
+            let (cap, streak, metrics) =
+                (self.cap.clone(), self.streak.clone(), self.metrics.clone());
             let serving = match self.serving(&w) {
                 Ok(s) => s,
                 Err(e) => {
@@ -717,15 +768,20 @@ impl Transform for RunInferenceNode {
                 }
             };
             versions.push((w, serving.version.clone()));
+            let passes = Passes {
+                max_batch,
+                cap: &cap,
+                streak: &streak,
+                metrics: &metrics,
+                stage: &stage,
+            };
             let done: Vec<(usize, Result<Value, String>)> = if serving.engines.len() == 1
                 || chunks.len() == 1
             {
                 let e = serving.engines[0].as_mut();
                 chunks
                     .into_iter()
-                    .flat_map(|c| {
-                        run_chunk(e, c, &examples, max_batch, &cap, &streak, &metrics, &stage)
-                    })
+                    .flat_map(|c| run_chunk(e, c, &examples, &passes))
                     .collect()
             } else {
                 // instances take chunks off one queue, in parallel (on the
@@ -734,23 +790,13 @@ impl Transform for RunInferenceNode {
                 let done = Mutex::new(Vec::with_capacity(n));
                 rayon::scope(|s| {
                     for e in serving.engines.iter_mut() {
-                        let (queue, done, examples) = (&queue, &done, &examples);
-                        let (cap, streak, metrics, stage) = (&cap, &streak, &metrics, &stage);
+                        let (queue, done, examples, passes) = (&queue, &done, &examples, &passes);
                         s.spawn(move |_| {
                             loop {
                                 let Some(c) = queue.lock().unwrap().pop_front() else {
                                     break;
                                 };
-                                let r = run_chunk(
-                                    e.as_mut(),
-                                    c,
-                                    examples,
-                                    max_batch,
-                                    cap,
-                                    streak,
-                                    metrics,
-                                    stage,
-                                );
+                                let r = run_chunk(e.as_mut(), c, examples, passes);
                                 done.lock().unwrap().extend(r);
                             }
                         });
@@ -782,7 +828,8 @@ impl Transform for RunInferenceNode {
                     };
                     r.fields.insert(self.field.clone(), v);
                     r.fields.insert("model_id".into(), Value::String(id));
-                    r.fields.insert("model_version".into(), Value::String(version));
+                    r.fields
+                        .insert("model_version".into(), Value::String(version));
                     if let Some(post) = &self.post {
                         match post.eval(&r) {
                             Ok(v) => {

@@ -42,7 +42,11 @@ fn refused(resources: &[&str], m: &Machine, needles: &[&str]) {
 fn budgets_that_fit_pass() {
     let m = machine(vec![8 * GIB]);
     check(&["{device: cpu, cpu_threads: 1, instances: 2}"], &m).unwrap();
-    check(&["{device: cuda:0, gpu_memory: 6GiB}", "{cpu_threads: 2}"], &m).unwrap();
+    check(
+        &["{device: cuda:0, gpu_memory: 6GiB}", "{cpu_threads: 2}"],
+        &m,
+    )
+    .unwrap();
     check(&["{device: auto, gpu_memory: 2GiB}"], &machine(vec![])).unwrap();
 }
 
@@ -51,14 +55,23 @@ fn cpu_threads_beyond_the_cores() {
     refused(
         &["{cpu_threads: 4}"],
         &machine(vec![]),
-        &["b.yaml:5:", "`infer0` asks for 4 CPU threads but this machine has 2 (short by 2)"],
+        &[
+            "b.yaml:5:",
+            "`infer0` asks for 4 CPU threads but this machine has 2 (short by 2)",
+        ],
     );
     refused(
         &["{cpu_threads: 2}", "{cpu_threads: 1}"],
         &machine(vec![]),
-        &["the stages' `cpu_threads` add up to 3 with `infer1`, but this machine has 2 CPU cores (short by 1)"],
+        &[
+            "the stages' `cpu_threads` add up to 3 with `infer1`, but this machine has 2 CPU cores (short by 1)",
+        ],
     );
-    refused(&["{cpu_threads: 0}"], &machine(vec![]), &["`cpu_threads` must be at least 1"]);
+    refused(
+        &["{cpu_threads: 0}"],
+        &machine(vec![]),
+        &["`cpu_threads` must be at least 1"],
+    );
 }
 
 #[test]
@@ -74,16 +87,25 @@ fn missing_or_small_gpus() {
         &["has 0 CUDA devices (or this build of rill has no `cuda` feature)"],
     );
     refused(
-        &["{device: cuda:0, gpu_memory: 6GiB}", "{device: cuda:0, gpu_memory: 4GiB}"],
+        &[
+            "{device: cuda:0, gpu_memory: 6GiB}",
+            "{device: cuda:0, gpu_memory: 4GiB}",
+        ],
         &machine(vec![8 * GIB]),
-        &["`infer1` asks for 4.0 GiB of GPU memory on cuda:0, which has 8.0 GiB and gives 6.0 GiB to other stages (short by 2.0 GiB)"],
+        &[
+            "`infer1` asks for 4.0 GiB of GPU memory on cuda:0, which has 8.0 GiB and gives 6.0 GiB to other stages (short by 2.0 GiB)",
+        ],
     );
     refused(
         &["{device: cpu, gpu_memory: 1GiB}"],
         &machine(vec![8 * GIB]),
         &["`infer0` sets `gpu_memory` but runs on the CPU"],
     );
-    refused(&["{instances: 0}"], &machine(vec![]), &["`instances` must be at least 1"]);
+    refused(
+        &["{instances: 0}"],
+        &machine(vec![]),
+        &["`instances` must be at least 1"],
+    );
 }
 
 #[test]

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
@@ -27,17 +27,14 @@ fn regressor(dir: &Path, seed: u64) {
 fn rows(n: usize, key: impl Fn(usize) -> String) -> Vec<Record> {
     (0..n)
         .map(|i| {
-            Record::default()
-                .with_key(key(i))
-                .with("i", i as i64)
-                .with(
-                    "features",
-                    Value::List(vec![
-                        Value::Float(i as f64 * 0.1),
-                        Value::Float(1.0 - i as f64 * 0.05),
-                        Value::Int(i as i64 % 3),
-                    ]),
-                )
+            Record::default().with_key(key(i)).with("i", i as i64).with(
+                "features",
+                Value::List(vec![
+                    Value::Float(i as f64 * 0.1),
+                    Value::Float(1.0 - i as f64 * 0.05),
+                    Value::Int(i as i64 % 3),
+                ]),
+            )
         })
         .collect()
 }
@@ -62,14 +59,16 @@ fn keyed_models_with_lru_eviction() {
     // what each model alone says
     let mut alone = HashMap::new();
     for k in ["a", "b", "c"] {
-        let cfg = format!(
-            "{{model_handler: {{type: BurnMlp, config: {{path: {k}/1, task: regress}}}}}}"
-        );
+        let cfg =
+            format!("{{model_handler: {{type: BurnMlp, config: {{path: {k}/1, task: regress}}}}}}");
         let (mut node, _) = testing::build(&cfg, dir.path(), Resources::default()).unwrap();
         let (out, _) = testing::process(node.as_mut(), rows(6, |_| k.into()));
         alone.insert(k, out.iter().map(value).collect::<Vec<_>>());
     }
-    assert_ne!(alone["a"], alone["b"], "the models must differ for the test to test");
+    assert_ne!(
+        alone["a"], alone["b"],
+        "the models must differ for the test to test"
+    );
     let cfg = "{model_handler: {type: BurnMlp, config: {task: regress}}, model_id: m,
                keyed: {max_models: 2, models: {a: a/1, b: b/1, c: c/1}}}";
     let (mut node, metrics) = testing::build(cfg, dir.path(), Resources::default()).unwrap();
@@ -81,19 +80,29 @@ fn keyed_models_with_lru_eviction() {
         let (out, failed) = testing::process(node.as_mut(), vec![rec]);
         assert!(failed.is_empty());
         assert_eq!(text(&out[0], "model_id"), format!("m/{k}"));
-        assert!((value(&out[0]) - alone[k][i]).abs() < 1e-6, "record {i} served by the wrong model");
+        assert!(
+            (value(&out[0]) - alone[k][i]).abs() < 1e-6,
+            "record {i} served by the wrong model"
+        );
     }
     // loads: a, b, c (evicts b), b (evicts a), a (evicts c)
     assert_eq!(metrics.counter("model_loads"), 5);
     assert_eq!(metrics.counter("model_evictions"), 3);
     // a whole batch of mixed keys keeps its order
     let (out, _) = testing::process(node.as_mut(), rows(6, |i| keys[i].into()));
-    let got: Vec<i64> = out.iter().map(|r| r.get("i").unwrap().as_i64().unwrap()).collect();
+    let got: Vec<i64> = out
+        .iter()
+        .map(|r| r.get("i").unwrap().as_i64().unwrap())
+        .collect();
     assert_eq!(got, (0..6).collect::<Vec<_>>());
     // a key with no model and no default model is a dead letter
     let (out, failed) = testing::process(node.as_mut(), rows(1, |_| "zzz".into()));
     assert!(out.is_empty());
-    assert!(failed[0].msg.contains("no model for key `zzz`"), "{}", failed[0].msg);
+    assert!(
+        failed[0].msg.contains("no model for key `zzz`"),
+        "{}",
+        failed[0].msg
+    );
 }
 
 #[test]
@@ -108,11 +117,18 @@ fn bad_examples_are_dead_letters_and_the_rest_runs() {
         .fields
         .insert("features".into(), Value::List(vec![Value::Float(1.0)]));
     let (out, failed) = testing::process(node.as_mut(), batch);
-    let ids: Vec<i64> = out.iter().map(|r| r.get("i").unwrap().as_i64().unwrap()).collect();
+    let ids: Vec<i64> = out
+        .iter()
+        .map(|r| r.get("i").unwrap().as_i64().unwrap())
+        .collect();
     assert_eq!(ids, vec![0, 2, 4]);
     assert_eq!(failed.len(), 2);
     assert!(failed.iter().any(|f| f.msg.contains("no field `features`")));
-    assert!(failed.iter().any(|f| f.msg.contains("takes 3 values, the example has 1")));
+    assert!(
+        failed
+            .iter()
+            .any(|f| f.msg.contains("takes 3 values, the example has 1"))
+    );
 }
 
 // ---- a custom handler, registered from Rust: injected OOMs, concurrency ----
@@ -188,7 +204,10 @@ impl<B: Backend> ModelHandler<B> for Probe {
                 .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
                 .is_ok()
         {
-            panic!("CUDA_ERROR_OUT_OF_MEMORY: injected for a batch of {}", x.len());
+            panic!(
+                "CUDA_ERROR_OUT_OF_MEMORY: injected for a batch of {}",
+                x.len()
+            );
         }
         if !self.sleep.is_zero() {
             let now = ACTIVE.fetch_add(1, SeqCst) + 1;
@@ -252,7 +271,10 @@ fn instances_run_batches_in_parallel_and_keep_order() {
     let start = Instant::now();
     let (out, _) = testing::process(node.as_mut(), numbers(64));
     let took = start.elapsed();
-    let got: Vec<f64> = out.iter().map(|r| r.get("inference").unwrap().as_f64().unwrap()).collect();
+    let got: Vec<f64> = out
+        .iter()
+        .map(|r| r.get("inference").unwrap().as_f64().unwrap())
+        .collect();
     assert_eq!(got, (0..64).map(|i| i as f64 * 2.0).collect::<Vec<_>>());
     assert_eq!(sizes("par").len(), 8);
     assert!(
@@ -320,7 +342,10 @@ fn hot_swap_under_load_loses_nothing_and_refuses_a_broken_version() {
     assert_eq!(got, sent, "records lost during a swap");
     assert_eq!(seen.first(), Some(&1));
     assert_eq!(seen.last(), Some(&4), "version 4 never served: {seen:?}");
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "versions went back: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "versions went back: {seen:?}"
+    );
     assert!(!seen.contains(&3), "the broken version served: {seen:?}");
     assert!(metrics.counter("refused_model_versions") >= 1);
     assert!(metrics.counter("model_swaps") >= 2);

@@ -44,7 +44,13 @@ fn expected(dir: &Path) -> (Vec<serde_json::Value>, Vec<Vec<f64>>) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
         .collect();
     (inputs, outs)
 }
@@ -80,7 +86,10 @@ fn check(dir: &Path, handler: &str, extra: &str, pick: fn(&Value) -> Vec<f64>) {
         let got = pick(r.get("inference").unwrap());
         assert_eq!(got.len(), w.len(), "{handler} example {i}");
         for (g, e) in got.iter().zip(w) {
-            assert!(close(*g, *e), "{handler} example {i}: got {got:?}, numpy {w:?}");
+            assert!(
+                close(*g, *e),
+                "{handler} example {i}: got {got:?}, numpy {w:?}"
+            );
         }
     }
     assert_eq!(metrics.counter("num_inferences"), want.len() as u64);
@@ -97,7 +106,9 @@ fn field(v: &Value, name: &str) -> Vec<f64> {
 #[test]
 fn pytorch_layout_safetensors_match_numpy() {
     let (_keep, dir) = python_weights();
-    check(&dir.join("mlp"), "BurnMlp", "", |v| field(v, "probabilities"));
+    check(&dir.join("mlp"), "BurnMlp", "", |v| {
+        field(v, "probabilities")
+    });
     check(&dir.join("regress"), "BurnMlp", ", task: regress", |v| {
         field(v, "value")
     });

@@ -1,0 +1,166 @@
+//! `rill-bench inference`: RunInference against a raw Burn loop calling
+//! `forward` on the same batches, in one run.
+//!
+//! The raw loop starts from the batches as f32 arrays, makes a tensor,
+//! runs the MLP and softmax, and reads the result back. RunInference starts
+//! from records (a list of 64 numbers each) and ends with records (label,
+//! score, probabilities, model id and version): the ratio is what the node
+//! costs on top of the model.
+
+use std::time::Instant;
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rill_core::spec::{Device, Resources};
+use rill_core::{Record, Value};
+use rill_ml::nets::{Arch, ModelFiles, Net, save};
+use rill_ml::{Cpu, testing};
+
+const WIDTH: usize = 64;
+
+fn arch() -> Arch {
+    Arch::Mlp {
+        layers: vec![WIDTH, 256, 256, 10],
+    }
+}
+
+/// Records per second of a raw Burn loop over `batches`.
+fn raw<B: Backend>(files: &ModelFiles, device: &B::Device, batches: &[Vec<f32>]) -> f64 {
+    let Net::Mlp(mlp) = files.load::<B>(device).expect("model loads") else {
+        unreachable!()
+    };
+    let start = Instant::now();
+    let mut n = 0;
+    let mut sink = 0f32;
+    for b in batches {
+        let rows = b.len() / WIDTH;
+        let x = Tensor::<B, 2>::from_data(TensorData::new(b.clone(), [rows, WIDTH]), device);
+        let p: Vec<f32> = softmax(mlp.forward(x), 1).into_data().to_vec().unwrap();
+        sink += p[0];
+        n += rows;
+    }
+    assert!(sink.is_finite());
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Records per second of a RunInference node over the same batches.
+fn node(dir: &std::path::Path, device: Device, batch: usize, batches: &[Vec<f32>]) -> f64 {
+    let cfg = format!(
+        "{{model_handler: {{type: BurnMlp, config: {{path: mlp}}}}, batching: {{max_batch_size: {batch}}}}}"
+    );
+    let res = Resources {
+        device,
+        ..Default::default()
+    };
+    let (mut node, _) = testing::build(&cfg, dir, res).expect("node builds");
+    let inputs: Vec<Vec<Record>> = batches
+        .iter()
+        .map(|b| {
+            b.chunks(WIDTH)
+                .map(|row| {
+                    Record::default().with(
+                        "features",
+                        Value::List(row.iter().map(|x| Value::Float(*x as f64)).collect()),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    let mut n = 0;
+    for b in inputs {
+        let (out, failed) = testing::process(node.as_mut(), b);
+        assert!(failed.is_empty());
+        n += out.len();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn batches(records: usize, batch: usize) -> Vec<Vec<f32>> {
+    let mut rng = fastrand::Rng::with_seed(1);
+    (0..records / batch)
+        .map(|_| (0..batch * WIDTH).map(|_| rng.f32() * 2.0 - 1.0).collect())
+        .collect()
+}
+
+/// Best of three alternating rounds of (raw, node).
+fn compare(
+    label: &str,
+    raw_rate: &mut dyn FnMut() -> f64,
+    node_rate: &mut dyn FnMut() -> f64,
+) -> (f64, f64) {
+    let (mut r, mut n) = (0f64, 0f64);
+    for _ in 0..3 {
+        r = r.max(raw_rate());
+        n = n.max(node_rate());
+    }
+    println!(
+        "  {label:<34} raw Burn {r:>10.0} rec/s   RunInference {n:>10.0} rec/s   ratio {:.3}",
+        n / r
+    );
+    (r, n)
+}
+
+pub fn main(args: &[String]) -> anyhow::Result<()> {
+    let records: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200_000);
+    let dir = tempfile::tempdir()?;
+    let device = Default::default();
+    <Cpu as Backend>::seed(&device, 1);
+    save(
+        Net::<Cpu>::init(&arch(), &device),
+        &arch(),
+        &dir.path().join("mlp"),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let files = ModelFiles::find(&dir.path().join("mlp"), None).map_err(anyhow::Error::msg)?;
+    println!(
+        "inference benchmark: MLP {WIDTH}->256->256->10 (classifier), {records} records, best of 3"
+    );
+    let cpu_batches = batches(records, 64);
+    let (_, cpu_node) = compare(
+        "CPU (burn-ndarray), batch 64",
+        &mut || raw::<Cpu>(&files, &device, &cpu_batches),
+        &mut || node(dir.path(), Device::Cpu, 64, &cpu_batches),
+    );
+    let gpus = rill_ml::gpus();
+    if gpus.is_empty() {
+        println!(
+            "  CUDA: {}",
+            if cfg!(feature = "cuda") {
+                "no CUDA device found: skipped"
+            } else {
+                "not built in (cargo run --release -p rill-bench --features cuda -- inference)"
+            }
+        );
+        return Ok(());
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let gpu_batches = batches(records.max(256 * 50), 256);
+        let cuda = rill_ml::CudaDevice::new(0);
+        println!(
+            "  CUDA device: {} ({} MiB)",
+            gpus[0].name,
+            gpus[0].memory >> 20
+        );
+        // warm up: kernels compile on first use
+        raw::<rill_ml::Gpu>(&files, &cuda, &gpu_batches[..2]);
+        let (_, gpu_node) = compare(
+            "CUDA (burn-cuda), batch 256",
+            &mut || raw::<rill_ml::Gpu>(&files, &cuda, &gpu_batches),
+            &mut || node(dir.path(), Device::Cuda(0), 256, &gpu_batches),
+        );
+        let (_, cpu256) = compare(
+            "CPU (burn-ndarray), batch 256",
+            &mut || raw::<Cpu>(&files, &device, &gpu_batches),
+            &mut || node(dir.path(), Device::Cpu, 256, &gpu_batches),
+        );
+        println!(
+            "  GPU vs CPU (RunInference, batch 256): {:.1}x   (CPU at batch 64: {cpu_node:.0} rec/s)",
+            gpu_node / cpu256
+        );
+    }
+    let _ = cpu_node;
+    Ok(())
+}
