@@ -112,6 +112,11 @@ impl Emitter {
         self.main.push(r);
     }
 
+    /// Makes room for `n` more records on the main output.
+    pub fn reserve(&mut self, n: usize) {
+        self.main.reserve(n);
+    }
+
     /// Emits a record on a named output the node declared in
     /// [`NodeConfig::outputs`].
     pub fn emit_to(&mut self, output: &str, r: Record) {

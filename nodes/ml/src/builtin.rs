@@ -223,6 +223,40 @@ pub(crate) fn register_builtins(add: &mut dyn FnMut(&str, crate::handler::ParseF
     );
 }
 
+/// Appends the numbers of a flat example to `out`; returns how many.
+fn flat_into(v: &Value, out: &mut Vec<f32>) -> Result<usize, String> {
+    let start = out.len();
+    match v {
+        Value::Tensor(t) => match t.data() {
+            RData::F32(d) => out.extend_from_slice(d),
+            RData::F64(d) => out.extend(d.iter().map(|x| *x as f32)),
+            RData::I64(d) => out.extend(d.iter().map(|x| *x as f32)),
+            RData::U8(d) => out.extend(d.iter().map(|x| *x as f32)),
+        },
+        Value::List(items) => {
+            for x in items {
+                out.push(match x {
+                    Value::Int(i) => *i as f32,
+                    Value::Float(f) => *f as f32,
+                    other => {
+                        out.truncate(start);
+                        return Err(format!("expected numbers, found a {}", other.type_name()));
+                    }
+                });
+            }
+        }
+        Value::Int(i) => out.push(*i as f32),
+        Value::Float(f) => out.push(*f as f32),
+        other => {
+            return Err(format!(
+                "expected a list of numbers or a tensor, found a {}",
+                other.type_name()
+            ));
+        }
+    }
+    Ok(out.len() - start)
+}
+
 /// The numbers of a flat example.
 fn flat(v: &Value) -> Result<Vec<f32>, String> {
     match v {
@@ -370,14 +404,13 @@ impl<B: Backend> ModelHandler<B> for NetHandler {
                 let w = arch.input_width();
                 let mut x = Vec::with_capacity(n * w);
                 for (index, e) in examples.iter().enumerate() {
-                    let v = flat(e).map_err(|msg| ExampleError { index, msg })?;
-                    if v.len() != w {
+                    let got = flat_into(e, &mut x).map_err(|msg| ExampleError { index, msg })?;
+                    if got != w {
                         return Err(ExampleError {
                             index,
-                            msg: format!("the model takes {w} values, the example has {}", v.len()),
+                            msg: format!("the model takes {w} values, the example has {got}"),
                         });
                     }
-                    x.extend_from_slice(&v);
                 }
                 Ok(NetInput::Flat(Tensor::from_data(
                     TensorData::new(x, [n, w]),
@@ -412,7 +445,7 @@ impl<B: Backend> ModelHandler<B> for NetHandler {
             .map_err(|e| format!("reading the model's output: {e:?}"))?;
         let mut values = Vec::with_capacity(n);
         for row in data.chunks(w.max(1)).take(n) {
-            let mut m = Fields::new();
+            let mut m = Fields::with_capacity(3);
             if self.kind == "autoencoder" {
                 m.insert("score".into(), Value::Float(row[0] as f64));
             } else if self.task == Task::Classify {

@@ -809,6 +809,7 @@ impl Transform for RunInferenceNode {
             }
         }
         drop(examples);
+        out.reserve(n);
         for (i, (mut r, res)) in batch.into_iter().zip(results).enumerate() {
             match res {
                 Some(Ok(v)) => {
@@ -826,6 +827,7 @@ impl Transform for RunInferenceNode {
                         Which::Key(k) => format!("{}/{k}", self.model_id),
                         Which::Default => self.model_id.clone(),
                     };
+                    r.fields.reserve(3);
                     r.fields.insert(self.field.clone(), v);
                     r.fields.insert("model_id".into(), Value::String(id));
                     r.fields
