@@ -167,7 +167,8 @@ impl Transform for SlowNode {
 }
 
 /// Asks the runtime for dynamic batching and tags every record with the
-/// number of its batch (`batch`) and that batch's size (`batch_size`).
+/// number of its batch (`batch`), that batch's size (`batch_size`) and the
+/// thread that ran it (`thread`).
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct TestBatch {
@@ -195,8 +196,13 @@ struct BatchNode(i64);
 impl Transform for BatchNode {
     fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
         let n = batch.len() as i64;
+        let thread = std::thread::current().name().unwrap_or("").to_owned();
         for r in batch {
-            out.emit(r.with("batch", self.0).with("batch_size", n));
+            out.emit(
+                r.with("batch", self.0)
+                    .with("batch_size", n)
+                    .with("thread", thread.as_str()),
+            );
         }
         self.0 += 1;
         Ok(())

@@ -19,9 +19,10 @@ use rill_ml::{Cpu, testing};
 
 const WIDTH: usize = 64;
 
-fn arch() -> Arch {
+/// The benchmark's MLP: `WIDTH -> hidden -> hidden -> 10`.
+fn arch(hidden: usize) -> Arch {
     Arch::Mlp {
-        layers: vec![WIDTH, 256, 256, 10],
+        layers: vec![WIDTH, hidden, hidden, 10],
     }
 }
 
@@ -81,13 +82,14 @@ fn to_records(b: &[f32], how: Features) -> Vec<Record> {
 /// inside it, as the raw loop drops its results).
 fn node(
     dir: &std::path::Path,
+    model: &str,
     device: Device,
     batch: usize,
     batches: &[Vec<f32>],
     how: Features,
 ) -> f64 {
     let cfg = format!(
-        "{{model_handler: {{type: BurnMlp, config: {{path: mlp}}}}, batching: {{max_batch_size: {batch}}}}}"
+        "{{model_handler: {{type: BurnMlp, config: {{path: {model}}}}}, batching: {{max_batch_size: {batch}}}}}"
     );
     let res = Resources {
         device,
@@ -138,26 +140,65 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let device = Default::default();
     <Cpu as Backend>::seed(&device, 1);
-    save(
-        Net::<Cpu>::init(&arch(), &device),
-        &arch(),
-        &dir.path().join("mlp"),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let files = ModelFiles::find(&dir.path().join("mlp"), None).map_err(anyhow::Error::msg)?;
+    for hidden in [256, 1024] {
+        save(
+            Net::<Cpu>::init(&arch(hidden), &device),
+            &arch(hidden),
+            &dir.path().join(format!("mlp{hidden}")),
+        )
+        .map_err(anyhow::Error::msg)?;
+    }
+    let files = |hidden: usize| {
+        ModelFiles::find(&dir.path().join(format!("mlp{hidden}")), None).expect("saved")
+    };
     println!(
-        "inference benchmark: MLP {WIDTH}->256->256->10 (classifier), {records} records, best of 3"
+        "inference benchmark: {records} records, best of 3 (MLP classifiers; ratio goal >= 0.9)"
     );
     let cpu_batches = batches(records, 64);
+    let small = files(256);
     let (_, cpu_node) = compare(
-        "CPU (burn-ndarray), batch 64",
-        &mut || raw::<Cpu>(&files, &device, &cpu_batches),
-        &mut || node(dir.path(), Device::Cpu, 64, &cpu_batches, Features::Tensor),
+        "CPU, MLP 64-256-256-10, batch 64",
+        &mut || raw::<Cpu>(&small, &device, &cpu_batches),
+        &mut || {
+            node(
+                dir.path(),
+                "mlp256",
+                Device::Cpu,
+                64,
+                &cpu_batches,
+                Features::Tensor,
+            )
+        },
     );
     compare(
-        "  same, features as a JSON-style list",
-        &mut || raw::<Cpu>(&files, &device, &cpu_batches),
-        &mut || node(dir.path(), Device::Cpu, 64, &cpu_batches, Features::List),
+        "  same, features as a list",
+        &mut || raw::<Cpu>(&small, &device, &cpu_batches),
+        &mut || {
+            node(
+                dir.path(),
+                "mlp256",
+                Device::Cpu,
+                64,
+                &cpu_batches,
+                Features::List,
+            )
+        },
+    );
+    let big = files(1024);
+    let big_batches = batches(records / 8, 64);
+    compare(
+        "CPU, MLP 64-1024-1024-10, batch 64",
+        &mut || raw::<Cpu>(&big, &device, &big_batches),
+        &mut || {
+            node(
+                dir.path(),
+                "mlp1024",
+                Device::Cpu,
+                64,
+                &big_batches,
+                Features::Tensor,
+            )
+        },
     );
     let gpus = rill_ml::gpus();
     if gpus.is_empty() {
@@ -181,13 +222,14 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             gpus[0].memory >> 20
         );
         // warm up: kernels compile on first use
-        raw::<rill_ml::Gpu>(&files, &cuda, &gpu_batches[..2]);
+        raw::<rill_ml::Gpu>(&small, &cuda, &gpu_batches[..2]);
         let (_, gpu_node) = compare(
-            "CUDA (burn-cuda), batch 256",
-            &mut || raw::<rill_ml::Gpu>(&files, &cuda, &gpu_batches),
+            "CUDA, MLP 64-256-256-10, batch 256",
+            &mut || raw::<rill_ml::Gpu>(&small, &cuda, &gpu_batches),
             &mut || {
                 node(
                     dir.path(),
+                    "mlp256",
                     Device::Cuda(0),
                     256,
                     &gpu_batches,
@@ -196,9 +238,18 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             },
         );
         let (_, cpu256) = compare(
-            "CPU (burn-ndarray), batch 256",
-            &mut || raw::<Cpu>(&files, &device, &gpu_batches),
-            &mut || node(dir.path(), Device::Cpu, 256, &gpu_batches, Features::Tensor),
+            "CPU, MLP 64-256-256-10, batch 256",
+            &mut || raw::<Cpu>(&small, &device, &gpu_batches),
+            &mut || {
+                node(
+                    dir.path(),
+                    "mlp256",
+                    Device::Cpu,
+                    256,
+                    &gpu_batches,
+                    Features::Tensor,
+                )
+            },
         );
         println!(
             "  GPU vs CPU (RunInference, batch 256): {:.1}x   (CPU at batch 64: {cpu_node:.0} rec/s)",

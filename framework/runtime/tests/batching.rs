@@ -12,6 +12,25 @@ async fn run_batches(
     gen_cfg: &str,
     batch_cfg: &str,
 ) -> Vec<(i64, i64, i64)> {
+    run_rows(dir, gen_cfg, batch_cfg, "")
+        .await
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_i64().unwrap(),
+                v["batch"].as_i64().unwrap(),
+                v["batch_size"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn run_rows(
+    dir: &std::path::Path,
+    gen_cfg: &str,
+    batch_cfg: &str,
+    resources: &str,
+) -> Vec<serde_json::Value> {
     let mut registry = rill_nodes::registry();
     rill_nodes::testing::register_testing(&mut registry);
     let yaml = format!(
@@ -20,7 +39,7 @@ pipeline:
   name: batching
   transforms:
     - {{type: Generate, name: gen, config: {gen_cfg}}}
-    - {{type: TestBatch, name: batch, input: gen, config: {batch_cfg}}}
+    - {{type: TestBatch, name: batch, input: gen, config: {batch_cfg} {resources}}}
     - {{type: WriteToJson, name: sink, input: batch, config: {{path: out.jsonl}}}}
 options:
   batch_size: 16
@@ -40,14 +59,7 @@ options:
     std::fs::read_to_string(dir.join("out.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                v["id"].as_i64().unwrap(),
-                v["batch"].as_i64().unwrap(),
-                v["batch_size"].as_i64().unwrap(),
-            )
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
 
@@ -99,4 +111,33 @@ async fn a_partial_batch_leaves_after_its_delay() {
         batches.len(),
         rows.iter().map(|r| r.2).collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_with_cpu_threads_computes_on_its_own_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = run_rows(
+        dir.path(),
+        "{count: 500, start_time: 0}",
+        "{max_batch_size: 50, max_batch_delay: 5ms}",
+        ", resources: {cpu_threads: 1}",
+    )
+    .await;
+    assert_eq!(rows.len(), 500);
+    for r in &rows {
+        assert_eq!(
+            r["thread"], "batch-0",
+            "a call ran outside the stage's pool"
+        );
+    }
+    // and without a budget, calls run on the runtime's threads
+    let dir = tempfile::tempdir().unwrap();
+    let rows = run_rows(
+        dir.path(),
+        "{count: 50, start_time: 0}",
+        "{max_batch_size: 50, max_batch_delay: 5ms}",
+        "",
+    )
+    .await;
+    assert!(rows.iter().all(|r| r["thread"] != "batch-0"));
 }
