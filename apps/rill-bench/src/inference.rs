@@ -155,51 +155,41 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         "inference benchmark: {records} records, best of 3 (MLP classifiers; ratio goal >= 0.9)"
     );
     let cpu_batches = batches(records, 64);
-    let small = files(256);
-    let (_, cpu_node) = compare(
-        "CPU, MLP 64-256-256-10, batch 64",
-        &mut || raw::<Cpu>(&small, &device, &cpu_batches),
-        &mut || {
-            node(
-                dir.path(),
-                "mlp256",
-                Device::Cpu,
-                64,
-                &cpu_batches,
-                Features::Tensor,
-            )
-        },
-    );
-    compare(
-        "  same, features as a list",
-        &mut || raw::<Cpu>(&small, &device, &cpu_batches),
-        &mut || {
-            node(
-                dir.path(),
-                "mlp256",
-                Device::Cpu,
-                64,
-                &cpu_batches,
-                Features::List,
-            )
-        },
-    );
-    let big = files(1024);
     let big_batches = batches(records / 8, 64);
-    compare(
-        "CPU, MLP 64-1024-1024-10, batch 64",
-        &mut || raw::<Cpu>(&big, &device, &big_batches),
-        &mut || {
-            node(
-                dir.path(),
-                "mlp1024",
-                Device::Cpu,
-                64,
-                &big_batches,
-                Features::Tensor,
-            )
-        },
-    );
+    let (small, big) = (files(256), files(1024));
+    // (label, model, its files, batches, how features travel)
+    let rows = [
+        (
+            "CPU, MLP 64-256-256-10, batch 64",
+            "mlp256",
+            &small,
+            &cpu_batches,
+            Features::Tensor,
+        ),
+        (
+            "  same, features as a list",
+            "mlp256",
+            &small,
+            &cpu_batches,
+            Features::List,
+        ),
+        (
+            "CPU, MLP 64-1024-1024-10, batch 64",
+            "mlp1024",
+            &big,
+            &big_batches,
+            Features::Tensor,
+        ),
+    ];
+    let mut cpu_node = 0.0;
+    for (label, model, files, b, how) in rows {
+        let (_, n) = compare(label, &mut || raw::<Cpu>(files, &device, b), &mut || {
+            node(dir.path(), model, Device::Cpu, 64, b, how)
+        });
+        if cpu_node == 0.0 {
+            cpu_node = n;
+        }
+    }
     let gpus = rill_ml::gpus();
     if gpus.is_empty() {
         println!(
