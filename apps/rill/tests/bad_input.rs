@@ -157,3 +157,49 @@ fn missing_file_is_bad_input() {
         stderr(&out)
     );
 }
+
+/// A model that cannot be loaded stops `rill run` before any record moves,
+/// with exit 2, the stage and the file; `rill validate` (no I/O) passes.
+#[test]
+fn missing_or_broken_model_files() {
+    let dir = sandbox();
+    let yaml = |path: &str| {
+        format!(
+            "pipeline:\n  transforms:\n    - {{type: Create, name: src, config: {{elements: [{{features: [1, 2]}}]}}}}\n    - type: RunInference\n      name: infer\n      input: src\n      config:\n        model_handler: {{type: BurnMlp, config: {{path: {path}, layers: [2, 3]}}}}\n    - {{type: WriteToJson, input: infer, config: {{path: out.jsonl}}}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("garbage.mpk"), b"not a burn record").unwrap();
+    for (path, needle) in [
+        ("nope.mpk", "nope.mpk: no such model file"),
+        ("garbage.mpk", "garbage.mpk"),
+    ] {
+        std::fs::write(dir.path().join("p.yaml"), yaml(path)).unwrap();
+        let out = rill(dir.path(), &["validate", "p.yaml"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let out = rill(dir.path(), &["run", "p.yaml"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("stage `infer` (RunInference)"), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(
+            !dir.path().join("out.jsonl").exists()
+                || std::fs::read_to_string(dir.path().join("out.jsonl"))
+                    .unwrap()
+                    .is_empty()
+        );
+    }
+    // a handler type that does not exist is caught by validate, with its position
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        yaml("m.mpk").replace("BurnMlp", "BurnMLP"),
+    )
+    .unwrap();
+    let out = rill(dir.path(), &["validate", "p.yaml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("p.yaml:"), "{err}");
+    assert!(
+        err.contains("unknown model handler `BurnMLP` (did you mean `BurnMlp`?)"),
+        "{err}"
+    );
+}

@@ -343,7 +343,9 @@ impl ModelFiles {
                     net.load_file(path, &recorder, device)
                 }))
                 .map_err(|p| format!("{where_}: {}", panic_text(&p)))?
-                .map_err(|e| format!("{where_}: {e}"))?
+                .map_err(|e| {
+                    format!("{where_}: not a Burn record of this model (NamedMpkFileRecorder, full precision): {e}")
+                })?
             }
             "safetensors" => {
                 let mut net = net;
