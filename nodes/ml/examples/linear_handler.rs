@@ -1,0 +1,149 @@
+//! A custom model handler registered from Rust: a linear model `y = w·x +
+//! bias` whose weights are a JSON list, run by RunInference in a pipeline.
+//! (docs/inference.md, "Writing a handler in Rust", walks through it.)
+//!
+//!     cargo run -p rill-ml --example linear_handler
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rill_core::Value;
+use rill_ml::{ExampleError, HandlerConfig, ModelHandler};
+
+/// `model_handler: {type: Linear, config: {path: models/lin/w.json, bias: 0.5}}`
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinearConfig {
+    path: PathBuf,
+    #[serde(default)]
+    bias: f32,
+}
+
+struct Linear {
+    bias: f32,
+}
+
+impl HandlerConfig for LinearConfig {
+    type Handler = Linear;
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.bias.is_finite() {
+            return Err("`bias` must be a finite number".into());
+        }
+        Ok(())
+    }
+
+    /// The model rill loads (resolved against the working directory).
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
+    fn handler(&self, _base_dir: &Path) -> Result<Linear, String> {
+        Ok(Linear { bias: self.bias })
+    }
+}
+
+impl<B: Backend> ModelHandler<B> for Linear {
+    type Model = Tensor<B, 2>; // weights [inputs, 1]; a clone shares them
+    type Input = Tensor<B, 2>; // [batch, inputs]
+    type Output = Tensor<B, 2>; // [batch, 1]
+
+    fn load(&self, path: &Path, device: &B::Device) -> Result<Tensor<B, 2>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let w: Vec<f32> =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = w.len();
+        Ok(Tensor::from_data(TensorData::new(w, [n, 1]), device))
+    }
+
+    fn byte_size(&self, w: &Tensor<B, 2>) -> u64 {
+        w.dims()[0] as u64 * 4
+    }
+
+    fn to_input(
+        &self,
+        w: &Tensor<B, 2>,
+        examples: &[&Value],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 2>, ExampleError> {
+        let width = w.dims()[0];
+        let mut x = Vec::with_capacity(examples.len() * width);
+        for (index, e) in examples.iter().enumerate() {
+            let bad = |msg: String| ExampleError { index, msg };
+            let Value::List(items) = e else {
+                return Err(bad("expected a list of numbers".into()));
+            };
+            if items.len() != width {
+                return Err(bad(format!(
+                    "expected {width} numbers, got {}",
+                    items.len()
+                )));
+            }
+            for v in items {
+                x.push(v.as_f64().ok_or_else(|| bad("not a number".into()))? as f32);
+            }
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(x, [examples.len(), width]),
+            device,
+        ))
+    }
+
+    fn forward(&self, w: &Tensor<B, 2>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(w.clone()).add_scalar(self.bias)
+    }
+
+    fn to_values(&self, y: Tensor<B, 2>) -> Result<Vec<Value>, String> {
+        let y: Vec<f32> = y.into_data().to_vec().map_err(|e| format!("{e:?}"))?;
+        Ok(y.into_iter().map(|v| Value::Float(v as f64)).collect())
+    }
+}
+
+#[tokio::main] // multi-threaded: heavy nodes run under `block_in_place`
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // before any pipeline is parsed: validation looks handlers up by name
+    rill_ml::register_handler::<LinearConfig>("Linear", "y = w·x + bias, weights from a JSON list");
+    let mut registry = rill_nodes::registry();
+    rill_ml::register_all(&mut registry); // the RunInference type
+    let machine = rill_ml::detect_machine(); // cores, memory, and CUDA devices
+
+    // a model and a pipeline in a scratch folder
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("w.json"), "[0.5, -1.0, 2.0]")?;
+    let yaml = r#"
+pipeline:
+  transforms:
+    - type: Create
+      name: rows
+      config:
+        elements:
+          - {features: [1.0, 2.0, 3.0]}
+          - {features: [0.0, 0.0, 1.0]}
+    - type: RunInference
+      name: predict
+      input: rows
+      config:
+        model_handler: {type: Linear, config: {path: w.json, bias: 0.5}}
+    - {type: WriteToJson, input: predict, config: {path: out.jsonl}}
+"#;
+    let pipeline = rill_core::spec::parse_str(yaml, "linear", None, &registry, &machine)
+        .map_err(|e| e.to_string())?;
+    let opts = rill_runtime::RunOptions {
+        base_dir: Some(dir.path().to_owned()),
+        ..Default::default()
+    };
+    let report = rill_runtime::run(Arc::new(pipeline), opts).await?;
+    for s in &report.stages {
+        println!(
+            "{}: {} in, {} out, {:?}",
+            s.stage, s.records_in, s.records_out, s.node
+        );
+    }
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl"))?;
+    print!("{out}");
+    // 0.5*1 - 1*2 + 2*3 + 0.5 = 5, and 2 + 0.5 = 2.5
+    assert!(out.contains(r#""inference":5.0"#) && out.contains(r#""inference":2.5"#));
+    Ok(())
+}
