@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use rill_core::value::{Tensor as RTensor, TensorData as RData};
+use rill_core::value::TensorData as RData;
 use rill_core::{Fields, Value};
 use serde::Deserialize;
 
@@ -259,40 +259,17 @@ fn flat_into(v: &Value, out: &mut Vec<f32>) -> Result<usize, String> {
 
 /// The numbers of a flat example.
 fn flat(v: &Value) -> Result<Vec<f32>, String> {
-    match v {
-        Value::Int(i) => Ok(vec![*i as f32]),
-        Value::Float(f) => Ok(vec![*f as f32]),
-        Value::List(items) => items
-            .iter()
-            .map(|x| match x {
-                Value::Int(i) => Ok(*i as f32),
-                Value::Float(f) => Ok(*f as f32),
-                other => Err(format!("expected numbers, found a {}", other.type_name())),
-            })
-            .collect(),
-        Value::Tensor(t) => Ok(tensor_f32(t)),
-        other => Err(format!(
-            "expected a list of numbers or a tensor, found a {}",
-            other.type_name()
-        )),
-    }
-}
-
-fn tensor_f32(t: &RTensor) -> Vec<f32> {
-    match t.data() {
-        RData::F32(v) => v.clone(),
-        RData::F64(v) => v.iter().map(|x| *x as f32).collect(),
-        RData::I64(v) => v.iter().map(|x| *x as f32).collect(),
-        RData::U8(v) => v.iter().map(|x| *x as f32).collect(),
-    }
+    let mut out = Vec::new();
+    flat_into(v, &mut out)?;
+    Ok(out)
 }
 
 /// A sequence example as `(channels, length, values channel-major)`.
 fn sequence(v: &Value, channels: usize) -> Result<(usize, Vec<f32>), String> {
     match v {
         Value::Tensor(t) => match t.shape() {
-            [l] if channels == 1 => Ok((*l, tensor_f32(t))),
-            [c, l] if *c == channels => Ok((*l, tensor_f32(t))),
+            [l] if channels == 1 => flat(v).map(|x| (*l, x)),
+            [c, l] if *c == channels => flat(v).map(|x| (*l, x)),
             s => Err(format!(
                 "expected a tensor of shape [{channels}, length]{}, found shape {s:?}",
                 if channels == 1 { " or [length]" } else { "" }
