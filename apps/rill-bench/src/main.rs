@@ -19,7 +19,8 @@
 //!    the time from the new process's start to the first record it adds to
 //!    the sink file.
 //!
-//! `cargo run --release -p rill-bench [-- RECORDS [BATCH]]`
+//! `cargo run --release -p rill-bench [-- RECORDS [BATCH]]`; one delivery
+//! mode alone (for a profiler): `rill-bench pipeline MODE [RECORDS]`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -358,6 +359,21 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("inference") {
         return tokio::task::block_in_place(|| inference::main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some("pipeline") {
+        // one delivery mode alone, e.g. under a profiler:
+        // `rill-bench pipeline best_effort [RECORDS]`
+        let mode = args.get(2).map_or("best_effort", String::as_str);
+        let count = args
+            .get(3)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1_000_000);
+        epoch();
+        for _ in 0..3 {
+            let (rate, _) = run_rill(count, None, mode).await?;
+            println!("rill 3 stages, {mode}: {rate:.0} records/s");
+        }
+        return Ok(());
     }
     let count: u64 = args
         .get(1)

@@ -33,10 +33,13 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes a payload made by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    postcard::from_bytes(body(bytes)?).map_err(|e| CodecError::Decode(e.to_string()))
+}
+
+/// The postcard body of a payload made by [`encode`], after its header.
+pub fn body(bytes: &[u8]) -> Result<&[u8], CodecError> {
     match bytes {
-        [MAGIC, VERSION, rest @ ..] => {
-            postcard::from_bytes(rest).map_err(|e| CodecError::Decode(e.to_string()))
-        }
+        [MAGIC, VERSION, rest @ ..] => Ok(rest),
         [MAGIC, v, ..] => Err(CodecError::Version { found: *v }),
         _ => Err(CodecError::BadHeader(
             bytes.iter().take(4).copied().collect(),

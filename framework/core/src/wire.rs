@@ -66,10 +66,146 @@ pub fn decode_data(bytes: &[u8]) -> Result<DataMsg, CodecError> {
     codec::decode(bytes)
 }
 
+/// A [`DataMsg`] read up to its records, which stay encoded: a subscriber
+/// reads this much to number what arrived, and the stage that processes the
+/// records decodes them with [`decode_records`] (on its own thread, where
+/// they are also dropped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataHead {
+    /// `count` records numbered from `first_seq`; they start at byte
+    /// `records_at` of the payload.
+    Batch {
+        producer: ProducerId,
+        first_seq: u64,
+        count: u64,
+        records_at: usize,
+    },
+    End {
+        producer: ProducerId,
+        seq: u64,
+    },
+}
+
+/// The fields of [`DataMsg`] before the records, in the same layout.
+#[derive(Deserialize)]
+enum HeadWire {
+    Batch {
+        producer: ProducerId,
+        first_seq: u64,
+    },
+    End {
+        producer: ProducerId,
+        seq: u64,
+    },
+}
+
+/// Reads a data message's head without decoding its records.
+pub fn decode_data_head(bytes: &[u8]) -> Result<DataHead, CodecError> {
+    let corrupt = |e: postcard::Error| CodecError::Decode(e.to_string());
+    let body = codec::body(bytes)?;
+    let (head, rest) = postcard::take_from_bytes::<HeadWire>(body).map_err(corrupt)?;
+    Ok(match head {
+        HeadWire::Batch {
+            producer,
+            first_seq,
+        } => {
+            // the records' sequence starts with its length
+            let (count, _) = postcard::take_from_bytes::<u64>(rest).map_err(corrupt)?;
+            DataHead::Batch {
+                producer,
+                first_seq,
+                count,
+                records_at: bytes.len() - rest.len(),
+            }
+        }
+        HeadWire::End { producer, seq } => DataHead::End { producer, seq },
+    })
+}
+
+/// Decodes the records of a data message whose head says they start at
+/// `records_at`.
+pub fn decode_records(bytes: &[u8], records_at: usize) -> Result<Vec<Record>, CodecError> {
+    let rest = bytes.get(records_at..).ok_or_else(|| {
+        CodecError::Decode(format!(
+            "records at byte {records_at} of a {}-byte payload",
+            bytes.len()
+        ))
+    })?;
+    postcard::from_bytes(rest).map_err(|e| CodecError::Decode(e.to_string()))
+}
+
 pub fn encode_ctl(msg: &CtlMsg) -> Result<Vec<u8>, CodecError> {
     codec::encode(msg)
 }
 
 pub fn decode_ctl(bytes: &[u8]) -> Result<CtlMsg, CodecError> {
     codec::decode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    fn producer() -> ProducerId {
+        ProducerId {
+            stage: "parse".into(),
+            output: Some("errors".into()),
+            epoch: 7,
+        }
+    }
+
+    #[test]
+    fn a_head_numbers_a_batch_and_its_records_decode_later() {
+        let records: Vec<Record> = (0..300)
+            .map(|i| {
+                Record::default()
+                    .with_key(format!("k{i}"))
+                    .with("i", Value::Int(i))
+            })
+            .collect();
+        let msg = DataMsg::Batch {
+            producer: producer(),
+            first_seq: 1 << 40,
+            records: records.clone(),
+        };
+        let bytes = encode_data(&msg).unwrap();
+        let DataHead::Batch {
+            producer: p,
+            first_seq,
+            count,
+            records_at,
+        } = decode_data_head(&bytes).unwrap()
+        else {
+            panic!("a batch reads as a batch")
+        };
+        assert_eq!((p, first_seq, count), (producer(), 1 << 40, 300));
+        assert_eq!(decode_records(&bytes, records_at).unwrap(), records);
+        // an offset past the end is an error, not a panic
+        assert!(decode_records(&bytes, bytes.len() + 5).is_err());
+    }
+
+    #[test]
+    fn a_head_reads_an_end_and_refuses_garbage() {
+        let bytes = encode_data(&DataMsg::End {
+            producer: producer(),
+            seq: 42,
+        })
+        .unwrap();
+        assert_eq!(
+            decode_data_head(&bytes).unwrap(),
+            DataHead::End {
+                producer: producer(),
+                seq: 42
+            }
+        );
+        assert!(matches!(
+            decode_data_head(&bytes[..bytes.len() - 1]),
+            Err(CodecError::Decode(_))
+        ));
+        assert!(matches!(
+            decode_data_head(b"not rill"),
+            Err(CodecError::BadHeader(_))
+        ));
+    }
 }

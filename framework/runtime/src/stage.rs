@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::sync::atomic::Ordering::Relaxed;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rill_core::codec::CodecError;
 use rill_core::node::{BuildContext, Emitter, Extensions, Failure, Node, NodeError, SourceStatus};
 use rill_core::spec::{CheckpointInterval, Delivery, Stage};
 use rill_core::state::{KeyedState, StateStore, WriteBatch};
@@ -30,8 +31,8 @@ use crate::durable::{
 use crate::log::{Arrival, InCursor};
 use crate::metrics::StageMetrics;
 use crate::protocol::{
-    CtlMsg, DataMsg, ProducerId, alive_key, ctl_key, data_key, decode_ctl, decode_data, encode_ctl,
-    encode_data,
+    CtlMsg, DataHead, DataMsg, ProducerId, alive_key, ctl_key, data_key, decode_ctl,
+    decode_data_head, decode_records, encode_ctl, encode_data,
 };
 
 /// How often a stage checks its timers.
@@ -714,7 +715,7 @@ pub enum StageMsg {
         input: usize,
         epoch: u64,
         first_seq: u64,
-        records: Vec<Record>,
+        batch: Encoded,
     },
     /// The end of input `input`, numbered `seq`.
     End { input: usize, epoch: u64, seq: u64 },
@@ -739,6 +740,26 @@ pub enum StageMsg {
     Poll,
     /// Graceful stop: commit what was processed and stop.
     Drain,
+}
+
+/// Fresh records still in the payload they arrived in.
+pub struct Encoded {
+    payload: ZBytes,
+    /// Where the records start in the payload.
+    records_at: usize,
+    /// How many of them were seen already (dropped after decoding).
+    skip: usize,
+    /// How many are fresh.
+    count: usize,
+}
+
+impl Encoded {
+    /// The fresh records.
+    fn decode(&self) -> Result<Vec<Record>, CodecError> {
+        let mut records = decode_records(&self.payload.to_bytes(), self.records_at)?;
+        records.drain(..self.skip.min(records.len()));
+        Ok(records)
+    }
 }
 
 enum Pending {
@@ -898,21 +919,23 @@ impl Actor for StageActor {
                 .session
                 .declare_subscriber(port.data_key.clone())
                 .callback(move |sample| {
-                    let bytes = sample.payload().to_bytes();
-                    let msg = match decode_data(&bytes) {
+                    // only the head is read here: the records are decoded by
+                    // the stage, on its own thread, where they are dropped too
+                    let head = match decode_data_head(&sample.payload().to_bytes()) {
                         Ok(m) => m,
                         Err(e) => {
                             warn!(input = %label, "ignoring an undecodable message: {e}");
                             return;
                         }
                     };
-                    let (epoch, first, count) = match &msg {
-                        DataMsg::Batch {
+                    let (epoch, first, count) = match &head {
+                        DataHead::Batch {
                             producer,
                             first_seq,
-                            records,
-                        } => (producer.epoch, *first_seq, records.len() as u64),
-                        DataMsg::End { producer, seq } => (producer.epoch, *seq, 1),
+                            count,
+                            ..
+                        } => (producer.epoch, *first_seq, *count),
+                        DataHead::End { producer, seq } => (producer.epoch, *seq, 1),
                     };
                     if count == 0 {
                         return;
@@ -925,17 +948,21 @@ impl Actor for StageActor {
                             r.arrive(epoch, first, count)
                         }
                     };
-                    let out = match (arrival, msg) {
-                        (Arrival::Fresh { skip }, DataMsg::Batch { mut records, .. }) => {
-                            records.drain(..skip);
+                    let out = match (arrival, head) {
+                        (Arrival::Fresh { skip }, DataHead::Batch { records_at, .. }) => {
                             StageMsg::Data {
                                 input: i,
                                 epoch,
                                 first_seq: first + skip as u64,
-                                records,
+                                batch: Encoded {
+                                    payload: sample.payload().clone(),
+                                    records_at,
+                                    skip,
+                                    count: count as usize - skip,
+                                },
                             }
                         }
-                        (Arrival::Fresh { .. }, DataMsg::End { seq, .. }) => StageMsg::End {
+                        (Arrival::Fresh { .. }, DataHead::End { seq, .. }) => StageMsg::End {
                             input: i,
                             epoch,
                             seq,
@@ -1051,8 +1078,24 @@ impl Actor for StageActor {
                 input,
                 epoch,
                 first_seq,
-                records,
+                batch,
             } => {
+                let records = batch.decode().map_err(|e| {
+                    format!(
+                        "stage `{}`: the records of input `{}` from {first_seq} cannot be decoded: {e}",
+                        sh.stage.name, sh.inputs[input].label
+                    )
+                })?;
+                if records.len() != batch.count {
+                    return Err(format!(
+                        "stage `{}`: input `{}` from {first_seq} promised {} records, holds {}",
+                        sh.stage.name,
+                        sh.inputs[input].label,
+                        batch.count,
+                        records.len()
+                    )
+                    .into());
+                }
                 let depth = sh
                     .metrics
                     .queue_depth
