@@ -35,7 +35,7 @@ impl Create {
             rows.push(fields);
         }
         // pad to the union of field names, in first-seen order
-        let mut all: Vec<String> = Vec::new();
+        let mut all: Vec<rill_core::Name> = Vec::new();
         for r in &rows {
             for k in r.keys() {
                 if !all.contains(k) {

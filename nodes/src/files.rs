@@ -35,15 +35,15 @@ impl Stamping {
     /// Sets key and event time from the named fields.
     fn apply(&self, r: &mut Record) -> Result<(), String> {
         if let Some(k) = &self.key {
-            match r.fields.get(k) {
+            match r.fields.get(k.as_str()) {
                 Some(Value::String(s)) => r.key = Some(s.clone()),
-                Some(Value::Int(i)) => r.key = Some(i.to_string()),
+                Some(Value::Int(i)) => r.key = Some(i.to_string().into()),
                 Some(Value::Null) | None => return Err(format!("key field `{k}` is missing")),
-                Some(other) => r.key = Some(other.to_string()),
+                Some(other) => r.key = Some(other.to_string().into()),
             }
         }
         if let Some(t) = &self.event_time {
-            r.event_time = match r.fields.get(t) {
+            r.event_time = match r.fields.get(t.as_str()) {
                 Some(Value::Int(i)) => *i,
                 Some(Value::Float(f)) if f.is_finite() => *f as i64,
                 Some(Value::Null) | None => {
@@ -71,9 +71,9 @@ fn check_path(p: &std::path::Path) -> Result<(), String> {
 /// A record describing an unreadable line, for the dead-letter output.
 fn bad_line(file: &str, line: u64, text: &str) -> Record {
     let mut f = Fields::new();
-    f.insert("file".into(), Value::String(file.to_owned()));
+    f.insert("file".into(), Value::String(file.into()));
     f.insert("line".into(), Value::Int(line as i64));
-    f.insert("text".into(), Value::String(text.to_owned()));
+    f.insert("text".into(), Value::String(text.into()));
     Record::new(f)
 }
 
@@ -248,7 +248,7 @@ pub fn infer_cell(s: &str) -> Value {
     match s {
         "true" | "True" => Value::Bool(true),
         "false" | "False" => Value::Bool(false),
-        _ => Value::String(s.to_owned()),
+        _ => Value::String(s.into()),
     }
 }
 
@@ -277,7 +277,7 @@ impl Source for CsvSource {
                     let fields: Fields = self
                         .header
                         .iter()
-                        .cloned()
+                        .map(|h| rill_core::Name::from(h.as_str()))
                         .zip(row.iter().map(infer_cell))
                         .collect();
                     let mut r = Record::new(fields);
@@ -485,7 +485,7 @@ struct CsvSink {
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => s.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Float(f) => value_to_json(&Value::Float(*f)).to_string(),
@@ -498,12 +498,12 @@ impl Sink for CsvSink {
         let io = |e: csv::Error| NodeError::failed(format!("{}: {e}", self.path.display()));
         for r in batch {
             if self.header.is_none() {
-                let h: Vec<String> = r.fields.keys().cloned().collect();
+                let h: Vec<String> = r.fields.keys().map(|k| k.to_string()).collect();
                 self.writer.write_record(&h).map_err(io)?;
                 self.header = Some(h);
             }
             let header = self.header.as_ref().expect("set above");
-            if let Some(extra) = r.fields.keys().find(|k| !header.contains(k)) {
+            if let Some(extra) = r.fields.keys().find(|k| !header.iter().any(|h| h == k)) {
                 let msg = format!(
                     "field `{extra}` is not a column of {} (columns: {})",
                     self.path.display(),
@@ -514,7 +514,7 @@ impl Sink for CsvSink {
             }
             let row: Vec<String> = header
                 .iter()
-                .map(|h| r.fields.get(h).map(cell).unwrap_or_default())
+                .map(|h| r.fields.get(h.as_str()).map(cell).unwrap_or_default())
                 .collect();
             self.writer.write_record(&row).map_err(io)?;
         }

@@ -103,7 +103,7 @@ impl GenerateSource {
         };
         let mut r = Record::default().with_key(key.clone()).with_time(t);
         r.fields.insert("id".into(), Value::Int(id as i64));
-        r.fields.insert("key".into(), Value::String(key));
+        r.fields.insert("key".into(), Value::String(key.into()));
         r.fields.insert("value".into(), Value::Float(value));
         if let Some(n) = self.cfg.payload_bytes {
             r.fields

@@ -147,12 +147,12 @@ impl MapNode {
         }
         let mut out = if self.append {
             for d in &self.drop {
-                if !r.fields.contains_key(d) {
+                if !r.fields.contains_key(d.as_str()) {
                     return Err(format!("cannot drop `{d}`: the record has no such field"));
                 }
             }
             for (name, _) in &self.fields {
-                if r.fields.contains_key(name) && !self.drop.contains(name) {
+                if r.fields.contains_key(name.as_str()) && !self.drop.contains(name) {
                     return Err(format!(
                         "field `{name}` already exists in the input; add it to `drop` to replace it"
                     ));
@@ -160,14 +160,14 @@ impl MapNode {
             }
             let mut kept = std::mem::take(&mut r.fields);
             if !self.drop.is_empty() {
-                kept.retain(|k, _| !self.drop.contains(k));
+                kept.retain(|k, _| !self.drop.iter().any(|d| d == k));
             }
             kept
         } else {
             Fields::with_capacity(self.fields.len())
         };
         for ((name, _), v) in self.fields.iter().zip(values) {
-            out.insert(name.clone(), v);
+            out.insert(name.as_str().into(), v);
         }
         Ok(out)
     }
@@ -230,7 +230,7 @@ impl ExplodeNode {
     fn explode(&self, r: &Record, out: &mut Vec<Record>) -> Result<(), String> {
         let mut lists: Vec<&Vec<Value>> = Vec::with_capacity(self.fields.len());
         for f in &self.fields {
-            match r.fields.get(f) {
+            match r.fields.get(f.as_str()) {
                 Some(Value::List(l)) => lists.push(l),
                 Some(other) => {
                     return Err(format!(
@@ -248,7 +248,7 @@ impl ExplodeNode {
         let emit = |choice: &[Value], out: &mut Vec<Record>| {
             let mut n = r.clone();
             for (f, v) in self.fields.iter().zip(choice) {
-                n.fields.insert(f.clone(), v.clone());
+                n.fields.insert(f.as_str().into(), v.clone());
             }
             out.push(n);
         };

@@ -250,7 +250,8 @@ impl Transform for CountNode {
                 _ => 0,
             } + 1;
             self.state.put(key.as_bytes(), n.to_be_bytes().to_vec());
-            r.fields.insert(self.field.clone(), Value::Int(n as i64));
+            r.fields
+                .insert(self.field.as_str().into(), Value::Int(n as i64));
             out.emit(r);
         }
         Ok(())

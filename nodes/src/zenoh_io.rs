@@ -124,7 +124,7 @@ fn decode(format: Format, key: &str, bytes: &[u8]) -> Vec<Result<Record, (Record
     let raw = || {
         let mut f = Fields::new();
         f.insert("payload".into(), Value::Bytes(bytes.to_vec()));
-        f.insert("key_expr".into(), Value::String(key.to_owned()));
+        f.insert("key_expr".into(), Value::String(key.into()));
         Record::new(f)
     };
     let as_rill = || match decode_data(bytes) {

@@ -351,6 +351,10 @@ fn recovery() -> anyhow::Result<Vec<Duration>> {
 
 mod inference;
 
+/// The allocator of the `rill` binary, so the figures are what it does.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -5,6 +5,13 @@ mod commands;
 mod dlq;
 mod summary;
 
+/// mimalloc rather than the system allocator: records are many small
+/// allocations made on one thread and freed on another, which glibc's
+/// allocator handles poorly (`rill-bench`, which uses it too, measured the
+/// 3-stage `best_effort` pipeline 1.35 times faster with it).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

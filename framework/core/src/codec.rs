@@ -60,7 +60,7 @@ mod tests {
             any::<i64>().prop_map(Value::Int),
             // NaN != NaN: compare finite floats; NaN is covered below
             (-1e300f64..1e300).prop_map(Value::Float),
-            ".{0,12}".prop_map(Value::String),
+            ".{0,40}".prop_map(|s: String| Value::String(s.into())),
             proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Bytes),
             tensor().prop_map(Value::Tensor),
         ]
@@ -83,22 +83,23 @@ mod tests {
         leaf().prop_recursive(3, 24, 4, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
-                proptest::collection::vec(("[a-z]{1,6}", inner), 0..4)
-                    .prop_map(|kv| Value::Map(kv.into_iter().collect())),
+                proptest::collection::vec(("[a-z]{1,6}", inner), 0..4).prop_map(|kv| Value::Map(
+                    kv.into_iter().map(|(k, v)| (k.into(), v)).collect()
+                )),
             ]
         })
     }
 
     fn record() -> impl Strategy<Value = Record> {
         (
-            proptest::option::of("[a-z0-9]{0,8}"),
+            proptest::option::of("[a-z0-9]{0,40}"),
             any::<i64>(),
-            proptest::collection::vec(("[a-z_]{1,8}", value()), 0..6),
+            proptest::collection::vec(("[a-z_]{1,30}", value()), 0..6),
         )
             .prop_map(|(key, event_time, kv)| Record {
-                key,
+                key: key.map(Into::into),
                 event_time,
-                fields: kv.into_iter().collect(),
+                fields: kv.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             })
     }
 

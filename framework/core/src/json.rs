@@ -40,7 +40,7 @@ pub fn value_to_json(v: &Value) -> Json {
         Value::Bool(b) => Json::Bool(*b),
         Value::Int(i) => Json::Number((*i).into()),
         Value::Float(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
-        Value::String(s) => Json::String(s.clone()),
+        Value::String(s) => Json::String(s.to_string()),
         Value::Bytes(b) => {
             let mut m = JsonMap::new();
             m.insert("$bytes".into(), Json::String(B64.encode(b)));
@@ -55,7 +55,7 @@ pub fn value_to_json(v: &Value) -> Json {
 fn fields_to_json(fields: &Fields) -> JsonMap<String, Json> {
     fields
         .iter()
-        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .map(|(k, v)| (k.to_string(), value_to_json(v)))
         .collect()
 }
 
@@ -107,7 +107,7 @@ pub fn json_to_value(j: &Json) -> Result<Value, JsonError> {
             Some(i) => Value::Int(i),
             None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
         },
-        Json::String(s) => Value::String(s.clone()),
+        Json::String(s) => Value::String(s.as_str().into()),
         Json::Array(items) => {
             Value::List(items.iter().map(json_to_value).collect::<Result<_, _>>()?)
         }
@@ -125,7 +125,7 @@ pub fn json_to_value(j: &Json) -> Result<Value, JsonError> {
             }
             let mut fields = Fields::with_capacity(m.len());
             for (k, v) in m {
-                fields.insert(k.clone(), json_to_value(v)?);
+                fields.insert(k.as_str().into(), json_to_value(v)?);
             }
             Value::Map(fields)
         }

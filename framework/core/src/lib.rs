@@ -23,7 +23,7 @@ pub mod value;
 pub mod yaml;
 
 pub use node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, SourceStatus};
-pub use value::{DType, Fields, Record, Tensor, TensorData, Value};
+pub use value::{DType, Fields, Name, Record, Tensor, TensorData, Text, Value};
 pub mod node;
 pub mod registry;
 pub mod spec;

@@ -342,13 +342,14 @@ impl BuildContext<'_> {
 ///
 /// ```
 /// use rill_core::node::*;
-/// use rill_core::Record;
+/// use rill_core::{Name, Record};
 ///
 /// #[derive(Debug, serde::Deserialize)]
 /// #[serde(deny_unknown_fields)]
 /// struct Double { field: String }
 ///
-/// struct DoubleNode(String);
+/// // field names are `Name`s: strings kept inline up to 24 bytes
+/// struct DoubleNode(Name);
 /// impl Transform for DoubleNode {
 ///     fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
 ///         for mut r in batch {
@@ -368,7 +369,7 @@ impl BuildContext<'_> {
 ///         Ok(())
 ///     }
 ///     fn build(&self, _ctx: &BuildContext) -> Result<Node, NodeError> {
-///         Ok(Node::Transform(Box::new(DoubleNode(self.field.clone()))))
+///         Ok(Node::Transform(Box::new(DoubleNode(self.field.as_str().into()))))
 ///     }
 /// }
 ///

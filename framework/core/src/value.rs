@@ -10,7 +10,15 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 /// The ordered fields of a record (insertion order is kept).
-pub type Fields = IndexMap<String, Value>;
+pub type Fields = IndexMap<Name, Value>;
+
+/// A field name: a string kept inline up to 24 bytes, so naming a field
+/// rarely allocates.
+pub type Name = compact_str::CompactString;
+
+/// A string value: kept inline up to 24 bytes, like [`Name`] (labels, ids,
+/// categories rarely allocate).
+pub type Text = compact_str::CompactString;
 
 /// One value in a record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -21,7 +29,7 @@ pub enum Value {
     Bool(bool),
     Int(i64),
     Float(f64),
-    String(String),
+    String(Text),
     Bytes(Vec<u8>),
     List(Vec<Value>),
     Map(Fields),
@@ -94,12 +102,12 @@ impl From<f64> for Value {
 }
 impl From<&str> for Value {
     fn from(v: &str) -> Self {
-        Value::String(v.to_owned())
+        Value::String(v.into())
     }
 }
 impl From<String> for Value {
     fn from(v: String) -> Self {
-        Value::String(v)
+        Value::String(v.into())
     }
 }
 impl From<Vec<Value>> for Value {
@@ -269,7 +277,7 @@ impl Tensor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Record {
     /// Partitioning / grouping key, if the source set one.
-    pub key: Option<String>,
+    pub key: Option<Text>,
     /// Event time in milliseconds since the Unix epoch.
     pub event_time: i64,
     /// Named values, in order.
@@ -286,7 +294,7 @@ impl Record {
     }
 
     /// Builder-style: set the key.
-    pub fn with_key(mut self, key: impl Into<String>) -> Record {
+    pub fn with_key(mut self, key: impl Into<Text>) -> Record {
         self.key = Some(key.into());
         self
     }
@@ -298,7 +306,7 @@ impl Record {
     }
 
     /// Builder-style: append a field.
-    pub fn with(mut self, name: impl Into<String>, value: impl Into<Value>) -> Record {
+    pub fn with(mut self, name: impl Into<Name>, value: impl Into<Value>) -> Record {
         self.fields.insert(name.into(), value.into());
         self
     }
@@ -319,7 +327,7 @@ macro_rules! record {
     ($($k:expr => $v:expr),* $(,)?) => {{
         #[allow(unused_mut)]
         let mut r = $crate::Record::default();
-        $( r.fields.insert(::std::string::String::from($k), $crate::Value::from($v)); )*
+        $( r.fields.insert($crate::value::Name::from($k), $crate::Value::from($v)); )*
         r
     }};
 }

@@ -167,7 +167,7 @@ pub(crate) fn field_list(m: &Fields) -> String {
     if m.is_empty() {
         return "(it has no fields)".into();
     }
-    let mut names: Vec<&str> = m.keys().map(String::as_str).take(20).collect();
+    let mut names: Vec<&str> = m.keys().map(|k| k.as_str()).take(20).collect();
     if m.len() > 20 {
         names.push("...");
     }

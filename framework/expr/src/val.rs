@@ -582,7 +582,7 @@ fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
         Val::Bool(b) => Value::Bool(*b),
         Val::Int(i) => Value::Int(*i),
         Val::Float(f) => Value::Float(*f),
-        Val::Str(s) => Value::String(s.as_str().to_owned()),
+        Val::Str(s) => Value::String(s.as_str().into()),
         Val::Bytes(b) => Value::Bytes(b.as_bytes().to_vec()),
         Val::List(l) => seq(&l.0.borrow())?,
         Val::Tuple(t) => seq(&t.0)?,
@@ -606,7 +606,7 @@ fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
                         ),
                     ));
                 };
-                out.insert(s.as_str().to_owned(), to_value_at(x, depth + 1, max_items)?);
+                out.insert(s.as_str().into(), to_value_at(x, depth + 1, max_items)?);
             }
             Value::Map(out)
         }

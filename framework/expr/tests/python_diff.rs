@@ -13,7 +13,7 @@ fn expressions_match_cpython() {
         let got = match Program::expression(&format!("repr({src})")) {
             Err(e) => format!("!COMPILE {e}"),
             Ok(p) => match p.eval(&Record::default()) {
-                Ok(Value::String(s)) => s,
+                Ok(Value::String(s)) => s.to_string(),
                 Ok(v) => format!("!NOT A STRING {v:?}"),
                 Err(e) => format!("!ERR {}", e.msg),
             },
@@ -86,7 +86,7 @@ fn scripts_match_cpython() {
         let src = format!("{src}\ndef entry_(row):\n    return repr(main(row))\n");
         let p = Program::callable(&src).unwrap_or_else(|e| panic!("{file}: {e}"));
         let got = p.eval(&row).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(got, Value::String(want.to_string()), "{file}");
+        assert_eq!(got, Value::String(want.into()), "{file}");
         n += 1;
     }
     assert_eq!(n, 12);

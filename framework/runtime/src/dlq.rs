@@ -79,7 +79,7 @@ impl Letter {
             attempts: o.get("attempts").and_then(Json::as_u64).unwrap_or(1),
             time: o.get("time").and_then(Json::as_i64).unwrap_or(0),
             record: Record {
-                key: o.get("key").and_then(Json::as_str).map(str::to_owned),
+                key: o.get("key").and_then(Json::as_str).map(Into::into),
                 event_time: o.get("event_time").and_then(Json::as_i64).unwrap_or(0),
                 fields,
             },

@@ -681,8 +681,8 @@ pub fn dead_letter(stage: &str, f: Failure, attempts: u32) -> Record {
         .map_or(0, |d| d.as_millis() as i64);
     let mut fields = Fields::new();
     fields.insert("element".into(), Value::Map(f.record.fields));
-    fields.insert("msg".into(), Value::String(f.msg));
-    fields.insert("stage".into(), Value::String(stage.to_owned()));
+    fields.insert("msg".into(), Value::String(f.msg.into()));
+    fields.insert("stage".into(), Value::String(stage.into()));
     fields.insert("attempts".into(), Value::Int(attempts.into()));
     fields.insert("time".into(), Value::Int(now));
     Record {

@@ -34,7 +34,10 @@ impl Transform for RunningSumNode {
                 out.fail(r, "no numeric `value`");
                 continue;
             };
-            let total = self.0.entry(r.key.clone().unwrap_or_default()).or_default();
+            let total = self
+                .0
+                .entry(r.key.as_deref().unwrap_or_default().to_string())
+                .or_default();
             *total += v;
             r.fields.insert("total".into(), Value::Float(*total));
             out.emit(r);

@@ -432,7 +432,7 @@ impl<B: Backend> ModelHandler<B> for NetHandler {
                         |a, (i, p)| if *p > a.1 { (i, *p) } else { a },
                     );
                 let label = match &self.labels {
-                    Some(l) => Value::String(l[best].clone()),
+                    Some(l) => Value::String(l[best].as_str().into()),
                     None => Value::Int(best as i64),
                 };
                 m.insert("label".into(), label);

@@ -322,7 +322,7 @@ impl NodeConfig for RunInference {
                 .unwrap_or(InputSpec::Field("features".into())),
             pre: compile(&self.preprocess, "preprocess")?,
             post: compile(&self.postprocess, "postprocess")?,
-            field: self.inference_field.clone(),
+            field: self.inference_field.as_str().into(),
             max_batch: self.max_batch(),
             buckets: self.batching.as_ref().and_then(|b| b.buckets.clone()),
             cap: Arc::new(AtomicUsize::new(self.max_batch())),
@@ -512,7 +512,7 @@ struct RunInferenceNode {
     input: InputSpec,
     pre: Option<Compiled>,
     post: Option<Compiled>,
-    field: String,
+    field: rill_core::Name,
     max_batch: usize,
     buckets: Option<Vec<usize>>,
     /// The batch size now allowed (halved on out-of-memory, grows back).
@@ -526,7 +526,7 @@ struct RunInferenceNode {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Which {
     Default,
-    Key(String),
+    Key(rill_core::Text),
 }
 
 impl RunInferenceNode {
@@ -561,12 +561,12 @@ impl RunInferenceNode {
         let key = match &k.key_field {
             Some(f) => r.get(f).map(|v| match v {
                 Value::String(s) => s.clone(),
-                other => rill_core::json::value_to_json(other).to_string(),
+                other => rill_core::json::value_to_json(other).to_string().into(),
             }),
             None => r.key.clone(),
         };
         match key {
-            Some(key) if k.paths.contains_key(&key) => Ok(Which::Key(key)),
+            Some(key) if k.paths.contains_key(key.as_str()) => Ok(Which::Key(key)),
             _ if self.default.is_some() => Ok(Which::Default),
             Some(key) => Err(format!("no model for key `{key}`")),
             None => Err("the record has no key to choose its model by".into()),
@@ -587,7 +587,7 @@ impl RunInferenceNode {
                     let e = k.loaded.remove(i).expect("present");
                     k.loaded.push_front(e);
                 } else {
-                    let path = &k.paths[key];
+                    let path = &k.paths[key.as_str()];
                     let t = Instant::now();
                     let first = self.loader.load(path)?;
                     let ms = t.elapsed().as_millis() as u64;
@@ -596,8 +596,10 @@ impl RunInferenceNode {
                         .set("model_byte_size", first.byte_size() as i64);
                     self.metrics.count("model_loads", 1);
                     let version = path_version(path);
-                    k.loaded
-                        .push_front((key.clone(), Serving::new(first, self.instances, &version)));
+                    k.loaded.push_front((
+                        key.to_string(),
+                        Serving::new(first, self.instances, &version),
+                    ));
                     while k.loaded.len() > k.max {
                         if let Some((evicted, _)) = k.loaded.pop_back() {
                             self.metrics.count("model_evictions", 1);
@@ -821,11 +823,11 @@ impl Transform for RunInferenceNode {
                     let version = versions
                         .iter()
                         .find(|(x, _)| *x == w)
-                        .map(|(_, v)| v.clone())
+                        .map(|(_, v)| rill_core::Text::from(v.as_str()))
                         .unwrap_or_default();
                     let id = match &w {
-                        Which::Key(k) => format!("{}/{k}", self.model_id),
-                        Which::Default => self.model_id.clone(),
+                        Which::Key(k) => format!("{}/{k}", self.model_id).into(),
+                        Which::Default => self.model_id.as_str().into(),
                     };
                     r.fields.reserve(3);
                     r.fields.insert(self.field.clone(), v);
