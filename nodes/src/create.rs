@@ -27,7 +27,7 @@ impl Create {
             let fields = match v {
                 Value::Map(f) => f,
                 other => {
-                    let mut f = Fields::new();
+                    let mut f = Fields::default();
                     f.insert("element".into(), other);
                     f
                 }

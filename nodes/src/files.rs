@@ -70,7 +70,7 @@ fn check_path(p: &std::path::Path) -> Result<(), String> {
 
 /// A record describing an unreadable line, for the dead-letter output.
 fn bad_line(file: &str, line: u64, text: &str) -> Record {
-    let mut f = Fields::new();
+    let mut f = Fields::default();
     f.insert("file".into(), Value::String(file.into()));
     f.insert("line".into(), Value::Int(line as i64));
     f.insert("text".into(), Value::String(text.into()));

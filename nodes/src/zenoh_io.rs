@@ -122,7 +122,7 @@ struct Buffer {
 /// Decodes one payload into records (or failures, with the raw payload).
 fn decode(format: Format, key: &str, bytes: &[u8]) -> Vec<Result<Record, (Record, String)>> {
     let raw = || {
-        let mut f = Fields::new();
+        let mut f = Fields::default();
         f.insert("payload".into(), Value::Bytes(bytes.to_vec()));
         f.insert("key_expr".into(), Value::String(key.into()));
         Record::new(f)

@@ -123,7 +123,7 @@ pub fn json_to_value(j: &Json) -> Result<Value, JsonError> {
                     .map(Value::Bytes)
                     .map_err(|e| JsonError::Bytes(e.to_string()));
             }
-            let mut fields = Fields::with_capacity(m.len());
+            let mut fields = Fields::with_capacity_and_hasher(m.len(), Default::default());
             for (k, v) in m {
                 fields.insert(k.as_str().into(), json_to_value(v)?);
             }
@@ -208,7 +208,7 @@ pub fn json_to_fields(j: &Json) -> Result<Fields, JsonError> {
             Value::Map(f) => Ok(f),
             // a top-level object shaped like a tensor is still a row
             other => {
-                let mut f = Fields::new();
+                let mut f = Fields::default();
                 f.insert("element".into(), other);
                 Ok(f)
             }

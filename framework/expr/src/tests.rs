@@ -227,7 +227,7 @@ fn comprehensions_and_generators() {
     );
     assert_eq!(e("sum(x for x in range(101))"), Value::Int(5050));
     assert_eq!(e("{k: v for k, v in [('a', 1), ('b', 2)]}"), {
-        let mut m = rill_core::Fields::new();
+        let mut m = rill_core::Fields::default();
         m.insert("a".into(), 1.into());
         m.insert("b".into(), 2.into());
         Value::Map(m)
@@ -252,7 +252,7 @@ fn comprehensions_and_generators() {
 
 #[test]
 fn records_and_rows() {
-    let mut inner = rill_core::Fields::new();
+    let mut inner = rill_core::Fields::default();
     inner.insert("lat".into(), 1.5.into());
     let r = record! {"pos" => Value::Map(inner), "tags" => list(vec![s("a"), s("b")])};
     assert_eq!(ev("pos.lat", &r), Value::Float(1.5));

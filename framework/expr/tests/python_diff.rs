@@ -59,9 +59,9 @@ fn errors_match_cpython_kinds() {
 }
 
 fn script_row() -> Record {
-    let mut inner = Fields::new();
+    let mut inner = Fields::default();
     inner.insert("z".into(), Value::Int(26));
-    let mut meta = Fields::new();
+    let mut meta = Fields::default();
     meta.insert("a".into(), Value::Int(1));
     meta.insert("b".into(), Value::from("two"));
     meta.insert("inner".into(), Value::Map(inner));
