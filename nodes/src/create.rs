@@ -29,7 +29,7 @@ impl Create {
                 other => {
                     let mut f = Fields::default();
                     f.insert("element".into(), other);
-                    f
+                    Box::new(f)
                 }
             };
             rows.push(fields);
@@ -51,7 +51,7 @@ impl Create {
                         f.entry(k.clone()).or_insert(Value::Null);
                     }
                 }
-                Record::new(f)
+                Record::new(*f)
             })
             .collect())
     }

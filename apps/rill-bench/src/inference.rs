@@ -61,13 +61,13 @@ fn to_records(b: &[f32], how: Features) -> Vec<Record> {
     b.chunks(WIDTH)
         .map(|row| {
             let v = match how {
-                Features::Tensor => Value::Tensor(
+                Features::Tensor => Value::Tensor(Box::new(
                     rill_core::value::Tensor::new(
                         vec![WIDTH],
                         rill_core::value::TensorData::F32(row.to_vec()),
                     )
                     .unwrap(),
-                ),
+                )),
                 Features::List => {
                     Value::List(row.iter().map(|x| Value::Float(*x as f64)).collect())
                 }

@@ -62,7 +62,7 @@ mod tests {
             (-1e300f64..1e300).prop_map(Value::Float),
             ".{0,40}".prop_map(|s: String| Value::String(s.into())),
             proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::Bytes),
-            tensor().prop_map(Value::Tensor),
+            tensor().prop_map(|t| Value::Tensor(Box::new(t))),
         ]
     }
 
@@ -84,7 +84,7 @@ mod tests {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
                 proptest::collection::vec(("[a-z]{1,6}", inner), 0..4).prop_map(|kv| Value::Map(
-                    kv.into_iter().map(|(k, v)| (k.into(), v)).collect()
+                    Box::new(kv.into_iter().map(|(k, v)| (k.into(), v)).collect())
                 )),
             ]
         })

@@ -608,10 +608,10 @@ fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
                 };
                 out.insert(s.as_str().into(), to_value_at(x, depth + 1, max_items)?);
             }
-            Value::Map(out)
+            Value::Map(Box::new(out))
         }
-        Val::Rec(m) => Value::Map((*m).clone()),
-        Val::Tensor(t) => Value::Tensor((*t).clone()),
+        Val::Rec(m) => Value::Map(Box::new((*m).clone())),
+        Val::Tensor(t) => Value::Tensor(Box::new((*t).clone())),
         Val::Range(a, b, s) => {
             let n = range_len(*a, *b, *s);
             if n > max_items as u64 {

@@ -449,7 +449,7 @@ impl<B: Backend> ModelHandler<B> for NetHandler {
                     Value::List(row.iter().map(|p| Value::Float(*p as f64)).collect()),
                 );
             }
-            values.push(Value::Map(m));
+            values.push(Value::Map(Box::new(m)));
         }
         Ok(values)
     }
