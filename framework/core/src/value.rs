@@ -346,6 +346,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn values_stay_small() {
+        // maps and tensors are boxed, strings inline: a list of numbers or a
+        // record's fields cost 32 bytes a value, not 72
+        assert!(size_of::<Value>() <= 32, "{}", size_of::<Value>());
+        let short = Value::from("k-0123456789");
+        assert!(matches!(&short, Value::String(s) if !s.is_heap_allocated()));
+    }
+
+    #[test]
     fn tensor_checks_shape() {
         assert!(Tensor::new(vec![2, 3], TensorData::F32(vec![0.0; 6])).is_ok());
         let err = Tensor::new(vec![2, 3], TensorData::F32(vec![0.0; 5])).unwrap_err();
