@@ -48,7 +48,9 @@ impl Create {
             .map(|mut f| {
                 if f.len() < all.len() {
                     for k in &all {
-                        f.entry(k.clone()).or_insert(Value::Null);
+                        if !f.contains_key(k) {
+                            f.insert(k.clone(), Value::Null);
+                        }
                     }
                 }
                 Record::new(*f)

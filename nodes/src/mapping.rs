@@ -164,7 +164,7 @@ impl MapNode {
             }
             kept
         } else {
-            Fields::with_capacity_and_hasher(self.fields.len(), Default::default())
+            Fields::with_capacity(self.fields.len())
         };
         for ((name, _), v) in self.fields.iter().zip(values) {
             out.insert(name.as_str().into(), v);

@@ -123,7 +123,7 @@ pub fn json_to_value(j: &Json) -> Result<Value, JsonError> {
                     .map(Value::Bytes)
                     .map_err(|e| JsonError::Bytes(e.to_string()));
             }
-            let mut fields = Fields::with_capacity_and_hasher(m.len(), Default::default());
+            let mut fields = Fields::with_capacity(m.len());
             for (k, v) in m {
                 fields.insert(k.as_str().into(), json_to_value(v)?);
             }

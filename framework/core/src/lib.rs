@@ -17,6 +17,7 @@
 //! ```
 
 pub mod codec;
+pub mod fields;
 pub mod json;
 pub mod metrics;
 pub mod value;

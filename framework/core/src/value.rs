@@ -6,14 +6,9 @@
 
 use std::fmt;
 
-use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-/// The ordered fields of a record (insertion order is kept). Hashed with
-/// foldhash (randomly seeded per process, as hashbrown's default), which is
-/// much cheaper than SipHash on short names. Make one with
-/// `Fields::default()`, or `Fields::with_capacity_and_hasher(n, Default::default())`.
-pub type Fields = IndexMap<Name, Value, foldhash::fast::RandomState>;
+pub use crate::fields::Fields;
 
 /// A field name: a string kept inline up to 24 bytes, so naming a field
 /// rarely allocates.

@@ -594,7 +594,7 @@ fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
         ),
         Val::Dict(d) => {
             let d = d.0.borrow();
-            let mut out = Fields::with_capacity_and_hasher(d.len(), Default::default());
+            let mut out = Fields::with_capacity(d.len());
             for (k, x) in d.iter() {
                 let Key::Str(s) = k else {
                     return Err(err(

@@ -422,7 +422,7 @@ impl<B: Backend> ModelHandler<B> for NetHandler {
             .map_err(|e| format!("reading the model's output: {e:?}"))?;
         let mut values = Vec::with_capacity(n);
         for row in data.chunks(w.max(1)).take(n) {
-            let mut m = Fields::with_capacity_and_hasher(3, Default::default());
+            let mut m = Fields::with_capacity(3);
             if self.kind == "autoencoder" {
                 m.insert("score".into(), Value::Float(row[0] as f64));
             } else if self.task == Task::Classify {

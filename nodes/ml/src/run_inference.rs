@@ -114,6 +114,9 @@ fn default_field() -> String {
 }
 
 const DEFAULT_BATCH: usize = 64;
+/// The output fields naming the model behind each inference.
+const MODEL_ID: &str = "model_id";
+const MODEL_VERSION: &str = "model_version";
 const DEFAULT_DELAY: Duration = Duration::from_millis(10);
 /// Successful batches at a reduced size before the size doubles again.
 const GROW_AFTER: u32 = 16;
@@ -313,7 +316,7 @@ impl NodeConfig for RunInference {
             loader,
             instances,
             default,
-            model_id,
+            model_id: model_id.into(),
             keyed,
             watcher,
             input: self
@@ -506,7 +509,7 @@ struct RunInferenceNode {
     loader: Arc<dyn Loader>,
     instances: usize,
     default: Option<Serving>,
-    model_id: String,
+    model_id: rill_core::Text,
     keyed: Option<Keyed>,
     watcher: Option<Watcher>,
     input: InputSpec,
@@ -743,7 +746,11 @@ impl Transform for RunInferenceNode {
             .map(
                 |(i, r)| match self.example(r).and_then(|e| Ok((e, self.which(r)?))) {
                     Ok((e, w)) => {
-                        groups.entry(w).or_default().push(i);
+                        match groups.last_mut() {
+                            // unkeyed stages (and runs of one key) skip the hashing
+                            Some((last, idx)) if *last == w => idx.push(i),
+                            _ => groups.entry(w).or_default().push(i),
+                        }
                         Some(e)
                     }
                     Err(msg) => {
@@ -753,7 +760,8 @@ impl Transform for RunInferenceNode {
                 },
             )
             .collect();
-        let mut versions: Vec<(Which, String)> = Vec::new();
+        // (model, its version) for each group run
+        let mut versions: Vec<(Which, rill_core::Text)> = Vec::new();
         for (w, idx) in groups {
             let chunks = self.chunks(idx.clone(), &examples);
             let (max_batch, stage) = (self.max_batch, self.stage.clone());
@@ -769,7 +777,7 @@ impl Transform for RunInferenceNode {
                     continue;
                 }
             };
-            versions.push((w, serving.version.clone()));
+            versions.push((w, serving.version.as_str().into()));
             let passes = Passes {
                 max_batch,
                 cap: &cap,
@@ -823,17 +831,17 @@ impl Transform for RunInferenceNode {
                     let version = versions
                         .iter()
                         .find(|(x, _)| *x == w)
-                        .map(|(_, v)| rill_core::Text::from(v.as_str()))
+                        .map(|(_, v)| v.clone())
                         .unwrap_or_default();
                     let id = match &w {
                         Which::Key(k) => format!("{}/{k}", self.model_id).into(),
-                        Which::Default => self.model_id.as_str().into(),
+                        Which::Default => self.model_id.clone(),
                     };
                     r.fields.reserve(3);
                     r.fields.insert(self.field.clone(), v);
-                    r.fields.insert("model_id".into(), Value::String(id));
+                    r.fields.insert(MODEL_ID.into(), Value::String(id));
                     r.fields
-                        .insert("model_version".into(), Value::String(version));
+                        .insert(MODEL_VERSION.into(), Value::String(version));
                     if let Some(post) = &self.post {
                         match post.eval(&r) {
                             Ok(v) => {
