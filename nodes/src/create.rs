@@ -29,7 +29,7 @@ impl Create {
                 other => {
                     let mut f = Fields::default();
                     f.insert("element".into(), other);
-                    Box::new(f)
+                    f
                 }
             };
             rows.push(fields);
@@ -53,7 +53,7 @@ impl Create {
                         }
                     }
                 }
-                Record::new(*f)
+                Record::new(f)
             })
             .collect())
     }

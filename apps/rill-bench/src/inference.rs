@@ -7,7 +7,7 @@
 //! score, probabilities, model id and version): the ratio is what the node
 //! costs on top of the model.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
@@ -26,26 +26,40 @@ fn arch(hidden: usize) -> Arch {
     }
 }
 
-/// Records per second of a raw Burn loop over `batches`.
-fn raw<B: Backend>(files: &ModelFiles, device: &B::Device, batches: &[Vec<f32>]) -> f64 {
-    let Net::Mlp(mlp) = files.load::<B>(device).expect("model loads") else {
-        unreachable!()
-    };
-    let mut busy = std::time::Duration::ZERO;
-    let mut n = 0;
-    let mut sink = 0f32;
-    for b in batches {
-        let rows = b.len() / WIDTH;
-        let data = b.clone();
-        let start = Instant::now();
-        let x = Tensor::<B, 2>::from_data(TensorData::new(data, [rows, WIDTH]), device);
-        let p: Vec<f32> = softmax(mlp.forward(x), 1).into_data().to_vec().unwrap();
-        sink += p[0];
-        n += rows;
-        busy += start.elapsed();
+/// A raw Burn loop: one batch as an `f32` array in, probabilities out.
+struct Raw<B: Backend> {
+    mlp: rill_ml::nets::Mlp<B>,
+    device: B::Device,
+    sink: f32,
+}
+
+impl<B: Backend> Raw<B> {
+    fn new(files: &ModelFiles, device: &B::Device) -> Raw<B> {
+        let Net::Mlp(mlp) = files.load::<B>(device).expect("model loads") else {
+            unreachable!()
+        };
+        Raw {
+            mlp,
+            device: device.clone(),
+            sink: 0.0,
+        }
     }
-    assert!(sink.is_finite());
-    n as f64 / busy.as_secs_f64()
+
+    /// The time one batch takes (its copy is made outside the timed part,
+    /// as the node's records are).
+    fn batch(&mut self, b: &[f32]) -> Duration {
+        let rows = b.len() / WIDTH;
+        let data = b.to_vec();
+        let start = Instant::now();
+        let x = Tensor::<B, 2>::from_data(TensorData::new(data, [rows, WIDTH]), &self.device);
+        let p: Vec<f32> = softmax(self.mlp.forward(x), 1)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        self.sink += p[0];
+        drop(p);
+        start.elapsed()
+    }
 }
 
 /// How a record carries its 64 features.
@@ -77,37 +91,43 @@ fn to_records(b: &[f32], how: Features) -> Vec<Record> {
         .collect()
 }
 
-/// Records per second of a RunInference node over the same batches (the
-/// records are made outside the timed part; their outputs are dropped
-/// inside it, as the raw loop drops its results).
-fn node(
-    dir: &std::path::Path,
-    model: &str,
-    device: Device,
-    batch: usize,
-    batches: &[Vec<f32>],
+/// A RunInference node fed the same batches as records.
+struct NodeRun {
+    node: Box<dyn rill_core::node::Transform>,
     how: Features,
-) -> f64 {
-    let cfg = format!(
-        "{{model_handler: {{type: BurnMlp, config: {{path: {model}}}}}, batching: {{max_batch_size: {batch}}}}}"
-    );
-    let res = Resources {
-        device,
-        ..Default::default()
-    };
-    let (mut node, _) = testing::build(&cfg, dir, res).expect("node builds");
-    let mut busy = std::time::Duration::ZERO;
-    let mut n = 0;
-    for b in batches {
-        let records = to_records(b, how);
-        let start = Instant::now();
-        let (out, failed) = testing::process(node.as_mut(), records);
-        assert!(failed.is_empty());
-        n += out.len();
-        drop(out);
-        busy += start.elapsed();
+}
+
+impl NodeRun {
+    fn new(
+        dir: &std::path::Path,
+        model: &str,
+        device: Device,
+        batch: usize,
+        how: Features,
+    ) -> NodeRun {
+        let cfg = format!(
+            "{{model_handler: {{type: BurnMlp, config: {{path: {model}}}}}, batching: {{max_batch_size: {batch}}}}}"
+        );
+        let res = Resources {
+            device,
+            ..Default::default()
+        };
+        let (node, _) = testing::build(&cfg, dir, res).expect("node builds");
+        NodeRun { node, how }
     }
-    n as f64 / busy.as_secs_f64()
+
+    /// The time one batch takes (the records are made outside the timed
+    /// part; the outputs are dropped inside it, as the raw loop drops its
+    /// results).
+    fn batch(&mut self, b: &[f32]) -> Duration {
+        let records = to_records(b, self.how);
+        let n = records.len();
+        let start = Instant::now();
+        let (out, failed) = testing::process(self.node.as_mut(), records);
+        assert!(failed.is_empty() && out.len() == n);
+        drop(out);
+        start.elapsed()
+    }
 }
 
 fn batches(records: usize, batch: usize) -> Vec<Vec<f32>> {
@@ -117,20 +137,53 @@ fn batches(records: usize, batch: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Best of three alternating rounds of (raw, node).
+/// Rounds over all the batches in each comparison.
+const ROUNDS: usize = 3;
+
+/// Times `raw` and `node` on the same batches, taking turns batch by batch
+/// (which goes first alternates), so that both see the same machine: on
+/// shared cores a slow second hits both sides alike, where whole-run
+/// alternation lets it land on one. Prints both rates over all rounds, the
+/// ratio, and the ratio of each round; returns (raw, node) rates.
 fn compare(
     label: &str,
-    raw_rate: &mut dyn FnMut() -> f64,
-    node_rate: &mut dyn FnMut() -> f64,
+    batches: &[Vec<f32>],
+    raw: &mut dyn FnMut(&[f32]) -> Duration,
+    node: &mut dyn FnMut(&[f32]) -> Duration,
 ) -> (f64, f64) {
-    let (mut r, mut n) = (0f64, 0f64);
-    for _ in 0..3 {
-        r = r.max(raw_rate());
-        n = n.max(node_rate());
+    // warm-up: allocator pools, caches, kernels
+    for b in batches.iter().take(batches.len().div_ceil(10)) {
+        raw(b);
+        node(b);
     }
+    let (mut raw_t, mut node_t) = (Duration::ZERO, Duration::ZERO);
+    let mut rows = 0;
+    let mut per_round = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let (mut r, mut n) = (Duration::ZERO, Duration::ZERO);
+        for (i, b) in batches.iter().enumerate() {
+            if i % 2 == 0 {
+                r += raw(b);
+                n += node(b);
+            } else {
+                n += node(b);
+                r += raw(b);
+            }
+            rows += b.len() / WIDTH;
+        }
+        per_round.push(r.as_secs_f64() / n.as_secs_f64());
+        raw_t += r;
+        node_t += n;
+    }
+    let (r, n) = (
+        rows as f64 / raw_t.as_secs_f64(),
+        rows as f64 / node_t.as_secs_f64(),
+    );
+    let rounds: Vec<String> = per_round.iter().map(|x| format!("{x:.3}")).collect();
     println!(
-        "  {label:<34} raw Burn {r:>10.0} rec/s   RunInference {n:>10.0} rec/s   ratio {:.3}",
-        n / r
+        "  {label:<34} raw Burn {r:>10.0} rec/s   RunInference {n:>10.0} rec/s   ratio {:.3}  (rounds {})",
+        n / r,
+        rounds.join(" ")
     );
     (r, n)
 }
@@ -152,7 +205,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         ModelFiles::find(&dir.path().join(format!("mlp{hidden}")), None).expect("saved")
     };
     println!(
-        "inference benchmark: {records} records, best of 3 (MLP classifiers; ratio goal >= 0.9)"
+        "inference benchmark: {records} records x {ROUNDS} rounds, raw and node taking turns batch by batch (MLP classifiers; ratio goal >= 0.9)"
     );
     let cpu_batches = batches(records, 64);
     let big_batches = batches(records / 8, 64);
@@ -182,10 +235,20 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         ),
     ];
     let mut cpu_node = 0.0;
-    for (label, model, files, b, how) in rows {
-        let (_, n) = compare(label, &mut || raw::<Cpu>(files, &device, b), &mut || {
-            node(dir.path(), model, Device::Cpu, 64, b, how)
-        });
+    // `small`, `list` or `large` runs that row alone (for a profiler)
+    let only = args.iter().find_map(|a| match a.as_str() {
+        "small" => Some(0),
+        "list" => Some(1),
+        "large" => Some(2),
+        _ => None,
+    });
+    for (i, (label, model, files, b, how)) in rows.into_iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
+        let mut raw = Raw::<Cpu>::new(files, &device);
+        let mut node = NodeRun::new(dir.path(), model, Device::Cpu, 64, how);
+        let (_, n) = compare(label, b, &mut |b| raw.batch(b), &mut |b| node.batch(b));
         if cpu_node == 0.0 {
             cpu_node = n;
         }
@@ -211,35 +274,21 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             gpus[0].name,
             gpus[0].memory >> 20
         );
-        // warm up: kernels compile on first use
-        raw::<rill_ml::Gpu>(&small, &cuda, &gpu_batches[..2]);
+        let mut raw = Raw::<rill_ml::Gpu>::new(&small, &cuda);
+        let mut node = NodeRun::new(dir.path(), "mlp256", Device::Cuda(0), 256, Features::Tensor);
         let (_, gpu_node) = compare(
             "CUDA, MLP 64-256-256-10, batch 256",
-            &mut || raw::<rill_ml::Gpu>(&small, &cuda, &gpu_batches),
-            &mut || {
-                node(
-                    dir.path(),
-                    "mlp256",
-                    Device::Cuda(0),
-                    256,
-                    &gpu_batches,
-                    Features::Tensor,
-                )
-            },
+            &gpu_batches,
+            &mut |b| raw.batch(b),
+            &mut |b| node.batch(b),
         );
+        let mut raw = Raw::<Cpu>::new(&small, &device);
+        let mut node = NodeRun::new(dir.path(), "mlp256", Device::Cpu, 256, Features::Tensor);
         let (_, cpu256) = compare(
             "CPU, MLP 64-256-256-10, batch 256",
-            &mut || raw::<Cpu>(&small, &device, &gpu_batches),
-            &mut || {
-                node(
-                    dir.path(),
-                    "mlp256",
-                    Device::Cpu,
-                    256,
-                    &gpu_batches,
-                    Features::Tensor,
-                )
-            },
+            &gpu_batches,
+            &mut |b| raw.batch(b),
+            &mut |b| node.batch(b),
         );
         println!(
             "  GPU vs CPU (RunInference, batch 256): {:.1}x   (CPU at batch 64: {cpu_node:.0} rec/s)",

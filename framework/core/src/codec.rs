@@ -84,7 +84,7 @@ mod tests {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
                 proptest::collection::vec(("[a-z]{1,6}", inner), 0..4).prop_map(|kv| Value::Map(
-                    Box::new(kv.into_iter().map(|(k, v)| (k.into(), v)).collect())
+                    kv.into_iter().map(|(k, v)| (k.into(), v)).collect()
                 )),
             ]
         })

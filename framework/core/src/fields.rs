@@ -73,22 +73,27 @@ pub type Values<'a> = std::iter::Map<std::slice::Iter<'a, Pair>, fn(&'a Pair) ->
 pub type ValuesMut<'a> =
     std::iter::Map<std::slice::IterMut<'a, Pair>, fn(&'a mut Pair) -> &'a mut Value>;
 
+#[inline]
 fn pair_key(p: &Pair) -> &Name {
     &p.0
 }
 
+#[inline]
 fn pair_value(p: &Pair) -> &Value {
     &p.1
 }
 
+#[inline]
 fn pair_value_mut(p: &mut Pair) -> &mut Value {
     &mut p.1
 }
 
+#[inline]
 fn pair_ref(p: &Pair) -> (&Name, &Value) {
     (&p.0, &p.1)
 }
 
+#[inline]
 fn pair_mut(p: &mut Pair) -> (&Name, &mut Value) {
     (&p.0, &mut p.1)
 }
@@ -100,6 +105,7 @@ impl Fields {
     }
 
     /// Room for `n` fields before the entries grow.
+    #[inline]
     pub fn with_capacity(n: usize) -> Fields {
         Fields {
             entries: Vec::with_capacity(n),
@@ -107,10 +113,12 @@ impl Fields {
         }
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -120,6 +128,7 @@ impl Fields {
     }
 
     /// Makes room for `n` more fields.
+    #[inline]
     pub fn reserve(&mut self, n: usize) {
         self.entries.reserve(n);
         if let Some(ix) = &mut self.index {
@@ -135,6 +144,7 @@ impl Fields {
     }
 
     /// The position of field `key`.
+    #[inline]
     pub fn get_index_of(&self, key: &str) -> Option<usize> {
         match &self.index {
             Some(ix) => ix.find(&self.entries, key),
@@ -142,10 +152,12 @@ impl Fields {
         }
     }
 
+    #[inline]
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.get_index_of(key).map(|i| &self.entries[i].1)
     }
 
+    #[inline]
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
         self.get_index_of(key).map(|i| &mut self.entries[i].1)
     }
@@ -160,11 +172,13 @@ impl Fields {
         self.get_index_of(key).map(|i| pair_ref(&self.entries[i]))
     }
 
+    #[inline]
     pub fn contains_key(&self, key: &str) -> bool {
         self.get_index_of(key).is_some()
     }
 
     /// The field at position `i`.
+    #[inline]
     pub fn get_index(&self, i: usize) -> Option<(&Name, &Value)> {
         self.entries.get(i).map(pair_ref)
     }
@@ -183,11 +197,13 @@ impl Fields {
 
     /// Sets field `key`: a new field goes last; an existing one keeps its
     /// place and its old value is returned.
+    #[inline]
     pub fn insert(&mut self, key: Name, value: Value) -> Option<Value> {
         self.insert_full(key, value).1
     }
 
     /// [`Fields::insert`], also giving the field's position.
+    #[inline]
     pub fn insert_full(&mut self, key: Name, value: Value) -> (usize, Option<Value>) {
         if let Some(i) = self.get_index_of(&key) {
             return (i, Some(std::mem::replace(&mut self.entries[i].1, value)));
@@ -250,6 +266,7 @@ impl Fields {
         self.index = (self.entries.len() > INDEXED_ABOVE).then(|| Lookup::build(&self.entries));
     }
 
+    #[inline]
     pub fn iter(&self) -> Iter<'_> {
         self.entries.iter().map(pair_ref as _)
     }

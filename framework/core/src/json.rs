@@ -127,7 +127,7 @@ pub fn json_to_value(j: &Json) -> Result<Value, JsonError> {
             for (k, v) in m {
                 fields.insert(k.as_str().into(), json_to_value(v)?);
             }
-            Value::Map(Box::new(fields))
+            Value::Map(fields)
         }
     })
 }
@@ -205,7 +205,7 @@ fn json_to_tensor(m: &JsonMap<String, Json>) -> Result<Option<Tensor>, JsonError
 pub fn json_to_fields(j: &Json) -> Result<Fields, JsonError> {
     match j {
         Json::Object(_) => match json_to_value(j)? {
-            Value::Map(f) => Ok(*f),
+            Value::Map(f) => Ok(f),
             // a top-level object shaped like a tensor is still a row
             other => {
                 let mut f = Fields::default();

@@ -18,8 +18,9 @@ pub type Name = compact_str::CompactString;
 /// categories rarely allocate).
 pub type Text = compact_str::CompactString;
 
-/// One value in a record. Maps and tensors are boxed so that a value
-/// stays 32 bytes (a list of numbers is a third the size it would be).
+/// One value in a record, 32 bytes: tensors are boxed, and a map is its
+/// [`Fields`] (a vector of entries, as small as a list), so a list of
+/// numbers or a record's fields take 32 bytes a value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub enum Value {
     /// Absent / none.
@@ -31,7 +32,7 @@ pub enum Value {
     String(Text),
     Bytes(Vec<u8>),
     List(Vec<Value>),
-    Map(Box<Fields>),
+    Map(Fields),
     Tensor(Box<Tensor>),
 }
 
@@ -101,7 +102,7 @@ impl From<f64> for Value {
 }
 impl From<Fields> for Value {
     fn from(v: Fields) -> Self {
-        Value::Map(Box::new(v))
+        Value::Map(v)
     }
 }
 impl From<&str> for Value {
@@ -342,8 +343,8 @@ mod tests {
 
     #[test]
     fn values_stay_small() {
-        // maps and tensors are boxed, strings inline: a list of numbers or a
-        // record's fields cost 32 bytes a value, not 72
+        // tensors boxed, maps a vector, strings inline: a list of numbers
+        // or a record's fields cost 32 bytes a value, not 72
         assert!(size_of::<Value>() <= 32, "{}", size_of::<Value>());
         let short = Value::from("k-0123456789");
         assert!(matches!(&short, Value::String(s) if !s.is_heap_allocated()));

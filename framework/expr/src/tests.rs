@@ -230,7 +230,7 @@ fn comprehensions_and_generators() {
         let mut m = rill_core::Fields::default();
         m.insert("a".into(), 1.into());
         m.insert("b".into(), 2.into());
-        Value::Map(Box::new(m))
+        Value::Map(m)
     });
     assert_eq!(
         e("sorted({c for c in 'banana'})"),
@@ -254,7 +254,7 @@ fn comprehensions_and_generators() {
 fn records_and_rows() {
     let mut inner = rill_core::Fields::default();
     inner.insert("lat".into(), 1.5.into());
-    let r = record! {"pos" => Value::Map(Box::new(inner)), "tags" => list(vec![s("a"), s("b")])};
+    let r = record! {"pos" => Value::Map(inner), "tags" => list(vec![s("a"), s("b")])};
     assert_eq!(ev("pos.lat", &r), Value::Float(1.5));
     assert_eq!(ev("pos['lat']", &r), Value::Float(1.5));
     assert_eq!(ev("'b' in tags", &r), Value::Bool(true));

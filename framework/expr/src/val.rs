@@ -608,9 +608,9 @@ fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
                 };
                 out.insert(s.as_str().into(), to_value_at(x, depth + 1, max_items)?);
             }
-            Value::Map(Box::new(out))
+            Value::Map(out)
         }
-        Val::Rec(m) => Value::Map(Box::new((*m).clone())),
+        Val::Rec(m) => Value::Map((*m).clone()),
         Val::Tensor(t) => Value::Tensor(Box::new((*t).clone())),
         Val::Range(a, b, s) => {
             let n = range_len(*a, *b, *s);

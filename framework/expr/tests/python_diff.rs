@@ -64,13 +64,13 @@ fn script_row() -> Record {
     let mut meta = Fields::default();
     meta.insert("a".into(), Value::Int(1));
     meta.insert("b".into(), Value::from("two"));
-    meta.insert("inner".into(), Value::Map(Box::new(inner)));
+    meta.insert("inner".into(), Value::Map(inner));
     record! {
         "xs" => Value::List(vec![5.into(), 1.into(), 4.into(), 2.into(), 8.into()]),
         "f" => 21.75,
         "name" => "Ada Lovelace",
         "text" => "the cat and the hat and THE bat",
-        "meta" => Value::Map(Box::new(meta))
+        "meta" => Value::Map(meta)
     }
 }
 

@@ -680,7 +680,7 @@ pub fn dead_letter(stage: &str, f: Failure, attempts: u32) -> Record {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let mut fields = Fields::default();
-    fields.insert("element".into(), Value::Map(Box::new(f.record.fields)));
+    fields.insert("element".into(), Value::Map(f.record.fields));
     fields.insert("msg".into(), Value::String(f.msg.into()));
     fields.insert("stage".into(), Value::String(stage.into()));
     fields.insert("attempts".into(), Value::Int(attempts.into()));

@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rill_core::value::TensorData as RData;
-use rill_core::{Fields, Value};
+use rill_core::{Fields, Name, Value};
 use serde::Deserialize;
 
 use crate::handler::{ExampleError, HandlerConfig, ModelHandler, parser};
@@ -223,6 +223,13 @@ pub(crate) fn register_builtins(add: &mut dyn FnMut(&str, crate::handler::ParseF
     );
 }
 
+// the names of the handlers' outputs
+const LABEL: Name = Name::const_new("label");
+const SCORE: Name = Name::const_new("score");
+const PROBABILITIES: Name = Name::const_new("probabilities");
+const VALUE: Name = Name::const_new("value");
+const VALUES: Name = Name::const_new("values");
+
 /// Appends the numbers of a flat example to `out`; returns how many.
 fn flat_into(v: &Value, out: &mut Vec<f32>) -> Result<usize, String> {
     let start = out.len();
@@ -424,7 +431,7 @@ impl<B: Backend> ModelHandler<B> for NetHandler {
         for row in data.chunks(w.max(1)).take(n) {
             let mut m = Fields::with_capacity(3);
             if self.kind == "autoencoder" {
-                m.insert("score".into(), Value::Float(row[0] as f64));
+                m.insert(SCORE, Value::Float(row[0] as f64));
             } else if self.task == Task::Classify {
                 let (best, p) =
                     row.iter().enumerate().fold(
@@ -435,21 +442,21 @@ impl<B: Backend> ModelHandler<B> for NetHandler {
                     Some(l) => Value::String(l[best].as_str().into()),
                     None => Value::Int(best as i64),
                 };
-                m.insert("label".into(), label);
-                m.insert("score".into(), Value::Float(p as f64));
+                m.insert(LABEL, label);
+                m.insert(SCORE, Value::Float(p as f64));
                 m.insert(
-                    "probabilities".into(),
+                    PROBABILITIES,
                     Value::List(row.iter().map(|p| Value::Float(*p as f64)).collect()),
                 );
             } else if w == 1 {
-                m.insert("value".into(), Value::Float(row[0] as f64));
+                m.insert(VALUE, Value::Float(row[0] as f64));
             } else {
                 m.insert(
-                    "values".into(),
+                    VALUES,
                     Value::List(row.iter().map(|p| Value::Float(*p as f64)).collect()),
                 );
             }
-            values.push(Value::Map(Box::new(m)));
+            values.push(Value::Map(m));
         }
         Ok(values)
     }

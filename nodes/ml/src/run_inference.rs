@@ -115,8 +115,8 @@ fn default_field() -> String {
 
 const DEFAULT_BATCH: usize = 64;
 /// The output fields naming the model behind each inference.
-const MODEL_ID: &str = "model_id";
-const MODEL_VERSION: &str = "model_version";
+const MODEL_ID: rill_core::Name = rill_core::Name::const_new("model_id");
+const MODEL_VERSION: rill_core::Name = rill_core::Name::const_new("model_version");
 const DEFAULT_DELAY: Duration = Duration::from_millis(10);
 /// Successful batches at a reduced size before the size doubles again.
 const GROW_AFTER: u32 = 16;
@@ -653,14 +653,15 @@ struct Passes<'a> {
     stage: &'a str,
 }
 
-/// Runs one forward pass (or, on out-of-memory, halves of it) and puts each
-/// result at its record's index.
+/// Runs one forward pass (or, on out-of-memory, halves of it) and hands
+/// each result to `put` with its record's index.
 fn run_chunk(
     engine: &mut dyn Engine,
     chunk: Vec<usize>,
     examples: &[Option<Cow<'_, Value>>],
     p: &Passes<'_>,
-) -> Vec<(usize, Result<Value, String>)> {
+    put: &mut dyn FnMut(usize, Result<Value, String>),
+) {
     let Passes {
         max_batch,
         cap,
@@ -668,7 +669,6 @@ fn run_chunk(
         metrics,
         stage,
     } = *p;
-    let mut out = Vec::with_capacity(chunk.len());
     let mut todo = VecDeque::from([chunk]);
     while let Some(part) = todo.pop_front() {
         let refs: Vec<&Value> = part
@@ -691,12 +691,14 @@ fn run_chunk(
                     cap.store(grown, Relaxed);
                     info!(stage, "batch size grows back to {grown}");
                 }
-                out.extend(part.into_iter().zip(values.into_iter().map(Ok)));
+                for (i, v) in part.into_iter().zip(values) {
+                    put(i, Ok(v));
+                }
             }
             Err(InferError::Example(e)) => {
                 let mut rest = part;
                 let bad = rest.remove(e.index.min(rest.len() - 1));
-                out.push((bad, Err(e.msg)));
+                put(bad, Err(e.msg));
                 if !rest.is_empty() {
                     todo.push_front(rest);
                 }
@@ -718,11 +720,12 @@ fn run_chunk(
             Err(e) => {
                 metrics.count("failed_batches", 1);
                 let msg = format!("inference failed: {e}");
-                out.extend(part.into_iter().map(|i| (i, Err(msg.clone()))));
+                for i in part {
+                    put(i, Err(msg.clone()));
+                }
             }
         }
     }
-    out
 }
 
 impl Transform for RunInferenceNode {
@@ -749,7 +752,10 @@ impl Transform for RunInferenceNode {
                         match groups.last_mut() {
                             // unkeyed stages (and runs of one key) skip the hashing
                             Some((last, idx)) if *last == w => idx.push(i),
-                            _ => groups.entry(w).or_default().push(i),
+                            _ => groups
+                                .entry(w)
+                                .or_insert_with(|| Vec::with_capacity(n))
+                                .push(i),
                         }
                         Some(e)
                     }
@@ -785,14 +791,11 @@ impl Transform for RunInferenceNode {
                 metrics: &metrics,
                 stage: &stage,
             };
-            let done: Vec<(usize, Result<Value, String>)> = if serving.engines.len() == 1
-                || chunks.len() == 1
-            {
+            if serving.engines.len() == 1 || chunks.len() == 1 {
                 let e = serving.engines[0].as_mut();
-                chunks
-                    .into_iter()
-                    .flat_map(|c| run_chunk(e, c, &examples, &passes))
-                    .collect()
+                for c in chunks {
+                    run_chunk(e, c, &examples, &passes, &mut |i, r| results[i] = Some(r));
+                }
             } else {
                 // instances take chunks off one queue, in parallel (on the
                 // stage's compute pool when it has `cpu_threads`)
@@ -806,16 +809,18 @@ impl Transform for RunInferenceNode {
                                 let Some(c) = queue.lock().unwrap().pop_front() else {
                                     break;
                                 };
-                                let r = run_chunk(e.as_mut(), c, examples, passes);
+                                let mut r = Vec::with_capacity(c.len());
+                                run_chunk(e.as_mut(), c, examples, passes, &mut |i, v| {
+                                    r.push((i, v))
+                                });
                                 done.lock().unwrap().extend(r);
                             }
                         });
                     }
                 });
-                done.into_inner().unwrap()
-            };
-            for (i, r) in done {
-                results[i] = Some(r);
+                for (i, r) in done.into_inner().unwrap() {
+                    results[i] = Some(r);
+                }
             }
         }
         drop(examples);
@@ -839,9 +844,8 @@ impl Transform for RunInferenceNode {
                     };
                     r.fields.reserve(3);
                     r.fields.insert(self.field.clone(), v);
-                    r.fields.insert(MODEL_ID.into(), Value::String(id));
-                    r.fields
-                        .insert(MODEL_VERSION.into(), Value::String(version));
+                    r.fields.insert(MODEL_ID, Value::String(id));
+                    r.fields.insert(MODEL_VERSION, Value::String(version));
                     if let Some(post) = &self.post {
                         match post.eval(&r) {
                             Ok(v) => {
