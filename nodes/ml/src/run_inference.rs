@@ -752,10 +752,14 @@ impl Transform for RunInferenceNode {
                         match groups.last_mut() {
                             // unkeyed stages (and runs of one key) skip the hashing
                             Some((last, idx)) if *last == w => idx.push(i),
-                            _ => groups
-                                .entry(w)
-                                .or_insert_with(|| Vec::with_capacity(n))
-                                .push(i),
+                            _ => {
+                                // room for the whole batch in the first group only
+                                let room = if groups.is_empty() { n } else { 0 };
+                                groups
+                                    .entry(w)
+                                    .or_insert_with(|| Vec::with_capacity(room))
+                                    .push(i)
+                            }
                         }
                         Some(e)
                     }
