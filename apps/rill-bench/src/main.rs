@@ -20,7 +20,9 @@
 //!    the sink file.
 //!
 //! `cargo run --release -p rill-bench [-- RECORDS [BATCH]]`; one delivery
-//! mode alone (for a profiler): `rill-bench pipeline MODE [RECORDS]`.
+//! mode alone (for a profiler): `rill-bench pipeline MODE [RECORDS]`, with
+//! `RILL_BENCH_STAGES=1` to print each stage's commits (count, records per
+//! commit, µs per commit).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -194,7 +196,19 @@ async fn run_rill(
     let secs = t.elapsed().as_secs_f64();
     let sunk = SUNK.load(Ordering::Relaxed);
     anyhow::ensure!(sunk == count, "the sink got {sunk} of {count} records");
-    let _ = report;
+    if std::env::var_os("RILL_BENCH_STAGES").is_some() {
+        // where a durable run spends its time: commits, their size and cost
+        for s in &report.stages {
+            println!(
+                "  {:<8} commits {:>6}  records/commit {:>7.0}  µs/commit {:>6.0}  queue high water {}",
+                s.stage,
+                s.commits,
+                s.records_in.max(s.records_out) as f64 / s.commits.max(1) as f64,
+                s.commit_us as f64 / s.commits.max(1) as f64,
+                s.queue_high_water
+            );
+        }
+    }
     Ok((
         count as f64 / secs,
         std::mem::take(&mut *LATENCIES.lock().unwrap()),
