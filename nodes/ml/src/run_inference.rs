@@ -93,8 +93,13 @@ pub struct RunInference {
     /// The example: a field name or a list of number fields (default
     /// `features`). Ignored when `preprocess` is given.
     pub input: Option<InputSpec>,
-    #[serde(default = "default_field")]
+    /// The output field (Beam YAML's `inference_tag` is the same key).
+    #[serde(default = "default_field", alias = "inference_tag")]
     pub inference_field: String,
+    /// Beam YAML's extra arguments to the model's call. The Burn handlers
+    /// take none, so only an empty mapping is accepted.
+    #[serde(default)]
+    pub inference_args: Option<serde_json::Map<String, serde_json::Value>>,
     pub batching: Option<BatchingSpec>,
     pub keyed: Option<KeyedSpec>,
     /// A callable on the record that returns the example.
@@ -121,13 +126,42 @@ const DEFAULT_DELAY: Duration = Duration::from_millis(10);
 /// Successful batches at a reduced size before the size doubles again.
 const GROW_AFTER: u32 = 16;
 
+/// What Beam YAML writes inside the model handler's config, and rill takes
+/// either there or on the transform.
+const HOOKS: [&str; 2] = ["preprocess", "postprocess"];
+
 impl RunInference {
     fn handler(&self) -> Result<Arc<dyn DynHandler>, String> {
-        let config = match &self.model_handler.config {
+        let mut config = match &self.model_handler.config {
             serde_json::Value::Null => empty_config(),
             c => c.clone(),
         };
+        if let serde_json::Value::Object(m) = &mut config {
+            for k in HOOKS {
+                m.remove(k);
+            }
+        }
         parse_handler(&self.model_handler.kind, config)
+    }
+
+    /// `preprocess` or `postprocess`: on the transform, or in the model
+    /// handler's config as Beam YAML writes it.
+    fn hook(&self, name: &str) -> Result<Option<ExprSpec>, String> {
+        let top = if name == HOOKS[0] {
+            &self.preprocess
+        } else {
+            &self.postprocess
+        };
+        match (top, self.model_handler.config.get(name)) {
+            (Some(_), Some(_)) => Err(format!(
+                "`{name}` is given twice, on the transform and in `model_handler.config`; keep one"
+            )),
+            (Some(t), None) => Ok(Some(t.clone())),
+            (None, Some(v)) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| format!("`model_handler.config.{name}`: {e}")),
+            (None, None) => Ok(None),
+        }
     }
 
     fn max_batch(&self) -> usize {
@@ -184,11 +218,18 @@ impl NodeConfig for RunInference {
         if self.inference_field.is_empty() {
             return Err("`inference_field` is empty".into());
         }
-        if let Some(p) = &self.preprocess {
-            p.compile("preprocess")?;
+        for name in HOOKS {
+            if let Some(p) = self.hook(name)? {
+                p.compile(name)?;
+            }
         }
-        if let Some(p) = &self.postprocess {
-            p.compile("postprocess")?;
+        if let Some(args) = &self.inference_args
+            && let Some(k) = args.keys().next()
+        {
+            return Err(format!(
+                "`inference_args`: the Burn model handlers take no extra arguments to their forward pass (got `{k}`); \
+                 give settings in `model_handler.config`"
+            ));
         }
         Ok(())
     }
@@ -306,10 +347,9 @@ impl NodeConfig for RunInference {
                 }
             }
         }
-        let compile = |e: &Option<ExprSpec>, what| {
-            e.as_ref()
-                .map(|e| e.compile(what))
-                .transpose()
+        let compile = |what| {
+            self.hook(what)
+                .and_then(|e| e.map(|e| e.compile(what)).transpose())
                 .map_err(NodeError::Failed)
         };
         Ok(Node::Transform(Box::new(RunInferenceNode {
@@ -323,8 +363,8 @@ impl NodeConfig for RunInference {
                 .input
                 .clone()
                 .unwrap_or(InputSpec::Field("features".into())),
-            pre: compile(&self.preprocess, "preprocess")?,
-            post: compile(&self.postprocess, "postprocess")?,
+            pre: compile("preprocess")?,
+            post: compile("postprocess")?,
             field: self.inference_field.as_str().into(),
             max_batch: self.max_batch(),
             buckets: self.batching.as_ref().and_then(|b| b.buckets.clone()),

@@ -361,3 +361,74 @@ fn a_model_folder_without_versions_is_a_clear_error() {
         .unwrap();
     assert!(err.contains("no model versions"), "{err}");
 }
+
+/// Parses a `RunInference` config, which validates it (what `rill
+/// validate` does for the stage).
+fn validate(cfg: &str) -> Result<(), String> {
+    let mut registry = rill_core::registry::Registry::new();
+    rill_ml::register_all(&mut registry);
+    let node = rill_core::yaml::parse(cfg).map_err(|e| e.to_string())?;
+    registry
+        .parse("RunInference", &node)
+        .expect("registered")
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn beam_yaml_run_inference_keys_are_understood() {
+    let dir = tempfile::tempdir().unwrap();
+    regressor(&dir.path().join("m").join("1"), 7);
+    let records = || {
+        (0..20)
+            .map(|i| {
+                Record::default()
+                    .with("a", i as f64 * 0.1)
+                    .with("b", 1.0 - i as f64 * 0.05)
+                    .with("c", (i % 3) as i64)
+            })
+            .collect::<Vec<_>>()
+    };
+    // rill's spelling: hooks on the transform, `inference_field`
+    let rill = "{model_handler: {type: BurnMlp, config: {path: m/1, task: regress}}, \
+                preprocess: {callable: 'lambda row: [row.a, row.b, row.c]'}, \
+                postprocess: {callable: 'lambda r: r.prediction.value * 2'}, \
+                inference_field: prediction}";
+    // Beam YAML's: hooks inside the handler's config, `inference_tag`,
+    // an empty `inference_args`
+    let beam = "{model_handler: {type: BurnMlp, config: {path: m/1, task: regress, \
+                  preprocess: {callable: 'lambda row: [row.a, row.b, row.c]'}, \
+                  postprocess: {callable: 'lambda r: r.prediction.value * 2'}}}, \
+                inference_tag: prediction, inference_args: {}}";
+    validate(beam).unwrap();
+    let run = |cfg: &str, field: &str| -> Vec<f64> {
+        let (mut node, _) = testing::build(cfg, dir.path(), Resources::default()).unwrap();
+        let (out, failed) = testing::process(node.as_mut(), records());
+        assert!(failed.is_empty(), "{failed:?}");
+        out.iter()
+            .map(|r| {
+                assert!(r.get("inference").is_none(), "{r:?}");
+                r.get(field).and_then(Value::as_f64).unwrap()
+            })
+            .collect()
+    };
+    let (a, b) = (run(rill, "prediction"), run(beam, "prediction"));
+    assert_eq!(a.len(), 20);
+    assert_eq!(a, b);
+    assert!(a.iter().any(|v| *v != a[0]), "the model's outputs vary");
+
+    // a hook given in both places, and arguments the handlers cannot take,
+    // are refused by name
+    let twice = beam.replace(
+        "inference_args: {}",
+        "preprocess: {callable: 'lambda row: [row.a]'}",
+    );
+    let err = validate(&twice).unwrap_err();
+    assert!(err.contains("`preprocess` is given twice"), "{err}");
+    let args = beam.replace("inference_args: {}", "inference_args: {temperature: 0.5}");
+    let err = validate(&args).unwrap_err();
+    assert!(
+        err.contains("inference_args") && err.contains("temperature"),
+        "{err}"
+    );
+}
