@@ -423,8 +423,11 @@ impl<B: Backend> ModelHandler<B> for NetHandler {
 
     fn to_values(&self, out: Tensor<B, 2>) -> Result<Vec<Value>, String> {
         let [n, w] = out.dims();
+        // a failed launch or allocation comes back here, as an error (an
+        // out-of-memory one is split in half and retried)
         let data: Vec<f32> = out
-            .into_data()
+            .try_into_data()
+            .map_err(|e| format!("running the model: {e}"))?
             .to_vec()
             .map_err(|e| format!("reading the model's output: {e:?}"))?;
         let mut values = Vec::with_capacity(n);

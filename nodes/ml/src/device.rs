@@ -35,11 +35,9 @@ pub fn gpus() -> Vec<Gpu> {
     {
         static GPUS: std::sync::OnceLock<Vec<Gpu>> = std::sync::OnceLock::new();
         GPUS.get_or_init(|| {
-            // without libcuda, cudarc panics on first use: quietly
-            let hook = std::panic::take_hook();
-            std::panic::set_hook(Box::new(|_| {}));
-            let found = std::panic::catch_unwind(cuda_devices);
-            std::panic::set_hook(hook);
+            // without libcuda, cudarc panics on first use: quietly (this
+            // thread's panic only; other threads' still print)
+            let found = crate::panics::quietly(|| std::panic::catch_unwind(cuda_devices));
             match found {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {

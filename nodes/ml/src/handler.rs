@@ -94,15 +94,7 @@ impl fmt::Display for InferError {
     }
 }
 
-/// True when an error text reports an allocation failure on a device
-/// (cubecl, CUDA, the allocator).
-pub fn is_oom(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    t.contains("out of memory")
-        || t.contains("outofmemory")
-        || t.contains("cuda_error_out_of_memory")
-        || t.contains("memory allocation")
-}
+pub use crate::panics::is_oom;
 
 /// One loaded model instance, whatever its backend.
 pub trait Engine: Send {
@@ -121,15 +113,28 @@ struct Loaded<B: Backend, H: ModelHandler<B>> {
 impl<B: Backend, H: ModelHandler<B>> Engine for Loaded<B, H> {
     fn infer(&mut self, examples: &[&Value]) -> Result<Vec<Value>, InferError> {
         let n = examples.len();
-        let run = catch_unwind(AssertUnwindSafe(|| {
-            let input = self
-                .handler
-                .to_input(&self.model, examples, &self.device)
-                .map_err(InferError::Example)?;
-            let out = self.handler.forward(&self.model, input);
-            self.handler.to_values(out).map_err(InferError::Failed)
-        }));
+        let device_ooms = crate::panics::device_oom_count();
+        let run = crate::panics::in_forward(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                let input = self
+                    .handler
+                    .to_input(&self.model, examples, &self.device)
+                    .map_err(InferError::Example)?;
+                let out = self.handler.forward(&self.model, input);
+                self.handler.to_values(out).map_err(InferError::Failed)
+            }))
+        });
+        // an allocation that failed on the backend's device thread (cubecl
+        // catches and logs it there): whatever came back is not trusted
+        if crate::panics::device_oom_count() != device_ooms {
+            return Err(InferError::OutOfMemory(
+                "a device allocation failed during the forward pass".into(),
+            ));
+        }
         let values = match run {
+            Ok(Err(InferError::Failed(text))) if is_oom(&text) => {
+                return Err(InferError::OutOfMemory(text));
+            }
             Ok(r) => r?,
             Err(p) => {
                 let text = panic_text(&p);

@@ -15,6 +15,7 @@ pub mod builtin;
 pub mod device;
 pub mod handler;
 pub mod nets;
+pub mod panics;
 pub mod run_inference;
 #[doc(hidden)]
 pub mod testing;
