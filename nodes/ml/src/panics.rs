@@ -132,7 +132,10 @@ mod tests {
         });
         assert!(r.is_err());
         assert_eq!(device_oom_count(), before);
-        assert!(!IN_FORWARD.with(Cell::get), "the flag is put back after a panic");
+        assert!(
+            !IN_FORWARD.with(Cell::get),
+            "the flag is put back after a panic"
+        );
         // another thread's (a device thread's): counted
         std::thread::spawn(|| {
             quietly(|| std::panic::catch_unwind(|| panic!("can't allocate buffer of size: 9")))

@@ -53,6 +53,8 @@ pub struct ModelDir {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchingSpec {
+    /// Most records per forward pass (default 64).
+    #[serde(default = "default_batch")]
     pub max_batch_size: usize,
     /// How long the oldest record may wait for a fuller batch (default 10ms).
     pub max_batch_delay: Option<Dur>,
@@ -119,6 +121,10 @@ fn default_field() -> String {
 }
 
 const DEFAULT_BATCH: usize = 64;
+
+fn default_batch() -> usize {
+    DEFAULT_BATCH
+}
 /// The output fields naming the model behind each inference.
 const MODEL_ID: rill_core::Name = rill_core::Name::const_new("model_id");
 const MODEL_VERSION: rill_core::Name = rill_core::Name::const_new("model_version");
@@ -365,6 +371,9 @@ impl NodeConfig for RunInference {
                 .unwrap_or(InputSpec::Field("features".into())),
             pre: compile("preprocess")?,
             post: compile("postprocess")?,
+            // Beam YAML's place for the hook, and Beam's argument with it
+            post_on_prediction: self.postprocess.is_none()
+                && self.model_handler.config.get(HOOKS[1]).is_some(),
             field: self.inference_field.as_str().into(),
             max_batch: self.max_batch(),
             buckets: self.batching.as_ref().and_then(|b| b.buckets.clone()),
@@ -555,6 +564,10 @@ struct RunInferenceNode {
     input: InputSpec,
     pre: Option<Compiled>,
     post: Option<Compiled>,
+    /// `postprocess` sees Beam's `PredictionResult` (`example`,
+    /// `inference`, `model_id`, `model_version`) instead of the output
+    /// record: it was written in `model_handler.config`, as Beam YAML does.
+    post_on_prediction: bool,
     field: rill_core::Name,
     max_batch: usize,
     buckets: Option<Vec<usize>>,
@@ -867,7 +880,16 @@ impl Transform for RunInferenceNode {
                 }
             }
         }
-        drop(examples);
+        // Beam's postprocess sees the example the model was given
+        let kept: Vec<Option<Value>> = if self.post_on_prediction {
+            examples
+                .into_iter()
+                .map(|e| e.map(Cow::into_owned))
+                .collect()
+        } else {
+            drop(examples);
+            Vec::new()
+        };
         out.reserve(n);
         for (i, (mut r, res)) in batch.into_iter().zip(results).enumerate() {
             match res {
@@ -886,12 +908,24 @@ impl Transform for RunInferenceNode {
                         Which::Key(k) => format!("{}/{k}", self.model_id).into(),
                         Which::Default => self.model_id.clone(),
                     };
+                    let post_value = match &self.post {
+                        Some(post) if self.post_on_prediction => {
+                            let prediction = Record::default()
+                                .with("example", kept[i].clone().unwrap_or(Value::Null))
+                                .with("inference", v.clone())
+                                .with("model_id", Value::String(id.clone()))
+                                .with("model_version", Value::String(version.clone()));
+                            Some(post.eval(&prediction))
+                        }
+                        _ => None,
+                    };
                     r.fields.reserve(3);
                     r.fields.insert(self.field.clone(), v);
                     r.fields.insert(MODEL_ID, Value::String(id));
                     r.fields.insert(MODEL_VERSION, Value::String(version));
-                    if let Some(post) = &self.post {
-                        match post.eval(&r) {
+                    let post_value = post_value.or_else(|| self.post.as_ref().map(|p| p.eval(&r)));
+                    if let Some(result) = post_value {
+                        match result {
                             Ok(v) => {
                                 r.fields.insert(self.field.clone(), v);
                             }

@@ -395,10 +395,11 @@ fn beam_yaml_run_inference_keys_are_understood() {
                 postprocess: {callable: 'lambda r: r.prediction.value * 2'}, \
                 inference_field: prediction}";
     // Beam YAML's: hooks inside the handler's config, `inference_tag`,
-    // an empty `inference_args`
+    // an empty `inference_args`; there `postprocess` gets Beam's
+    // PredictionResult (`example`, `inference`, `model_id`), not the row
     let beam = "{model_handler: {type: BurnMlp, config: {path: m/1, task: regress, \
                   preprocess: {callable: 'lambda row: [row.a, row.b, row.c]'}, \
-                  postprocess: {callable: 'lambda r: r.prediction.value * 2'}}}, \
+                  postprocess: {callable: 'lambda x: x.inference.value * 2'}}}, \
                 inference_tag: prediction, inference_args: {}}";
     validate(beam).unwrap();
     let run = |cfg: &str, field: &str| -> Vec<f64> {
@@ -417,6 +418,23 @@ fn beam_yaml_run_inference_keys_are_understood() {
     assert_eq!(a, b);
     assert!(a.iter().any(|v| *v != a[0]), "the model's outputs vary");
 
+    // the rest of the PredictionResult: the (preprocessed) example, the model
+    let fields = beam.replace(
+        "lambda x: x.inference.value * 2",
+        "lambda x: [x.example[2], x.model_id, x.model_version]",
+    );
+    let (mut node, _) = testing::build(&fields, dir.path(), Resources::default()).unwrap();
+    let (out, failed) = testing::process(node.as_mut(), records());
+    assert!(failed.is_empty(), "{failed:?}");
+    for (i, r) in out.iter().enumerate() {
+        let Some(Value::List(got)) = r.get("prediction") else {
+            panic!("{r:?}")
+        };
+        assert_eq!(got[0], Value::Int(i as i64 % 3), "{r:?}");
+        assert_eq!(Some(&got[1]), r.get("model_id"), "{r:?}");
+        assert_eq!(Some(&got[2]), r.get("model_version"), "{r:?}");
+    }
+
     // a hook given in both places, and arguments the handlers cannot take,
     // are refused by name
     let twice = beam.replace(
@@ -425,6 +443,21 @@ fn beam_yaml_run_inference_keys_are_understood() {
     );
     let err = validate(&twice).unwrap_err();
     assert!(err.contains("`preprocess` is given twice"), "{err}");
+    // `batching` without `max_batch_size` takes the default, 64
+    let mut registry = rill_core::registry::Registry::new();
+    rill_ml::register_all(&mut registry);
+    let delay_only = beam.replace("inference_args: {}", "batching: {max_batch_delay: 5ms}");
+    let node = rill_core::yaml::parse(&delay_only).unwrap();
+    let b = registry
+        .parse("RunInference", &node)
+        .unwrap()
+        .unwrap()
+        .batching()
+        .unwrap();
+    assert_eq!(
+        (b.max_batch_size, b.max_batch_delay),
+        (64, Duration::from_millis(5))
+    );
     let args = beam.replace("inference_args: {}", "inference_args: {temperature: 0.5}");
     let err = validate(&args).unwrap_err();
     assert!(
