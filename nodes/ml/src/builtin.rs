@@ -31,6 +31,7 @@ pub enum Task {
 #[serde(deny_unknown_fields)]
 pub struct MlpConfig {
     /// Weights (`.mpk` or `.safetensors`) or a folder holding them.
+    #[serde(default, deserialize_with = "crate::handler::path::opt")]
     pub path: Option<PathBuf>,
     #[serde(default)]
     pub task: Task,
@@ -44,6 +45,7 @@ pub struct MlpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoencoderConfig {
+    #[serde(default, deserialize_with = "crate::handler::path::opt")]
     pub path: Option<PathBuf>,
     pub encoder: Option<Vec<usize>>,
     pub decoder: Option<Vec<usize>>,
@@ -53,6 +55,7 @@ pub struct AutoencoderConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Conv1dConfig {
+    #[serde(default, deserialize_with = "crate::handler::path::opt")]
     pub path: Option<PathBuf>,
     #[serde(default)]
     pub task: Task,

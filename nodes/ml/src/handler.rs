@@ -336,3 +336,93 @@ pub fn parse_handler(name: &str, config: serde_json::Value) -> Result<Arc<dyn Dy
     };
     (e.parse)(config).map_err(|m| format!("model_handler `{name}` config: {m}"))
 }
+
+/// Paths in configs, where YAML reads a version folder's name (`path: 2`)
+/// as a number: `#[serde(deserialize_with = "rill_ml::handler::path::opt")]`
+/// on an `Option<PathBuf>` (with `#[serde(default)]`), `path::one` on a
+/// `PathBuf`, `path::map` on an `IndexMap<String, PathBuf>`.
+pub mod path {
+    use std::fmt;
+    use std::path::PathBuf;
+
+    use indexmap::IndexMap;
+    use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+    struct PathVisitor;
+
+    impl<'de> Visitor<'de> for PathVisitor {
+        type Value = PathBuf;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a path")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<PathBuf, E> {
+            Ok(PathBuf::from(s))
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<PathBuf, E> {
+            Ok(PathBuf::from(n.to_string()))
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<PathBuf, E> {
+            Ok(PathBuf::from(n.to_string()))
+        }
+    }
+
+    /// A path.
+    pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        d.deserialize_any(PathVisitor)
+    }
+
+    /// An optional path (use with `#[serde(default)]`).
+    pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        struct Opt;
+        impl<'de> Visitor<'de> for Opt {
+            type Value = Option<PathBuf>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a path")
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                one(d).map(Some)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                PathVisitor.visit_str(s).map(Some)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                PathVisitor.visit_u64(n).map(Some)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                PathVisitor.visit_i64(n).map(Some)
+            }
+        }
+        d.deserialize_option(Opt)
+    }
+
+    /// Names to paths.
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<IndexMap<String, PathBuf>, D::Error> {
+        struct M;
+        impl<'de> Visitor<'de> for M {
+            type Value = IndexMap<String, PathBuf>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of names to paths")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                struct P(PathBuf);
+                impl<'de> de::Deserialize<'de> for P {
+                    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<P, D::Error> {
+                        one(d).map(P)
+                    }
+                }
+                let mut m = IndexMap::new();
+                while let Some((k, P(v))) = a.next_entry::<String, P>()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(M)
+    }
+}

@@ -41,6 +41,7 @@ pub struct HandlerSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelDir {
+    #[serde(deserialize_with = "crate::handler::path::one")]
     pub dir: PathBuf,
     /// Load new versions as they appear, and swap them in between batches.
     #[serde(default)]
@@ -69,6 +70,7 @@ pub struct BatchingSpec {
 #[serde(deny_unknown_fields)]
 pub struct KeyedSpec {
     pub max_models: usize,
+    #[serde(deserialize_with = "crate::handler::path::map")]
     pub models: IndexMap<String, PathBuf>,
     /// Take the key from this field instead of the record's key.
     pub key_field: Option<String>,
