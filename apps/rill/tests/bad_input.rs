@@ -118,7 +118,7 @@ fn duplicate_names_and_unread_error_outputs() {
 fn bad_expressions_and_unsupported_fields() {
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'element >'}}\n",
-        &["p.yaml:4:42", "`keep`: line 1, column 10: SyntaxError"],
+        &["p.yaml:4:43", "`keep`: line 1, column 10: SyntaxError"],
     );
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'True'}, windowing: {type: fixed, size: 10s}}\n",
@@ -131,6 +131,14 @@ fn bad_expressions_and_unsupported_fields() {
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'True'}, restart: {within: 10}}\n",
         &["p.yaml:4:76", "`10` has no unit"],
+    );
+    // a check after parsing points at the key it names, and names the stage
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - type: RunInference\n      name: infer\n      input: src\n      config:\n        model_handler: {type: BurnMlp, config: {path: m}}\n        batching:\n          max_batch_delay: 5ms\n          max_batch_size: 0\n",
+        &[
+            "p.yaml:11:11",
+            "stage `infer` (`RunInference`) config: `batching.max_batch_size` must be at least 1",
+        ],
     );
 }
 

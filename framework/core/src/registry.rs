@@ -39,7 +39,7 @@ impl Registry {
         let parse: ParseFn = Box::new(|node: &YNode| {
             let cfg: C = from_node(node)?;
             cfg.validate()
-                .map_err(|msg| YamlError::at(node.mark, msg))?;
+                .map_err(|msg| YamlError::at(mark_of_named_key(node, &msg), msg))?;
             Ok(Arc::new(cfg) as Arc<dyn DynNode>)
         });
         self.entries.insert(name.to_owned(), Entry { parse, doc });
@@ -73,6 +73,36 @@ impl Registry {
             .min()
             .map(|(_, n)| n)
     }
+}
+
+/// Where a validation message points: the first key path it names in
+/// backticks (`` `batching.max_batch_size` ``) that the config has, else the
+/// config itself.
+fn mark_of_named_key(config: &YNode, msg: &str) -> crate::yaml::Mark {
+    for (i, quoted) in msg.split('`').enumerate() {
+        // the odd pieces are inside backticks
+        if i % 2 == 0 || quoted.is_empty() || quoted.contains(char::is_whitespace) {
+            continue;
+        }
+        let mut node = config;
+        let mut mark = None;
+        for seg in quoted.split('.') {
+            match node.entry(seg) {
+                Some((k, v)) => {
+                    mark = Some(k.mark);
+                    node = v;
+                }
+                None => {
+                    mark = None;
+                    break;
+                }
+            }
+        }
+        if let Some(m) = mark {
+            return m;
+        }
+    }
+    config.mark
 }
 
 /// Levenshtein distance, for suggestions.

@@ -1218,7 +1218,12 @@ fn parse_transform<'a>(
         Some(Err(e)) => {
             cx.yaml(
                 YamlError {
-                    msg: format!("in `{type_name}` config: {}", e.msg),
+                    msg: match &name {
+                        Some((stage, _)) => {
+                            format!("stage `{stage}` (`{type_name}`) config: {}", e.msg)
+                        }
+                        None => format!("in `{type_name}` config: {}", e.msg),
+                    },
                     mark: e.mark,
                 },
                 config.mark,
