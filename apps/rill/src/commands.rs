@@ -186,6 +186,7 @@ pub struct RunFlags {
     pub connect: Vec<String>,
     pub quiet: bool,
     pub reset_state: bool,
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), registered before the run starts so a
@@ -228,11 +229,24 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
         connect,
         quiet,
         reset_state,
+        metrics_addr,
     } = flags;
     let mut signals = StopSignals::register();
     let pipeline = match load(&file) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
+    };
+    // bound before any stage starts: a taken port is bad input, not a
+    // half-started run
+    let metrics_listener = match metrics_addr {
+        None => None,
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: --metrics-addr {addr}: {e}");
+                return BAD_INPUT;
+            }
+        },
     };
     let opts = RunOptions {
         stages,
@@ -255,6 +269,12 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
     };
     let stopper = run.stopper();
     let metrics: Vec<_> = run.metrics().to_vec();
+    let metrics_server = metrics_listener.map(|l| {
+        if !quiet && let Ok(a) = l.local_addr() {
+            eprintln!("metrics: http://{a}/metrics");
+        }
+        rill_runtime::prometheus::serve(l, pipeline.name.clone(), metrics.clone())
+    });
     let progress = (!quiet && std::io::stderr().is_terminal())
         .then(|| summary::Progress::start(metrics.clone()));
     let signals = tokio::spawn(async move {
@@ -271,6 +291,9 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
     });
     let result = run.wait().await;
     signals.abort();
+    if let Some(s) = metrics_server {
+        s.abort();
+    }
     if let Some(p) = progress {
         p.finish();
     }

@@ -47,6 +47,10 @@ enum Command {
         /// output logs, positions and node state) and start them over.
         #[arg(long)]
         reset_state: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+        /// 127.0.0.1:9464; port 0 picks a free port).
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Check a pipeline without running it.
     Validate { file: PathBuf },
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
             connect,
             quiet,
             reset_state,
+            metrics_addr,
         } => commands::with_runtime(commands::run(
             file,
             commands::RunFlags {
@@ -156,6 +161,7 @@ fn main() -> ExitCode {
                 connect,
                 quiet,
                 reset_state,
+                metrics_addr,
             },
         )),
         Command::Tap {

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,14 +27,6 @@ pipeline:
 options:
   checkpoint_interval: 20ms
 "#;
-
-fn signal(child: &Child, sig: &str) {
-    let st = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
 
 fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path)

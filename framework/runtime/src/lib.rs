@@ -23,6 +23,7 @@ pub mod dlq;
 pub mod durable;
 pub mod log;
 pub mod metrics;
+pub mod prometheus;
 pub mod protocol;
 pub mod stage;
 pub mod store;

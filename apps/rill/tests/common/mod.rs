@@ -86,3 +86,12 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Sends `sig` (`-TERM`, `-KILL`, ...) to a child with `kill`.
+pub fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
