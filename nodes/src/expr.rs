@@ -1,7 +1,10 @@
 //! Expressions in configs: `keep`, `fields`, `callable`, in Beam YAML's forms.
 //!
 //! A spec is either a string (an expression over the record's fields, or a
-//! field name) or a mapping with exactly one of `expression` or `callable`.
+//! field name) or a mapping with exactly one of `expression`, `callable`,
+//! or `path` and `name` (a function in a Python file, as Beam YAML allows).
+
+use std::path::{Path, PathBuf};
 
 use rill_core::{Record, Value};
 use rill_expr::Program;
@@ -52,6 +55,10 @@ impl<'de> Deserialize<'de> for ExprSpec {
 pub struct FullSpec {
     expression: Option<String>,
     callable: Option<String>,
+    /// A Python file that defines the function `name` (Beam YAML's
+    /// file-based callable); relative to the working directory.
+    path: Option<PathBuf>,
+    name: Option<String>,
     /// Beam's JSON-schema output type; checked after evaluation.
     output_type: Option<String>,
 }
@@ -63,14 +70,63 @@ pub struct Compiled {
     output_type: Option<String>,
 }
 
+/// The name the wrapper around a file's function gets (a plain name: the
+/// sandbox refuses names with double underscores).
+const FILE_ENTRY: &str = "rill_file_callable_entry";
+
 impl ExprSpec {
-    /// Compiles the spec; `what` names it in errors (e.g. "keep").
-    pub fn compile(&self, what: &str) -> Result<Compiled, String> {
+    /// Checks the spec without reading files (for `rill validate`): compiles
+    /// an inline one, checks the shape of a file-based one.
+    pub fn check(&self, what: &str) -> Result<(), String> {
+        match self {
+            ExprSpec::Full(f) if f.path.is_some() || f.name.is_some() => {
+                f.file_parts(what).map(|_| ())
+            }
+            _ => self.compile(what, Path::new(".")).map(|_| ()),
+        }
+    }
+
+    /// Compiles the spec, reading a file-based callable relative to `base`;
+    /// `what` names it in errors (e.g. "keep").
+    pub fn compile(&self, what: &str, base: &Path) -> Result<Compiled, String> {
         let (program, output_type) = match self {
             ExprSpec::Text(s) => (
                 Program::expression(s).map_err(|e| format!("`{what}`: {e}"))?,
                 None,
             ),
+            ExprSpec::Full(f) if f.path.is_some() || f.name.is_some() => {
+                let (path, name) = f.file_parts(what)?;
+                let path = if path.is_absolute() {
+                    path.to_owned()
+                } else {
+                    base.join(path)
+                };
+                let src = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("`{what}`: cannot read {}: {e}", path.display()))?;
+                let defines = src.lines().any(|l| {
+                    l.strip_prefix("def ")
+                        .or_else(|| l.strip_prefix("async def "))
+                        .is_some_and(|r| {
+                            r.trim_start()
+                                .strip_prefix(name)
+                                .is_some_and(|r| r.trim_start().starts_with('('))
+                        })
+                        || l.strip_prefix(name)
+                            .is_some_and(|r| r.trim_start().starts_with('='))
+                });
+                if !defines {
+                    return Err(format!(
+                        "`{what}`: {} defines no top-level function `{name}`",
+                        path.display()
+                    ));
+                }
+                // the file's statements, then a function that calls `name`:
+                // a callable script ends with the `def` it calls
+                let script = format!("{src}\n\ndef {FILE_ENTRY}(row):\n    return {name}(row)\n");
+                let p = Program::callable(&script)
+                    .map_err(|e| format!("`{what}`: {}: {e}", path.display()))?;
+                (p, f.output_type.clone())
+            }
             ExprSpec::Full(f) => {
                 let p = match (&f.expression, &f.callable) {
                     (Some(e), None) => {
@@ -81,20 +137,11 @@ impl ExprSpec {
                     }
                     _ => {
                         return Err(format!(
-                            "`{what}` needs exactly one of `expression` or `callable`"
+                            "`{what}` needs exactly one of `expression`, `callable`, or `path` with `name`"
                         ));
                     }
                 };
-                if let Some(t) = &f.output_type
-                    && !matches!(
-                        t.as_str(),
-                        "string" | "integer" | "number" | "boolean" | "array" | "object"
-                    )
-                {
-                    return Err(format!(
-                        "`{what}`: unknown output_type `{t}`: expected string, integer, number, boolean, array or object"
-                    ));
-                }
+                check_output_type(what, &f.output_type)?;
                 (p, f.output_type.clone())
             }
         };
@@ -102,6 +149,48 @@ impl ExprSpec {
             program,
             output_type,
         })
+    }
+}
+
+fn check_output_type(what: &str, t: &Option<String>) -> Result<(), String> {
+    if let Some(t) = t
+        && !matches!(
+            t.as_str(),
+            "string" | "integer" | "number" | "boolean" | "array" | "object"
+        )
+    {
+        return Err(format!(
+            "`{what}`: unknown output_type `{t}`: expected string, integer, number, boolean, array or object"
+        ));
+    }
+    Ok(())
+}
+
+impl FullSpec {
+    /// `path` and `name` of a file-based callable, checked.
+    fn file_parts(&self, what: &str) -> Result<(&Path, &str), String> {
+        if self.expression.is_some() || self.callable.is_some() {
+            return Err(format!(
+                "`{what}`: give `path` and `name`, or `expression`, or `callable`: not several"
+            ));
+        }
+        let (Some(path), Some(name)) = (&self.path, &self.name) else {
+            return Err(format!(
+                "`{what}`: a function from a file needs both `path` (the .py file) and `name` (the function)"
+            ));
+        };
+        let ident = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident {
+            return Err(format!(
+                "`{what}`: `name: {name}` is not a Python function name"
+            ));
+        }
+        check_output_type(what, &self.output_type)?;
+        Ok((path, name))
     }
 }
 
@@ -128,5 +217,62 @@ impl Compiled {
             }
         }
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> ExprSpec {
+        let v: serde_json::Value = serde_json::from_str(yaml).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_function_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("f.py"),
+            "import math\n\ndef helper(v):\n    return math.floor(v)\n\ndef floor_x(row):\n    return helper(row.x)\n\nhalf = lambda row: row.x / 2\n",
+        )
+        .unwrap();
+        let r = Record::default().with("x", 2.5);
+        let s = spec(r#"{"path": "f.py", "name": "floor_x"}"#);
+        s.check("f").unwrap();
+        let c = s.compile("f", dir.path()).unwrap();
+        assert_eq!(c.eval(&r).unwrap(), Value::Int(2));
+        // a name bound to a lambda is a function too
+        let c = spec(r#"{"path": "f.py", "name": "half"}"#)
+            .compile("f", dir.path())
+            .unwrap();
+        assert_eq!(c.eval(&r).unwrap(), Value::Float(1.25));
+        // refusals, each saying what is wrong
+        for (json, needle) in [
+            (r#"{"path": "f.py"}"#, "needs both `path`"),
+            (r#"{"name": "floor_x"}"#, "needs both `path`"),
+            (
+                r#"{"path": "f.py", "name": "floor_x", "callable": "lambda r: 1"}"#,
+                "not several",
+            ),
+            (
+                r#"{"path": "f.py", "name": "a.b"}"#,
+                "not a Python function name",
+            ),
+        ] {
+            let err = spec(json).check("f").unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+        let err = spec(r#"{"path": "f.py", "name": "nope"}"#)
+            .compile("f", dir.path())
+            .unwrap_err();
+        assert!(
+            err.contains("defines no top-level function `nope`"),
+            "{err}"
+        );
+        let err = spec(r#"{"path": "g.py", "name": "nope"}"#)
+            .compile("f", dir.path())
+            .unwrap_err();
+        assert!(err.contains("cannot read") && err.contains("g.py"), "{err}");
     }
 }

@@ -21,10 +21,13 @@ impl NodeConfig for Filter {
     }
     fn validate(&self) -> Result<(), String> {
         check_language(&self.language)?;
-        self.keep.compile("keep").map(|_| ())
+        self.keep.check("keep")
     }
-    fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let keep = self.keep.compile("keep").map_err(NodeError::Failed)?;
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        let keep = self
+            .keep
+            .compile("keep", ctx.base_dir)
+            .map_err(NodeError::Failed)?;
         Ok(Node::Transform(Box::new(FilterNode { keep })))
     }
 }
@@ -88,11 +91,11 @@ impl<'de> Deserialize<'de> for Drop {
 }
 
 impl MapToFields {
-    fn compile(&self) -> Result<Vec<(String, Compiled)>, String> {
+    fn compile(&self, base: &std::path::Path) -> Result<Vec<(String, Compiled)>, String> {
         self.fields
             .iter()
             .map(|(name, spec)| {
-                spec.compile(&format!("fields.{name}"))
+                spec.compile(&format!("fields.{name}"), base)
                     .map(|c| (name.clone(), c))
             })
             .collect()
@@ -120,11 +123,14 @@ impl NodeConfig for MapToFields {
         if self.fields.is_empty() && !self.append {
             return Err("`fields` is empty: the output would have no fields".into());
         }
-        self.compile().map(|_| ())
+        for (name, spec) in &self.fields {
+            spec.check(&format!("fields.{name}"))?;
+        }
+        Ok(())
     }
-    fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         Ok(Node::Transform(Box::new(MapNode {
-            fields: self.compile().map_err(NodeError::Failed)?,
+            fields: self.compile(ctx.base_dir).map_err(NodeError::Failed)?,
             append: self.append,
             drop: self.drop.0.clone(),
         })))

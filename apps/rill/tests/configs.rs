@@ -17,6 +17,7 @@ const EXPECT: &[(&str, &str)] = &[
     ("beam/explode.yaml", "expected rows"),
     ("beam/filter_callable.yaml", "expected rows"),
     ("beam/map_to_fields_callable.yaml", "expected rows"),
+    ("beam/map_to_fields_from_file.yaml", "expected rows"),
     (
         "beam/map_to_fields_with_resource_hints.yaml",
         "expected rows",
@@ -281,6 +282,11 @@ fn beam_map_to_fields_callable() {
 }
 
 #[test]
+fn beam_map_to_fields_from_file() {
+    run_beam("map_to_fields_from_file.yaml");
+}
+
+#[test]
 fn beam_map_to_fields_with_resource_hints() {
     run_beam("map_to_fields_with_resource_hints.yaml");
 }
@@ -290,13 +296,13 @@ fn beam_regex_matches() {
     run_beam("regex_matches.yaml");
 }
 
-fn refused(name: &str, needle: &str) {
+fn refused(name: &str, at: &str, needle: &str) {
     let dir = sandbox();
     let file = format!("configs/beam/{name}");
     let out = rill(dir.path(), &["run", &file]);
     assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains(&format!("{file}:33:9")), "{err}");
+    assert!(err.contains(&format!("{file}:{at}")), "{err}");
     assert!(err.contains(needle), "{err}");
     assert!(!Path::new(&dir.path().join("out")).exists());
 }
@@ -305,6 +311,7 @@ fn refused(name: &str, needle: &str) {
 fn beam_with_deps_is_refused_clearly() {
     refused(
         "map_to_fields_with_deps.yaml",
+        "42:9",
         "`dependencies` (roman>=4.2) is not supported",
     );
 }
@@ -313,6 +320,7 @@ fn beam_with_deps_is_refused_clearly() {
 fn beam_with_java_is_refused_clearly() {
     refused(
         "map_to_fields_with_java_deps.yaml",
+        "33:9",
         "`language: java` is not supported",
     );
 }

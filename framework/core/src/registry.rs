@@ -76,11 +76,12 @@ impl Registry {
 }
 
 /// Where a validation message points: the first key path it names in
-/// backticks (`` `batching.max_batch_size` ``) that the config has, else the
-/// config itself.
+/// backticks (`` `batching.max_batch_size` ``, or `` `language: java` ``)
+/// that the config has, else the config itself.
 fn mark_of_named_key(config: &YNode, msg: &str) -> crate::yaml::Mark {
     for (i, quoted) in msg.split('`').enumerate() {
-        // the odd pieces are inside backticks
+        // the odd pieces are inside backticks; `key: value` names `key`
+        let quoted = quoted.split_once(": ").map_or(quoted, |(k, _)| k);
         if i % 2 == 0 || quoted.is_empty() || quoted.contains(char::is_whitespace) {
             continue;
         }

@@ -228,7 +228,7 @@ impl NodeConfig for RunInference {
         }
         for name in HOOKS {
             if let Some(p) = self.hook(name)? {
-                p.compile(name)?;
+                p.check(name)?;
             }
         }
         if let Some(args) = &self.inference_args
@@ -357,7 +357,7 @@ impl NodeConfig for RunInference {
         }
         let compile = |what| {
             self.hook(what)
-                .and_then(|e| e.map(|e| e.compile(what)).transpose())
+                .and_then(|e| e.map(|e| e.compile(what, ctx.base_dir)).transpose())
                 .map_err(NodeError::Failed)
         };
         Ok(Node::Transform(Box::new(RunInferenceNode {

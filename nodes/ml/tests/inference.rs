@@ -418,6 +418,18 @@ fn beam_yaml_run_inference_keys_are_understood() {
     assert_eq!(a, b);
     assert!(a.iter().any(|v| *v != a[0]), "the model's outputs vary");
 
+    // Beam's file-based hook: a function in a Python file
+    std::fs::write(
+        dir.path().join("post.py"),
+        "def twice(v):\n    return v * 2\n\ndef post(x):\n    return twice(x.inference.value)\n",
+    )
+    .unwrap();
+    let from_file = beam.replace(
+        "postprocess: {callable: 'lambda x: x.inference.value * 2'}",
+        "postprocess: {path: post.py, name: post}",
+    );
+    assert_eq!(run(&from_file, "prediction"), a);
+
     // the rest of the PredictionResult: the (preprocessed) example, the model
     let fields = beam.replace(
         "lambda x: x.inference.value * 2",
