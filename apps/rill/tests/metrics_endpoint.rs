@@ -31,6 +31,18 @@ const PIPELINE: &str = "pipeline:
       config: {path: out.jsonl}
 ";
 
+/// `rill run p.yaml` on loopback, serving metrics on `metrics_addr`.
+fn run_args(metrics_addr: &str) -> [&str; 6] {
+    [
+        "run",
+        "p.yaml",
+        "--listen",
+        "tcp/127.0.0.1:0",
+        "--metrics-addr",
+        metrics_addr,
+    ]
+}
+
 /// `GET path` over HTTP/1.1: (status line, body).
 fn get(addr: &str, path: &str) -> (String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -91,19 +103,9 @@ fn prometheus_parse(text: &str) -> Vec<String> {
 fn a_running_pipeline_can_be_scraped() {
     let dir = sandbox();
     std::fs::write(dir.path().join("p.yaml"), PIPELINE).unwrap();
-    let mut child = command(
-        dir.path(),
-        &[
-            "run",
-            "p.yaml",
-            "--listen",
-            "tcp/127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let mut child = command(dir.path(), &run_args("127.0.0.1:0"))
+        .spawn()
+        .unwrap();
     // the address is printed on stderr (port 0: the one picked)
     let (tx, rx) = mpsc::channel();
     let err = child.stderr.take().unwrap();
@@ -197,17 +199,7 @@ fn a_taken_metrics_port_is_bad_input() {
     std::fs::write(dir.path().join("p.yaml"), PIPELINE).unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let o = rill(
-        dir.path(),
-        &[
-            "run",
-            "p.yaml",
-            "--listen",
-            "tcp/127.0.0.1:0",
-            "--metrics-addr",
-            &addr,
-        ],
-    );
+    let o = rill(dir.path(), &run_args(&addr));
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&format!("--metrics-addr {addr}")), "{err}");

@@ -81,8 +81,11 @@ impl Registry {
 fn mark_of_named_key(config: &YNode, msg: &str) -> crate::yaml::Mark {
     for (i, quoted) in msg.split('`').enumerate() {
         // the odd pieces are inside backticks; `key: value` names `key`
+        if i % 2 == 0 {
+            continue;
+        }
         let quoted = quoted.split_once(": ").map_or(quoted, |(k, _)| k);
-        if i % 2 == 0 || quoted.is_empty() || quoted.contains(char::is_whitespace) {
+        if quoted.is_empty() || quoted.contains(char::is_whitespace) {
             continue;
         }
         let mut node = config;

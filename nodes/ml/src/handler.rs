@@ -346,7 +346,8 @@ pub mod path {
     use std::path::PathBuf;
 
     use indexmap::IndexMap;
-    use serde::de::{self, Deserializer, MapAccess, Visitor};
+    use serde::Deserialize;
+    use serde::de::{self, Deserializer, Visitor};
 
     struct PathVisitor;
 
@@ -366,63 +367,28 @@ pub mod path {
         }
     }
 
+    /// A path that may be written as a number.
+    struct Lenient(PathBuf);
+
+    impl<'de> Deserialize<'de> for Lenient {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Lenient, D::Error> {
+            d.deserialize_any(PathVisitor).map(Lenient)
+        }
+    }
+
     /// A path.
     pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-        d.deserialize_any(PathVisitor)
+        Lenient::deserialize(d).map(|p| p.0)
     }
 
     /// An optional path (use with `#[serde(default)]`).
     pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-        struct Opt;
-        impl<'de> Visitor<'de> for Opt {
-            type Value = Option<PathBuf>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a path")
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                one(d).map(Some)
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                PathVisitor.visit_str(s).map(Some)
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
-                PathVisitor.visit_u64(n).map(Some)
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
-                PathVisitor.visit_i64(n).map(Some)
-            }
-        }
-        d.deserialize_option(Opt)
+        Option::<Lenient>::deserialize(d).map(|p| p.map(|p| p.0))
     }
 
     /// Names to paths.
     pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<IndexMap<String, PathBuf>, D::Error> {
-        struct M;
-        impl<'de> Visitor<'de> for M {
-            type Value = IndexMap<String, PathBuf>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a mapping of names to paths")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                struct P(PathBuf);
-                impl<'de> de::Deserialize<'de> for P {
-                    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<P, D::Error> {
-                        one(d).map(P)
-                    }
-                }
-                let mut m = IndexMap::new();
-                while let Some((k, P(v))) = a.next_entry::<String, P>()? {
-                    m.insert(k, v);
-                }
-                Ok(m)
-            }
-        }
-        d.deserialize_map(M)
+        IndexMap::<String, Lenient>::deserialize(d)
+            .map(|m| m.into_iter().map(|(k, p)| (k, p.0)).collect())
     }
 }

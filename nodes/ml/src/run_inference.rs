@@ -883,7 +883,7 @@ impl Transform for RunInferenceNode {
             }
         }
         // Beam's postprocess sees the example the model was given
-        let kept: Vec<Option<Value>> = if self.post_on_prediction {
+        let mut kept: Vec<Option<Value>> = if self.post_on_prediction {
             examples
                 .into_iter()
                 .map(|e| e.map(Cow::into_owned))
@@ -913,7 +913,7 @@ impl Transform for RunInferenceNode {
                     let post_value = match &self.post {
                         Some(post) if self.post_on_prediction => {
                             let prediction = Record::default()
-                                .with("example", kept[i].clone().unwrap_or(Value::Null))
+                                .with("example", kept[i].take().unwrap_or(Value::Null))
                                 .with("inference", v.clone())
                                 .with("model_id", Value::String(id.clone()))
                                 .with("model_version", Value::String(version.clone()));
