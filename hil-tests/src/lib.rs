@@ -10,6 +10,11 @@
 //!   run; the sink must equal an undisturbed run's, record for record. A
 //!   short version (~30 s) runs in CI; the long one is
 //!   `cargo test --release -p rill-hil-tests -- --ignored chaos_long`.
+//! - `tests/chaos_sources.rs`: every source that claims exactly-once
+//!   (`Create`, `Generate`, `ReadFromJson`, `ReadFromCsv`) under SIGKILL,
+//!   in one process and with only the source's process killed, under
+//!   `exactly_once` and `at_least_once`; each asserts that its kills
+//!   landed while the source was mid-stream.
 //!
 //! This library holds what the tests share: finding (or building) the
 //! `rill` binary, free loopback ports, and a process driver.
@@ -57,6 +62,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `--listen` on `ports[me]` and `--connect` to the others: the Zenoh
+/// endpoints of process `me` of a pipeline split over processes.
+pub fn endpoints(ports: &[u16], me: usize) -> Vec<String> {
+    let mut args = vec![
+        "--listen".to_owned(),
+        format!("tcp/127.0.0.1:{}", ports[me]),
+    ];
+    for (i, p) in ports.iter().enumerate() {
+        if i != me {
+            args.push("--connect".into());
+            args.push(format!("tcp/127.0.0.1:{p}"));
+        }
+    }
+    args
+}
+
 /// One `rill run` process that the driver kills and starts again.
 pub struct Proc {
     pub name: String,
@@ -66,6 +87,8 @@ pub struct Proc {
     pub starts: u32,
     pub kills: u32,
     pub exit: Option<i32>,
+    /// Extra environment (`RILL_LOG`, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Proc {
@@ -78,6 +101,7 @@ impl Proc {
             starts: 0,
             kills: 0,
             exit: None,
+            env: Vec::new(),
         }
     }
 
@@ -91,6 +115,7 @@ impl Proc {
             .current_dir(&self.dir)
             .env("RILL_TEST_NODES", "1")
             .env_remove("RILL_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -123,6 +148,11 @@ impl Proc {
                 false
             }
         }
+    }
+
+    /// The stderr of start `n`.
+    pub fn log(&self, n: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.{n}.log", self.name))).unwrap_or_default()
     }
 
     /// The stderr of every start, for failure messages.

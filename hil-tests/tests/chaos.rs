@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rill_hil_tests::{Proc, free_port};
+use rill_hil_tests::{Proc, endpoints, free_port};
 
 struct Plan {
     records: u64,
@@ -52,20 +52,6 @@ options:
         k = p.keys,
         r = p.rate
     )
-}
-
-fn endpoints(ports: &[u16], me: usize) -> Vec<String> {
-    let mut args = vec![
-        "--listen".to_owned(),
-        format!("tcp/127.0.0.1:{}", ports[me]),
-    ];
-    for (i, p) in ports.iter().enumerate() {
-        if i != me {
-            args.push("--connect".into());
-            args.push(format!("tcp/127.0.0.1:{p}"));
-        }
-    }
-    args
 }
 
 fn scenario(dir: &Path, plan: &Plan, split: bool) -> Vec<Proc> {

@@ -129,7 +129,7 @@ fn decode(format: Format, key: &str, bytes: &[u8]) -> Vec<Result<Record, (Record
     };
     let as_rill = || match decode_data(bytes) {
         Ok(DataMsg::Batch { records, .. }) => Some(records),
-        Ok(DataMsg::End { .. }) => Some(Vec::new()),
+        Ok(DataMsg::End { .. } | DataMsg::Gone { .. }) => Some(Vec::new()),
         Err(_) => rill_core::codec::decode::<Vec<Record>>(bytes).ok(),
     };
     let as_json = || {

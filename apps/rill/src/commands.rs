@@ -324,7 +324,11 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
                     eprintln!("  {h}");
                 }
             }
-            FAILED
+            if rill_runtime::supervisor::is_bad_input(&error) {
+                BAD_INPUT
+            } else {
+                FAILED
+            }
         }
         Err(RunError::Stopped(report)) => {
             if !quiet {
@@ -386,7 +390,7 @@ pub async fn tap(key: String, listen: Vec<String>, connect: Vec<String>, count: 
             Ok(rill_core::wire::DataMsg::Batch { records, .. }) => {
                 records.iter().map(rill_core::json::record_to_json_line).collect()
             }
-            Ok(rill_core::wire::DataMsg::End { .. }) => Vec::new(),
+            Ok(rill_core::wire::DataMsg::End { .. } | rill_core::wire::DataMsg::Gone { .. }) => Vec::new(),
             Err(_) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(j) => vec![j.to_string()],
                 Err(_) => vec![serde_json::json!({"key_expr": sample.key_expr().as_str(), "bytes": bytes.len()}).to_string()],

@@ -60,6 +60,11 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+    /// The node's input is not usable and no restart would change that (a
+    /// file that changed since the last commit, say): the run stops at
+    /// once and the CLI exits 2.
+    #[error("bad input: {0}")]
+    BadInput(String),
     #[error("record failed: {msg}")]
     Record {
         msg: String,
@@ -194,17 +199,25 @@ pub trait Source: Send {
         true
     }
 
-    /// Moves a deterministic source past its first `emitted` records (what
-    /// it had emitted at the stage's last commit), when it can do that
-    /// without producing them; returns false to have the runtime poll and
-    /// discard them instead.
-    fn seek(&mut self, _emitted: u64) -> bool {
+    /// Moves a deterministic source past its first `made` records (what it
+    /// had emitted and failed at the stage's last commit, over all its
+    /// incarnations), when it can do that without producing them, and
+    /// returns true. A source that restored its own position from its
+    /// [`KeyedState`] at build returns true when that position is `made`
+    /// records in.
+    ///
+    /// Returning false means the source is at its start: the runtime then
+    /// polls it and drops the first `made` of what it makes (and stops the
+    /// run with exit code 2 if the source ends before that: its input
+    /// changed).
+    fn seek(&mut self, _made: u64) -> bool {
         false
     }
 
     /// Called before each commit of the stage: put what the source needs to
-    /// resume into its [`KeyedState`]. It runs on the async worker: keep it
-    /// short (no I/O).
+    /// resume into its [`KeyedState`] (it is committed atomically with the
+    /// stage's count of what the source made). It runs on the async worker:
+    /// keep it short (a file source reads back at most 8 KiB it just read).
     fn checkpoint(&mut self) -> Result<(), NodeError> {
         Ok(())
     }

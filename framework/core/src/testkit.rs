@@ -120,20 +120,32 @@ pub fn build_yaml(
     config_yaml: &str,
     base_dir: &Path,
 ) -> Result<Node, String> {
+    let state = crate::state::KeyedState::default();
+    build_yaml_with_state(registry, type_name, config_yaml, base_dir, &state)
+}
+
+/// As [`build_yaml`], with the stage's keyed state as of its last commit
+/// (to build a node the way a restarted stage does).
+pub fn build_yaml_with_state(
+    registry: &Registry,
+    type_name: &str,
+    config_yaml: &str,
+    base_dir: &Path,
+    state: &crate::state::KeyedState,
+) -> Result<Node, String> {
     let node = yaml::parse(config_yaml).map_err(|e: YamlError| e.to_string())?;
     let cfg = registry
         .parse(type_name, &node)
         .ok_or_else(|| format!("unknown type `{type_name}`"))?
         .map_err(|e| e.to_string())?;
     let ext = Extensions::default();
-    let state = crate::state::KeyedState::default();
     let ctx = BuildContext {
         pipeline: "test",
         stage: type_name,
         attempt: 0,
         base_dir,
         extensions: &ext,
-        state: &state,
+        state,
         delivery: crate::spec::Delivery::ExactlyOnce,
         resources: Default::default(),
         metrics: &Default::default(),

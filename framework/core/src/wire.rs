@@ -29,12 +29,25 @@ pub enum DataMsg {
     /// itself takes the number `seq`, so a consumer acknowledges it with
     /// `next = seq + 1`.
     End { producer: ProducerId, seq: u64 },
+    /// The producer's answer to a `Resend` it cannot serve: `consumer`
+    /// asked for records from `from`, but the producer holds only those
+    /// from `low` (it dropped the rest once every consumer, `consumer`
+    /// included, had acknowledged them). The consumer's state was reset or
+    /// lost while the producer's was kept; neither can go on.
+    Gone {
+        producer: ProducerId,
+        consumer: String,
+        from: u64,
+        low: u64,
+    },
 }
 
 impl DataMsg {
     pub fn producer(&self) -> &ProducerId {
         match self {
-            DataMsg::Batch { producer, .. } | DataMsg::End { producer, .. } => producer,
+            DataMsg::Batch { producer, .. }
+            | DataMsg::End { producer, .. }
+            | DataMsg::Gone { producer, .. } => producer,
         }
     }
 }
@@ -84,6 +97,12 @@ pub enum DataHead {
         producer: ProducerId,
         seq: u64,
     },
+    Gone {
+        producer: ProducerId,
+        consumer: String,
+        from: u64,
+        low: u64,
+    },
 }
 
 /// The fields of [`DataMsg`] before the records, in the same layout.
@@ -96,6 +115,12 @@ enum HeadWire {
     End {
         producer: ProducerId,
         seq: u64,
+    },
+    Gone {
+        producer: ProducerId,
+        consumer: String,
+        from: u64,
+        low: u64,
     },
 }
 
@@ -119,6 +144,17 @@ pub fn decode_data_head(bytes: &[u8]) -> Result<DataHead, CodecError> {
             }
         }
         HeadWire::End { producer, seq } => DataHead::End { producer, seq },
+        HeadWire::Gone {
+            producer,
+            consumer,
+            from,
+            low,
+        } => DataHead::Gone {
+            producer,
+            consumer,
+            from,
+            low,
+        },
     })
 }
 
@@ -203,6 +239,21 @@ mod tests {
             decode_data_head(&bytes[..bytes.len() - 1]),
             Err(CodecError::Decode(_))
         ));
+        let gone = DataMsg::Gone {
+            producer: producer(),
+            consumer: "sink".into(),
+            from: 0,
+            low: 512,
+        };
+        assert_eq!(
+            decode_data_head(&encode_data(&gone).unwrap()).unwrap(),
+            DataHead::Gone {
+                producer: producer(),
+                consumer: "sink".into(),
+                from: 0,
+                low: 512
+            }
+        );
         assert!(matches!(
             decode_data_head(b"not rill"),
             Err(CodecError::BadHeader(_))

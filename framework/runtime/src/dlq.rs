@@ -10,7 +10,7 @@
 //! file back to its committed length, so a dead letter is listed once.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use rill_core::Record;
@@ -164,6 +164,11 @@ impl DlqFile {
         Ok(d)
     }
 
+    /// The length of the queue as of the last commit.
+    pub fn committed_len(&self) -> u64 {
+        self.committed_len
+    }
+
     pub fn push(&mut self, dead: &Record) {
         self.pending
             .extend_from_slice(Letter::line_of(dead).as_bytes());
@@ -181,10 +186,16 @@ impl DlqFile {
         }
         let mut f = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .write(true)
             .open(&self.path)
             .map_err(io)?;
+        // the letters go right after what is committed, whatever a failed
+        // rollback left past it
+        f.seek(SeekFrom::Start(self.committed_len)).map_err(io)?;
         f.write_all(&self.pending).map_err(io)?;
+        f.set_len(self.committed_len + self.pending.len() as u64)
+            .map_err(io)?;
         f.sync_data().map_err(io)?;
         Ok(self.committed_len + self.pending.len() as u64)
     }

@@ -121,6 +121,13 @@ impl<P: Clone> OutLog<P> {
         self.next_seq
     }
 
+    /// The first number still held (every consumer acknowledged those
+    /// below it, and they were dropped), or the next number when nothing
+    /// is held.
+    pub fn low(&self) -> u64 {
+        self.entries.front().map_or(self.next_seq, |e| e.first_seq)
+    }
+
     /// Lowest acknowledgement over all consumers (`next_seq` with none).
     pub fn min_acked(&self) -> u64 {
         self.consumers

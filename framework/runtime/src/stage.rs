@@ -18,7 +18,7 @@ use rill_core::spec::{CheckpointInterval, Delivery, Stage};
 use rill_core::state::{KeyedState, StateStore, WriteBatch};
 use rill_core::{Fields, Record, Value};
 use tokio::sync::Mutex;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use zenoh::Session;
 use zenoh::bytes::ZBytes;
 use zenoh::liveliness::LivelinessToken;
@@ -34,6 +34,7 @@ use crate::protocol::{
     CtlMsg, DataHead, DataMsg, ProducerId, alive_key, ctl_key, data_key, decode_ctl,
     decode_data_head, decode_records, encode_ctl, encode_data,
 };
+use crate::resume::Replay;
 
 /// How often a stage checks its timers.
 const TICK: Duration = Duration::from_millis(25);
@@ -250,7 +251,22 @@ impl StageShared {
                     .transpose()
                     .map_err(SetupError::Store)?;
                 let path = crate::dlq::dlq_path(state_root, &pipeline.name, &key);
-                Some(crate::dlq::DlqFile::open(path, committed).map_err(SetupError::Store)?)
+                let d = crate::dlq::DlqFile::open(path, committed).map_err(SetupError::Store)?;
+                if committed.is_none() {
+                    // a new run adopts the queue as it is, durably, before
+                    // it appends: letters it writes and does not commit are
+                    // then cut off after a crash, not adopted too
+                    let mut batch = WriteBatch::default();
+                    batch.put(
+                        crate::dlq::DLQ_LEN_KEY.to_vec(),
+                        d.committed_len().to_be_bytes().to_vec(),
+                    );
+                    store
+                        .commit(batch)
+                        .and_then(|_| store.flush())
+                        .map_err(|e| SetupError::Store(e.to_string()))?;
+                }
+                Some(d)
             }
         };
         let alive = session
@@ -589,13 +605,13 @@ impl StageShared {
         self.metrics
             .commit_us
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-        // what waited for the commit goes out now
+        // the store holds the commit now: so does every in-memory mark of
+        // it, before anything below can fail (a rollback returns to them)
         let early = self.publish_early();
-        for port in &mut self.outputs {
+        let mut waiting: Vec<(usize, Vec<ZBytes>)> = Vec::new();
+        for (o, port) in self.outputs.iter_mut().enumerate() {
             if !early {
-                for p in port.log.uncommitted() {
-                    port.publisher.put(p.clone()).await?;
-                }
+                waiting.push((o, port.log.uncommitted().cloned().collect()));
             }
             port.log.committed();
         }
@@ -603,8 +619,8 @@ impl StageShared {
         self.finished_committed = self.finished_node;
         self.dirty_records = 0;
         self.dirty_since = None;
-        for i in 0..self.inputs.len() {
-            let port = &mut self.inputs[i];
+        let mut acks = Vec::new();
+        for (i, port) in self.inputs.iter_mut().enumerate() {
             let pos = InputPos {
                 epoch: port.epoch,
                 next: port.processed,
@@ -612,8 +628,17 @@ impl StageShared {
             };
             if pos != port.committed {
                 port.committed = pos;
-                self.ack(i).await?;
+                acks.push(i);
             }
+        }
+        // what waited for the commit goes out now
+        for (o, payloads) in waiting {
+            for p in payloads {
+                self.outputs[o].publisher.put(p).await?;
+            }
+        }
+        for i in acks {
+            self.ack(i).await?;
         }
         Ok(())
     }
@@ -648,7 +673,7 @@ impl StageShared {
         port.last_resend = Some(Instant::now());
         let msg = CtlMsg::Resend {
             consumer: self.consumer_id.clone(),
-            epoch: port.epoch.unwrap_or(0),
+            epoch: port.epoch.unwrap_or(NO_EPOCH),
             from,
         };
         port.ctl.put(encode_ctl(&msg)?).await?;
@@ -723,6 +748,9 @@ pub enum StageMsg {
     Duplicate { input: usize },
     /// Input `input` skipped numbers: ask again from `from`.
     Gap { input: usize, from: u64 },
+    /// The producer of input `input` no longer holds what this stage asked
+    /// for (from `from`; it holds from `low`).
+    Gone { input: usize, from: u64, low: u64 },
     /// A consumer's message about output `output`.
     Ctl { output: usize, msg: CtlMsg },
     /// The producer of input `input` came up (its liveliness token).
@@ -792,8 +820,9 @@ pub struct StageState {
     shared: Arc<Mutex<StageShared>>,
     node: Node,
     pending: VecDeque<Pending>,
-    /// (records, failures) a restarted source still has to skip.
-    skip: (u64, u64),
+    /// What a restarted source still has to drop (it replays from its
+    /// start what earlier incarnations emitted).
+    replay: Replay,
     poll_at: Option<Instant>,
     offload: Offload,
     /// When a `Flush` is scheduled for a batch that is still gathering.
@@ -904,6 +933,7 @@ impl Actor for StageActor {
             .get_or_insert_with(Instant::now);
         let mut subs = Vec::new();
         let pipeline_name = sh.pipeline.clone();
+        let consumer_id = sh.consumer_id.clone();
         // inputs: a fresh incarnation expects what was processed last
         for (i, port) in sh.inputs.iter_mut().enumerate() {
             {
@@ -913,6 +943,7 @@ impl Actor for StageActor {
             }
             let received = port.received.clone();
             let me = myself.clone();
+            let me_id = consumer_id.clone();
             let label = port.label.clone();
             let lossy = port.lossy;
             let sub = args
@@ -936,6 +967,21 @@ impl Actor for StageActor {
                             ..
                         } => (producer.epoch, *first_seq, *count),
                         DataHead::End { producer, seq } => (producer.epoch, *seq, 1),
+                        DataHead::Gone {
+                            consumer,
+                            from,
+                            low,
+                            ..
+                        } => {
+                            if *consumer == me_id {
+                                let _ = me.cast(StageMsg::Gone {
+                                    input: i,
+                                    from: *from,
+                                    low: *low,
+                                });
+                            }
+                            return;
+                        }
                     };
                     if count == 0 {
                         return;
@@ -969,6 +1015,7 @@ impl Actor for StageActor {
                         },
                         (Arrival::Duplicate, _) => StageMsg::Duplicate { input: i },
                         (Arrival::Gap { from }, _) => StageMsg::Gap { input: i, from },
+                        (_, DataHead::Gone { .. }) => unreachable!("answered above"),
                     };
                     let _ = me.cast(out);
                 })
@@ -1031,14 +1078,28 @@ impl Actor for StageActor {
             let from = sh.inputs[i].processed;
             sh.request_resend(i, from, true).await?;
         }
-        // a source resumes after what it had emitted at the last commit
-        let mut skip = (0, 0);
+        // a source resumes after what it had emitted at the last commit:
+        // it is there already (it restored its position, or seeks), or it
+        // replays from its start and the runtime drops what it made before
+        let mut replay = Replay::default();
         if let Node::Source(src) = &mut node
             && src.deterministic()
         {
-            let (emitted, failed) = (sh.source.emitted, sh.source.failed);
-            if emitted + failed > 0 && !src.seek(emitted + failed) {
-                skip = (emitted, failed);
+            let c = sh.source;
+            let made = c.emitted + c.failed;
+            if made == 0 {
+                info!(stage = %sh.stage.name, "source starts from its beginning");
+            }
+            if made > 0 && !c.done {
+                let positioned = src.seek(made);
+                replay = Replay::start(c, positioned);
+                info!(
+                    stage = %sh.stage.name,
+                    "source resumes after {} records and {} failures ({})",
+                    c.emitted,
+                    c.failed,
+                    if positioned { "positioned" } else { "replaying from its start" }
+                );
             }
         }
         // what was committed but not yet acknowledged goes out again
@@ -1056,7 +1117,7 @@ impl Actor for StageActor {
             shared: args.shared,
             node,
             pending: VecDeque::new(),
-            skip,
+            replay,
             poll_at: None,
             offload: Offload { avg_us: 0.0, pool },
             flush_at: None,
@@ -1117,6 +1178,12 @@ impl Actor for StageActor {
             }
             StageMsg::Duplicate { input } => sh.ack(input).await?,
             StageMsg::Gap { input, from } => sh.request_resend(input, from, false).await?,
+            StageMsg::Gone { input, from, low } => {
+                let port = &sh.inputs[input];
+                let msg = gone_text(&sh.consumer_id, &port.producer_key, &port.label, from, low);
+                *sh.metrics.last_error.lock().unwrap() = Some(msg.clone());
+                return Err(msg.into());
+            }
             StageMsg::ProducerUp { input } => {
                 let from = sh.inputs[input].received.lock().unwrap().next;
                 sh.request_resend(input, from, true).await?;
@@ -1127,9 +1194,16 @@ impl Actor for StageActor {
                 sh.resend(output, from).await?;
             }
             StageMsg::Ctl { output, msg } => match msg {
-                CtlMsg::Ack { consumer, next, .. } => {
+                CtlMsg::Ack {
+                    consumer,
+                    epoch,
+                    next,
+                } => {
                     let port = &mut sh.outputs[output];
-                    if port.log.log.ack(&consumer, next) {
+                    // an ack counts in the epoch it names: one for an
+                    // earlier incarnation of this producer's state (before
+                    // a reset) says nothing about this one's records
+                    if epoch == port.producer.epoch && port.log.log.ack(&consumer, next) {
                         port.last_progress = Instant::now();
                         port.rto = RTO_MIN;
                         if port.log.log.has_trimmed() {
@@ -1141,7 +1215,39 @@ impl Actor for StageActor {
                         }
                     }
                 }
-                CtlMsg::Resend { from, .. } => sh.resend(output, from).await?,
+                CtlMsg::Resend {
+                    consumer,
+                    epoch,
+                    from,
+                } => {
+                    let port = &sh.outputs[output];
+                    let low = port.log.log.low();
+                    let known = port.log.log.acks().any(|(c, _)| c == consumer);
+                    // a consumer that counts in this epoch (or knows none
+                    // yet) and wants what every consumer had acknowledged:
+                    // its state was reset or lost, and no resend can mend it
+                    let ours = epoch == port.producer.epoch || epoch == NO_EPOCH;
+                    if known && ours && from < low {
+                        let gone = DataMsg::Gone {
+                            producer: port.producer.clone(),
+                            consumer: consumer.clone(),
+                            from,
+                            low,
+                        };
+                        port.publisher.put(encode_data(&gone)?).await?;
+                        let label = match &port.name {
+                            Some(n) => format!("{}.{n}", sh.stage.name),
+                            None => sh.stage.name.clone(),
+                        };
+                        let msg = gone_text(&consumer, &sh.consumer_id, &label, from, low);
+                        *sh.metrics.last_error.lock().unwrap() = Some(msg.clone());
+                        return Err(msg.into());
+                    }
+                    // a consumer of an earlier epoch reads this one from
+                    // its start
+                    let from = if ours { from } else { 0 };
+                    sh.resend(output, from).await?
+                }
             },
             StageMsg::Commit => {
                 sh.commit_queued = false;
@@ -1476,6 +1582,21 @@ async fn call_node<T: Send + 'static>(
     }
 }
 
+/// The epoch a consumer names before it has seen its producer's.
+const NO_EPOCH: u64 = 0;
+
+/// The error of a consumer whose producer dropped what it asks for.
+fn gone_text(consumer: &str, producer: &str, input: &str, from: u64, low: u64) -> String {
+    format!(
+        "{BAD_INPUT}stage `{consumer}` asks for the records of `{input}` from {from} on, but `{producer}` holds only those from {low} on: it dropped the rest after `{consumer}` had acknowledged them, so `{consumer}`'s state was reset or lost while `{producer}`'s was kept. Run both again with --reset-state (in every process that runs one of them), or restore `{consumer}`'s state directory"
+    )
+}
+
+/// The start of a stage error that no restart can mend (its input is not
+/// what it was, a peer's state does not fit its own): the supervisor fails
+/// the run at once, and the CLI exits 2.
+pub const BAD_INPUT: &str = "bad input: ";
+
 /// The start of the error of a stage whose share of failed records passed
 /// its `error_handling.threshold`: the supervisor fails the run at once.
 pub const THRESHOLD_EXCEEDED: &str = "error threshold exceeded";
@@ -1609,32 +1730,30 @@ async fn poll_source(
             return Err(e.into());
         }
     };
-    let (main, named, failures) = out.take();
-    let (n_main, n_failed) = (main.len() as u64, failures.len() as u64);
-    // a restarted deterministic source that cannot seek replays what an
-    // earlier incarnation emitted: skip it
-    let skip_main = st.skip.0.min(n_main) as usize;
-    let skip_failed = st.skip.1.min(n_failed) as usize;
-    st.skip.0 -= skip_main as u64;
-    st.skip.1 -= skip_failed as u64;
-    for r in main.into_iter().skip(skip_main) {
+    let (mut main, named, mut failures) = out.take();
+    // a restarted source that replays from its start: drop what an earlier
+    // incarnation emitted; only the rest is progress
+    let replaying = st.replay.pending();
+    let (n_main, n_failed) = st.replay.admit(&mut sh.source, &mut main, &mut failures);
+    for r in main {
         out.emit(r);
     }
-    if skip_main == 0 {
+    if !replaying {
         for (n, v) in named {
             for r in v {
                 out.emit_to(&n, r);
             }
         }
     }
-    for f in failures.into_iter().skip(skip_failed) {
-        out.fail(f.record, f.msg);
+    for f in failures {
+        out.push_failure(f);
     }
+    // a batch that fails the stage is made again by the next incarnation
+    // (which starts from the committed position)
     sh.route(&mut out).await?;
-    // counted only once routed: a batch that failed the stage is emitted again
-    sh.source.emitted += n_main;
-    sh.source.failed += n_failed;
-    sh.mark_dirty(n_main + n_failed);
+    if n_main + n_failed > 0 {
+        sh.mark_dirty(n_main + n_failed);
+    }
     match status {
         SourceStatus::More => {
             myself.cast(StageMsg::Poll)?;
@@ -1648,6 +1767,17 @@ async fn poll_source(
             after_work(sh, st, myself).await?;
         }
         SourceStatus::Done => {
+            if let Err(short) = st.replay.finish(sh.source_committed) {
+                let msg = format!("{BAD_INPUT}{short}");
+                *sh.metrics.last_error.lock().unwrap() = Some(msg.clone());
+                return Err(msg.into());
+            }
+            info!(
+                stage = %sh.stage.name,
+                "source reached its end after {} records and {} failures",
+                sh.source.emitted,
+                sh.source.failed
+            );
             sh.source.done = true;
             sh.publish_end().await?;
             sh.commit(&mut st.node).await?;

@@ -225,7 +225,7 @@ impl Supervisor {
 
     fn fail(myself: &ActorRef<SupervisorMsg>, st: &mut SupervisorState, i: usize, error: String) {
         let c = &st.children[i];
-        if error.starts_with(crate::stage::THRESHOLD_EXCEEDED) {
+        if unmendable(&error) {
             error!(stage = %c.stage.name, "stage failed: {error}");
         } else {
             error!(stage = %c.stage.name, "stage failed and its restart limit is spent: {error}");
@@ -249,9 +249,9 @@ impl Supervisor {
         if st.children[i].done || !matches!(*st.outcome.lock().unwrap(), Outcome::Running) {
             return;
         }
-        if error.starts_with(crate::stage::THRESHOLD_EXCEEDED) {
-            // more records fail than the stage tolerates: restarting would
-            // not help
+        if unmendable(&error) {
+            // more records fail than the stage tolerates, or its input is
+            // not what it was: restarting would not help
             st.children[i].history.push(format!(
                 "{:.3}s: {error}",
                 st.started.elapsed().as_secs_f64()
@@ -263,6 +263,20 @@ impl Supervisor {
             Self::fail(myself, st, i, error);
         }
     }
+}
+
+/// Whether a stage error is one no restart can mend.
+fn unmendable(error: &str) -> bool {
+    error.starts_with(crate::stage::THRESHOLD_EXCEEDED) || is_bad_input(error)
+}
+
+/// Whether a stage failed on bad input (the CLI exits 2): the error starts
+/// with [`crate::stage::BAD_INPUT`] (a node's [`NodeError::BadInput`] does,
+/// also when a rebuild of the node says so).
+///
+/// [`NodeError::BadInput`]: rill_core::node::NodeError::BadInput
+pub fn is_bad_input(error: &str) -> bool {
+    error.starts_with(crate::stage::BAD_INPUT)
 }
 
 impl Actor for Supervisor {

@@ -11,14 +11,18 @@
 //! wrote after its last commit (and will write again) is not doubled. Under
 //! `at_least_once` it keeps what it wrote. A first run truncates the file.
 
+mod position;
+mod sources;
+
+pub use position::FilePos;
+pub use sources::{ReadFromCsv, ReadFromJson, infer_cell};
+
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use rill_core::json::{parse_json_line, record_to_json_line, value_to_json};
-use rill_core::node::{
-    BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink, Source, SourceStatus,
-};
+use rill_core::json::{record_to_json_line, value_to_json};
+use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink};
 use rill_core::spec::Delivery;
 use rill_core::state::KeyedState;
 use rill_core::{Fields, Record, Value};
@@ -26,14 +30,14 @@ use serde::Deserialize;
 
 /// Where a source takes record keys and event times from.
 #[derive(Debug, Clone, Default)]
-struct Stamping {
-    key: Option<String>,
-    event_time: Option<String>,
+pub(crate) struct Stamping {
+    pub(crate) key: Option<String>,
+    pub(crate) event_time: Option<String>,
 }
 
 impl Stamping {
     /// Sets key and event time from the named fields.
-    fn apply(&self, r: &mut Record) -> Result<(), String> {
+    pub(crate) fn apply(&self, r: &mut Record) -> Result<(), String> {
         if let Some(k) = &self.key {
             match r.fields.get(k.as_str()) {
                 Some(Value::String(s)) => r.key = Some(s.clone()),
@@ -61,122 +65,18 @@ impl Stamping {
     }
 }
 
-fn check_path(p: &std::path::Path) -> Result<(), String> {
+pub(crate) fn check_path(p: &std::path::Path) -> Result<(), String> {
     if p.as_os_str().is_empty() {
         return Err("`path` must not be empty".into());
     }
     Ok(())
 }
 
-/// A record describing an unreadable line, for the dead-letter output.
-fn bad_line(file: &str, line: u64, text: &str) -> Record {
-    let mut f = Fields::default();
-    f.insert("file".into(), Value::String(file.into()));
-    f.insert("line".into(), Value::Int(line as i64));
-    f.insert("text".into(), Value::String(text.into()));
-    Record::new(f)
-}
-
-// ---------------------------------------------------------------------------
-
-/// `ReadFromJson`: JSON Lines, one object per line; blank lines are skipped.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadFromJson {
-    pub path: PathBuf,
-    /// Field whose value becomes the record key.
-    pub key: Option<String>,
-    /// Field holding the event time (ms since the epoch).
-    pub event_time: Option<String>,
-}
-
-impl NodeConfig for ReadFromJson {
-    fn kind(&self) -> NodeKind {
-        NodeKind::Source
-    }
-    fn validate(&self) -> Result<(), String> {
-        check_path(&self.path)
-    }
-    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let path = ctx.resolve(&self.path);
-        let file = File::open(&path)
-            .map_err(|e| NodeError::failed(format!("cannot open {}: {e}", path.display())))?;
-        Ok(Node::Source(Box::new(JsonSource {
-            name: self.path.display().to_string(),
-            reader: BufReader::with_capacity(1 << 16, file),
-            line: 0,
-            stamping: Stamping {
-                key: self.key.clone(),
-                event_time: self.event_time.clone(),
-            },
-            buf: String::new(),
-        })))
-    }
-}
-
-struct JsonSource {
-    name: String,
-    reader: BufReader<File>,
-    line: u64,
-    stamping: Stamping,
-    buf: String,
-}
-
-impl Source for JsonSource {
-    fn poll(&mut self, max: usize, out: &mut Emitter) -> Result<SourceStatus, NodeError> {
-        let mut n = 0;
-        while n < max {
-            self.buf.clear();
-            let read = self.reader.read_line(&mut self.buf).map_err(|e| {
-                NodeError::failed(format!("{}:{}: read error: {e}", self.name, self.line + 1))
-            })?;
-            if read == 0 {
-                return Ok(SourceStatus::Done);
-            }
-            self.line += 1;
-            let text = self.buf.trim_end_matches(['\n', '\r']);
-            if text.trim().is_empty() {
-                continue;
-            }
-            n += 1;
-            match parse_json_line(text) {
-                Ok(fields) => {
-                    let mut r = Record::new(fields);
-                    match self.stamping.apply(&mut r) {
-                        Ok(()) => out.emit(r),
-                        Err(e) => out.fail(r, format!("{}:{}: {e}", self.name, self.line)),
-                    }
-                }
-                Err(e) => out.fail(
-                    bad_line(&self.name, self.line, text),
-                    format!("{}:{}: {e}", self.name, self.line),
-                ),
-            }
-        }
-        Ok(SourceStatus::More)
-    }
-}
-
-// ---------------------------------------------------------------------------
-
-/// `ReadFromCsv`: a header row, then one record per row. Values that read as
-/// integers become ints, then floats, `true`/`false` bools; empty cells are
-/// null; everything else stays a string.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadFromCsv {
-    pub path: PathBuf,
-    #[serde(default = "comma")]
-    pub delimiter: String,
-    pub key: Option<String>,
-    pub event_time: Option<String>,
-}
-
-fn comma() -> String {
+pub(crate) fn comma() -> String {
     ",".into()
 }
 
-fn delimiter_byte(d: &str) -> Result<u8, String> {
+pub(crate) fn delimiter_byte(d: &str) -> Result<u8, String> {
     match d.as_bytes() {
         [b] if b.is_ascii() => Ok(*b),
         _ if d == "\\t" => Ok(b'\t'),
@@ -186,120 +86,13 @@ fn delimiter_byte(d: &str) -> Result<u8, String> {
     }
 }
 
-impl NodeConfig for ReadFromCsv {
-    fn kind(&self) -> NodeKind {
-        NodeKind::Source
-    }
-    fn validate(&self) -> Result<(), String> {
-        check_path(&self.path)?;
-        delimiter_byte(&self.delimiter).map(|_| ())
-    }
-    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let path = ctx.resolve(&self.path);
-        let file = File::open(&path)
-            .map_err(|e| NodeError::failed(format!("cannot open {}: {e}", path.display())))?;
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(delimiter_byte(&self.delimiter).map_err(NodeError::Failed)?)
-            .flexible(true)
-            .from_reader(BufReader::new(file));
-        let header: Vec<String> = reader
-            .headers()
-            .map_err(|e| {
-                NodeError::failed(format!(
-                    "{}:1: cannot read the CSV header: {e}",
-                    self.path.display()
-                ))
-            })?
-            .iter()
-            .map(str::to_owned)
-            .collect();
-        Ok(Node::Source(Box::new(CsvSource {
-            name: self.path.display().to_string(),
-            reader,
-            header,
-            stamping: Stamping {
-                key: self.key.clone(),
-                event_time: self.event_time.clone(),
-            },
-        })))
-    }
-}
-
-struct CsvSource {
-    name: String,
-    reader: csv::Reader<BufReader<File>>,
-    header: Vec<String>,
-    stamping: Stamping,
-}
-
-/// Reads a CSV cell as the narrowest type it spells.
-pub fn infer_cell(s: &str) -> Value {
-    if s.is_empty() {
-        return Value::Null;
-    }
-    if let Ok(i) = s.parse::<i64>() {
-        return Value::Int(i);
-    }
-    if s.bytes().any(|b| b.is_ascii_digit())
-        && let Ok(f) = s.parse::<f64>()
-    {
-        return Value::Float(f);
-    }
-    match s {
-        "true" | "True" => Value::Bool(true),
-        "false" | "False" => Value::Bool(false),
-        _ => Value::String(s.into()),
-    }
-}
-
-impl Source for CsvSource {
-    fn poll(&mut self, max: usize, out: &mut Emitter) -> Result<SourceStatus, NodeError> {
-        let mut row = csv::StringRecord::new();
-        for _ in 0..max {
-            let line = self.reader.position().line();
-            match self.reader.read_record(&mut row) {
-                Ok(false) => return Ok(SourceStatus::Done),
-                Ok(true) => {
-                    let line = row.position().map_or(line, |p| p.line());
-                    if row.len() != self.header.len() {
-                        let text = row.iter().collect::<Vec<_>>().join(",");
-                        out.fail(
-                            bad_line(&self.name, line, &text),
-                            format!(
-                                "{}:{line}: the row has {} cells but the header has {}",
-                                self.name,
-                                row.len(),
-                                self.header.len()
-                            ),
-                        );
-                        continue;
-                    }
-                    let fields: Fields = self
-                        .header
-                        .iter()
-                        .map(|h| rill_core::Name::from(h.as_str()))
-                        .zip(row.iter().map(infer_cell))
-                        .collect();
-                    let mut r = Record::new(fields);
-                    match self.stamping.apply(&mut r) {
-                        Ok(()) => out.emit(r),
-                        Err(e) => out.fail(r, format!("{}:{line}: {e}", self.name)),
-                    }
-                }
-                Err(e) => {
-                    let line = e.position().map_or(line, |p| p.line());
-                    out.fail(
-                        bad_line(&self.name, line, ""),
-                        format!("{}:{line}: {e}", self.name),
-                    );
-                    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                        return Err(NodeError::failed(format!("{}: {e}", self.name)));
-                    }
-                }
-            }
-        }
-        Ok(SourceStatus::More)
-    }
+/// A record describing an unreadable line, for the dead-letter output.
+pub(crate) fn bad_line(file: &str, line: u64, text: &str) -> Record {
+    let mut f = Fields::default();
+    f.insert("file".into(), Value::String(file.into()));
+    f.insert("line".into(), Value::Int(line as i64));
+    f.insert("text".into(), Value::String(text.into()));
+    Record::new(f)
 }
 
 // ---------------------------------------------------------------------------
@@ -307,9 +100,34 @@ impl Source for CsvSource {
 /// The state key of a file sink's committed length.
 const OFFSET_KEY: &str = "offset";
 
+/// How a sink's rows end (to find where the last whole row ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// One per line; a line never holds a raw `\n`.
+    Lines,
+    /// CSV: a `\n` inside quotes is part of a cell.
+    Csv,
+}
+
+/// How many bytes of `tail` are whole rows (up to and with the last row
+/// terminator outside quotes).
+fn whole_rows(tail: &[u8], rows: Rows) -> usize {
+    let mut quoted = false;
+    let mut end = 0;
+    for (i, b) in tail.iter().enumerate() {
+        match b {
+            b'"' if rows == Rows::Csv => quoted = !quoted,
+            b'\n' if !quoted => end = i + 1,
+            _ => {}
+        }
+    }
+    end
+}
+
 fn open_for_write(
     ctx: &BuildContext<'_>,
     path: &std::path::Path,
+    rows: Rows,
 ) -> Result<(PathBuf, File), NodeError> {
     let path = ctx.resolve(path);
     if let Some(dir) = path.parent()
@@ -351,13 +169,24 @@ fn open_for_write(
                 .map_err(cannot)?;
             let on_disk = f.metadata().map_err(|e| NodeError::io(&path, e))?.len();
             if on_disk < len {
-                return Err(NodeError::failed(format!(
+                return Err(NodeError::BadInput(format!(
                     "{} is {on_disk} bytes but {len} were committed to it: it was cut or replaced outside rill; run with --reset-state to write it again",
                     path.display()
                 )));
             }
-            if ctx.delivery == Delivery::ExactlyOnce {
-                f.set_len(len).map_err(|e| NodeError::io(&path, e))?;
+            let keep = if ctx.delivery == Delivery::ExactlyOnce {
+                len
+            } else {
+                // at least once keeps what was written after the commit,
+                // but not a row a crash cut in half
+                let mut tail = Vec::new();
+                f.seek(SeekFrom::Start(len))
+                    .and_then(|_| std::io::Read::read_to_end(&mut f, &mut tail))
+                    .map_err(|e| NodeError::io(&path, e))?;
+                len + whole_rows(&tail, rows) as u64
+            };
+            if keep < on_disk {
+                f.set_len(keep).map_err(|e| NodeError::io(&path, e))?;
             }
             f.seek(SeekFrom::End(0))
                 .map_err(|e| NodeError::io(&path, e))?;
@@ -396,7 +225,7 @@ impl NodeConfig for WriteToJson {
         check_path(&self.path)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let (path, file) = open_for_write(ctx, &self.path)?;
+        let (path, file) = open_for_write(ctx, &self.path, Rows::Lines)?;
         Ok(Node::Sink(Box::new(JsonSink {
             path,
             out: BufWriter::with_capacity(1 << 16, file),
@@ -449,7 +278,7 @@ impl NodeConfig for WriteToCsv {
         delimiter_byte(&self.delimiter).map(|_| ())
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let (path, file) = open_for_write(ctx, &self.path)?;
+        let (path, file) = open_for_write(ctx, &self.path, Rows::Csv)?;
         let has_content = file.metadata().map(|m| m.len() > 0).unwrap_or(false);
         // a restarted sink reads the header its first incarnation wrote
         let header = if has_content {
@@ -533,6 +362,16 @@ impl Sink for CsvSink {
 mod tests {
     use super::*;
     use rill_core::testkit;
+
+    #[test]
+    fn a_torn_row_is_not_whole() {
+        assert_eq!(whole_rows(b"", Rows::Lines), 0);
+        assert_eq!(whole_rows(b"{\"a\":1}\n{\"a\":", Rows::Lines), 8);
+        assert_eq!(whole_rows(b"a,b\n1,2\n", Rows::Csv), 8);
+        // a newline in a quoted cell does not end the row
+        assert_eq!(whole_rows(b"a,b\n1,\"x\ny", Rows::Csv), 4);
+        assert_eq!(whole_rows(b"1,\"x\ny\"\n2,", Rows::Csv), 8);
+    }
 
     #[test]
     fn json_round_trip_and_bad_lines() {
