@@ -30,9 +30,15 @@ pub fn root() -> PathBuf {
         .expect("repository root")
 }
 
-/// The `rill` binary of the profile these tests were built with (next to
-/// the test executable's `deps/` folder), built with cargo if absent.
+/// The `rill` binary: `$RILL_BIN` when set, else the one of the profile
+/// these tests were built with (next to the test executable's `deps/`
+/// folder), built with cargo if absent.
 pub fn rill_bin() -> PathBuf {
+    // another build of rill (a release build, or an older one to show
+    // what a test would have caught)
+    if let Some(bin) = std::env::var_os("RILL_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable");
     let profile_dir = exe
         .parent()
