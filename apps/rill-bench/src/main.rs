@@ -19,6 +19,10 @@
 //!    the time from the new process's start to the first record it adds to
 //!    the sink file.
 //!
+//! 4. Resume: `rill-bench resume [GB]` restarts a `ReadFromJson` source
+//!    GB gigabytes (default 5) into a file, against reading the file up to
+//!    there (see `resume.rs`).
+//!
 //! `cargo run --release -p rill-bench [-- RECORDS [BATCH]]`; one delivery
 //! mode alone (for a profiler): `rill-bench pipeline MODE [RECORDS]`, with
 //! `RILL_BENCH_STAGES=1` to print each stage's commits (count, records per
@@ -364,6 +368,7 @@ fn recovery() -> anyhow::Result<Vec<Duration>> {
 }
 
 mod inference;
+mod resume;
 
 /// The allocator of the `rill` binary, so the figures are what it does.
 #[global_allocator]
@@ -377,6 +382,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("inference") {
         return tokio::task::block_in_place(|| inference::main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some("resume") {
+        return tokio::task::block_in_place(|| resume::main(&args[2..]));
     }
     if args.get(1).map(String::as_str) == Some("pipeline") {
         // one delivery mode alone, e.g. under a profiler:
