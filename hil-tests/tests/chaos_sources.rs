@@ -23,7 +23,8 @@
 //! the sizes of the original report) is
 //! `cargo test --release -p rill-hil-tests --test chaos_sources -- --ignored`,
 //! `RILL_CHAOS_REPEAT=20` repeats it with new seeds, `RILL_CHAOS_SEED=N`
-//! replays one schedule. `RILL_BIN=path RILL_CHAOS_ARM=sink` runs it
+//! replays one schedule, `RILL_CHAOS_CASES=Json-one-exactly_once,...` runs
+//! only the cases named. `RILL_BIN=path RILL_CHAOS_ARM=sink` runs it
 //! against another build of rill (one that does not log where its sources
 //! start: kills are then timed from the sink's growth).
 
@@ -450,7 +451,21 @@ fn chaos(plan: &Plan, cases: &[Case]) {
     assert!(failed.is_empty(), "seed {seed}:\n{}", failed.join("\n"));
 }
 
+/// Every case, or those `RILL_CHAOS_CASES` names (comma separated labels,
+/// e.g. `Json-one-exactly_once,Json-split-exactly_once`).
 fn all_cases() -> Vec<Case> {
+    let only: Option<Vec<String>> = std::env::var("RILL_CHAOS_CASES")
+        .ok()
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    let mut cases = all_cases_unfiltered();
+    if let Some(only) = only {
+        cases.retain(|c| only.contains(&c.label()));
+        assert!(!cases.is_empty(), "RILL_CHAOS_CASES names no case");
+    }
+    cases
+}
+
+fn all_cases_unfiltered() -> Vec<Case> {
     let mut cases = Vec::new();
     for src in [Src::Create, Src::Generate, Src::Json, Src::Csv] {
         for split in [false, true] {

@@ -254,6 +254,7 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
         connect: (!connect.is_empty()).then_some(connect),
         base_dir: None,
         reset_state,
+        keep_state: false,
         extensions: Default::default(),
     };
     let run = match Run::start(pipeline.clone(), opts).await {

@@ -236,35 +236,70 @@ pub async fn replay(file: &Path, stage: &str, ids: &[String]) -> u8 {
         return BAD_INPUT;
     }
     let path = queue(&p, &s);
-    let letters = match read(&path) {
-        Ok(l) => l,
-        Err(c) => return c,
-    };
-    let chosen: Vec<Letter> = letters
-        .into_iter()
-        .filter(|l| ids.is_empty() || ids.contains(&l.id))
-        .collect();
-    if let Some(missing) = ids.iter().find(|i| !chosen.iter().any(|l| &l.id == *i)) {
-        eprintln!("error: no dead letter `{missing}` in {}", path.display());
+    let rp_probe = replay_pipeline(&p, &s, Vec::new(), Path::new("."));
+    if let Err(e) = check_idle(&p, &rp_probe) {
+        eprintln!("error: {e}");
         return BAD_INPUT;
     }
-    if chosen.is_empty() {
-        println!("{stage}: no dead letters to replay");
-        return OK;
-    }
-    let tmp = match tempfile::tempdir() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: cannot make a scratch directory: {e}");
+    // the replay's own place: the letters it takes, its state, its sinks'
+    // bases; a replay that was cut short is found there and finished
+    let work = replay_dir(&p, &s);
+    let taken = work.join("letters.jsonl");
+    let resumed = taken.exists();
+    let chosen: Vec<Letter> = if resumed {
+        if !ids.is_empty() {
+            eprintln!(
+                "error: an earlier replay of `{stage}` was cut short; run `rill dlq replay {} --stage {stage}` (without --id) to finish it first",
+                file.display()
+            );
+            return BAD_INPUT;
+        }
+        eprintln!("{stage}: finishing the replay that was cut short");
+        match read(&taken) {
+            Ok(l) => l,
+            Err(c) => return c,
+        }
+    } else {
+        let letters = match read(&path) {
+            Ok(l) => l,
+            Err(c) => return c,
+        };
+        let chosen: Vec<Letter> = letters
+            .into_iter()
+            .filter(|l| ids.is_empty() || ids.contains(&l.id))
+            .collect();
+        if let Some(missing) = ids.iter().find(|i| !chosen.iter().any(|l| &l.id == *i)) {
+            eprintln!("error: no dead letter `{missing}` in {}", path.display());
+            return BAD_INPUT;
+        }
+        if chosen.is_empty() {
+            println!("{stage}: no dead letters to replay");
+            return OK;
+        }
+        // the chosen letters move to the replay first, whole, then leave
+        // the queue: a crash leaves them in one place or both, never none
+        let text: String = chosen.iter().map(|l| l.to_line()).collect();
+        if let Err(e) = dlq::write_atomic(&taken, text.as_bytes()) {
+            eprintln!("error: {e}");
             return FAILED;
         }
+        chosen
     };
+    let drop: HashSet<String> = chosen.iter().map(|l| l.id.clone()).collect();
+    if let Err(e) = dlq::remove(&path, &drop) {
+        eprintln!("error: {e}");
+        return FAILED;
+    }
     let records: Vec<Record> = chosen.iter().map(|l| l.record.clone()).collect();
-    let rp = replay_pipeline(&p, &s, records, tmp.path());
+    let state = work.join("state");
+    let rp = replay_pipeline(&p, &s, records, &state);
     let mut extensions = Extensions::default();
-    extensions.insert(ReplayRun);
+    extensions.insert(ReplayRun::new(work.join("bases.json")));
+    // the replay keeps its state when it finishes: killed after that, it
+    // is run again and its stages finish at once
     let opts = RunOptions {
         extensions,
+        keep_state: true,
         ..Default::default()
     };
     match rill_runtime::run(Arc::new(rp.clone()), opts).await {
@@ -274,44 +309,81 @@ pub async fn replay(file: &Path, stage: &str, ids: &[String]) -> u8 {
             return BAD_INPUT;
         }
         Err(e) => {
-            eprintln!("error: the replay failed; the dead letters stay in the queue: {e}");
+            eprintln!(
+                "error: the replay failed: {e}\nthe dead letters wait in {}; run the same command again to finish the replay",
+                taken.display()
+            );
             return FAILED;
         }
     }
-    // what failed again joins the queue; the replayed letters leave it
-    let again_path = dlq::dlq_path(tmp.path(), &rp.name, &s.key_name());
-    let again = std::fs::read_to_string(&again_path).unwrap_or_default();
-    let n_again = again.lines().count();
-    let write_back = || -> Result<usize, String> {
-        if !again.is_empty() {
-            use std::io::Write;
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            f.write_all(again.as_bytes())
-                .and_then(|_| f.sync_data())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+    // what failed again, in any stage of the replay, joins that stage's
+    // queue (once, also when this is done twice)
+    let mut n_again = 0;
+    for rs in rp.stages.iter().filter(|x| x.error_output.is_some()) {
+        let Some(orig) = p.stage(&rs.name) else {
+            continue;
+        };
+        let again = std::fs::read_to_string(dlq::dlq_path(&state, &rp.name, &rs.key_name()))
+            .unwrap_or_default();
+        if rs.name == s.name {
+            n_again = again.lines().count();
         }
-        let drop: HashSet<String> = chosen.iter().map(|l| l.id.clone()).collect();
-        dlq::remove(&path, &drop)
-    };
-    match write_back() {
-        Ok(removed) => {
-            println!(
-                "{stage}: replayed {removed} dead letter{}: {} succeeded, {n_again} failed again (back in the queue)",
-                if removed == 1 { "" } else { "s" },
-                removed.saturating_sub(n_again)
+        if let Err(e) = dlq::add_missing(&queue(&p, orig), &again) {
+            eprintln!(
+                "error: the replay ran, but updating the queue of `{}` failed: {e}",
+                rs.name
             );
-            OK
-        }
-        Err(e) => {
-            eprintln!("error: the replay ran, but updating the queue failed: {e}");
-            FAILED
+            return FAILED;
         }
     }
+    if let Err(e) = std::fs::remove_dir_all(&work) {
+        eprintln!(
+            "error: the replay ran, but {} cannot be removed: {e}",
+            work.display()
+        );
+        return FAILED;
+    }
+    let n = chosen.len();
+    println!(
+        "{stage}: replayed {n} dead letter{}: {} succeeded, {n_again} failed again (back in the queue)",
+        if n == 1 { "" } else { "s" },
+        n.saturating_sub(n_again)
+    );
+    OK
+}
+
+/// `<state_dir>/<pipeline>/_dlq/<stage>.replay/`: a replay's letters, state
+/// and sink bases, until it has finished.
+fn replay_dir(p: &Pipeline, stage: &Stage) -> PathBuf {
+    let q = queue(p, stage);
+    q.with_extension("replay")
+}
+
+/// A replay writes into the pipeline's sinks and queues: refused while a
+/// stage it runs has state of the pipeline's (the pipeline runs, or was
+/// stopped or killed before its end and would resume over what the replay
+/// wrote).
+fn check_idle(p: &Pipeline, rp: &Pipeline) -> Result<(), String> {
+    for rs in &rp.stages {
+        let Some(s) = p.stage(&rs.name) else {
+            continue;
+        };
+        let dir = rill_runtime::store::stage_dir(&p.options.state_dir, &p.name, &s.key_name());
+        if !dir.exists() {
+            continue;
+        }
+        let store = rill_runtime::store::SledStore::open(&dir, &s.name).map_err(|e| {
+            format!(
+                "stage `{}` of `{}` is in use ({}): is the pipeline running? Replay its dead letters once it has finished",
+                s.name, p.name, e.reason
+            )
+        })?;
+        if store.has_state() {
+            return Err(format!(
+                "stage `{}` of `{}` has the state of a run that has not finished (stopped or killed): a replay would write under what it resumes. Run the pipeline to its end (`rill run`) or discard its state (`--reset-state`), then replay",
+                s.name, p.name
+            ));
+        }
+    }
+    Ok(())
 }

@@ -311,12 +311,61 @@ impl fmt::Debug for Extensions {
     }
 }
 
-/// What [`NodeConfig::build`] gets.
 /// In a run's [`Extensions`] when the run replays dead letters into a
 /// pipeline that already wrote its outputs (`rill dlq replay`): sinks add
 /// to what their files hold instead of starting them over.
-#[derive(Debug, Clone, Copy)]
-pub struct ReplayRun;
+///
+/// Where a file sink's additions start (its *base*) is kept in a file of
+/// the replay's, so a replay that is killed and run again cuts each file
+/// back to the same base before it writes: the replayed records land once.
+#[derive(Debug, Clone)]
+pub struct ReplayRun {
+    bases: PathBuf,
+}
+
+/// One lock for every sink of a process that records its base.
+static BASES_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl ReplayRun {
+    /// A replay whose sinks keep their bases in `bases` (a JSON object
+    /// of path → length, made when the first sink asks).
+    pub fn new(bases: impl Into<PathBuf>) -> ReplayRun {
+        ReplayRun {
+            bases: bases.into(),
+        }
+    }
+
+    /// The length `path` had when the replay first opened it: recorded
+    /// (durably) as `len_now` the first time, read back after that.
+    pub fn base(&self, path: &Path, len_now: u64) -> Result<u64, NodeError> {
+        let _one = BASES_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let io = |e: std::io::Error| NodeError::io(&self.bases, e);
+        let mut map: serde_json::Map<String, serde_json::Value> = match std::fs::read(&self.bases) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| NodeError::failed(format!("{}: {e}", self.bases.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(e) => return Err(io(e)),
+        };
+        let key = path.to_string_lossy().into_owned();
+        if let Some(n) = map.get(&key).and_then(|v| v.as_u64()) {
+            return Ok(n);
+        }
+        map.insert(key, len_now.into());
+        let tmp = self.bases.with_extension("tmp");
+        let text = serde_json::to_vec(&map).expect("a map of numbers");
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &self.bases))
+            .and_then(|_| match self.bases.parent() {
+                Some(d) if !d.as_os_str().is_empty() => std::fs::File::open(d)?.sync_all(),
+                _ => Ok(()),
+            })
+            .map_err(io)?;
+        Ok(len_now)
+    }
+}
+
+/// What [`NodeConfig::build`] gets.
 
 #[derive(Debug, Clone)]
 pub struct BuildContext<'a> {

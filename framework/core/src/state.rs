@@ -144,6 +144,9 @@ pub const NODE_STATE_PREFIX: &[u8] = b"s/";
 pub struct KeyedState {
     store: Arc<dyn StateStore>,
     overlay: Arc<Mutex<Overlay>>,
+    /// Set when the stage moved on to another incarnation's state
+    /// ([`KeyedState::detached`]).
+    retired: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl fmt::Debug for KeyedState {
@@ -178,7 +181,24 @@ impl KeyedState {
         KeyedState {
             store,
             overlay: Arc::default(),
+            retired: Arc::default(),
         }
+    }
+
+    /// The same store with a new, empty overlay, for the next incarnation
+    /// of a stage; this handle (and its clones) is retired: what an
+    /// abandoned node (a call that timed out and still runs) writes to it
+    /// is never committed, and [`Self::retired`] tells it to stop.
+    pub fn detached(&self) -> KeyedState {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        KeyedState::new(self.store.clone())
+    }
+
+    /// Whether the stage has moved on to another incarnation: a node that
+    /// still holds this handle was abandoned and must have no effects.
+    pub fn retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, NodeError> {
@@ -296,5 +316,14 @@ mod tests {
         assert_eq!(st.get(b"c").unwrap(), None);
         st.put_value("n", &Value::Int(7)).unwrap();
         assert_eq!(st.get_value("n").unwrap(), Some(Value::Int(7)));
+
+        // an abandoned node's writes stay out of the next incarnation's
+        let old = st.clone();
+        let next = st.detached();
+        assert!(old.retired() && st.retired() && !next.retired());
+        old.put(b"late", b"x".to_vec());
+        assert_eq!(next.get(b"late").unwrap(), None);
+        assert!(next.take_changes().is_empty());
+        assert_eq!(next.get(b"b").unwrap(), Some(b"2".to_vec()), "same store");
     }
 }

@@ -60,6 +60,23 @@ impl Letter {
         s
     }
 
+    /// The letter as a line of a queue file (its id kept).
+    pub fn to_line(&self) -> String {
+        let o = json!({
+            "id": self.id,
+            "stage": self.stage,
+            "msg": self.msg,
+            "attempts": self.attempts,
+            "time": self.time,
+            "key": self.record.key,
+            "event_time": self.record.event_time,
+            "element": value_to_json(&rill_core::Value::Map(self.record.fields.clone())),
+        });
+        let mut s = o.to_string();
+        s.push('\n');
+        s
+    }
+
     /// Parses one line of a queue file.
     pub fn parse(line: &str) -> Result<Letter, String> {
         let j: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
@@ -121,15 +138,70 @@ pub fn remove(path: &Path, drop: &std::collections::HashSet<String>) -> Result<u
             kept.push('\n');
         }
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(kept.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| format!("{}: {e}", path.display()))?;
+    if removed > 0 {
+        write_atomic(path, kept.as_bytes())?;
+    }
     Ok(removed)
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the
+/// new one, whole: a new file, fsynced, renamed over the old one, and the
+/// directory fsynced.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(d) = path.parent() {
+            File::open(d)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Appends to the queue at `path` the letters of `lines` (queue lines)
+/// whose ids it does not hold yet, and fsyncs; returns how many. Running it
+/// twice adds nothing the second time.
+pub fn add_missing(path: &Path, lines: &str) -> Result<usize, String> {
+    // an append cut short by a crash left part of a line: drop it (its
+    // letter is added again below)
+    if let Ok(bytes) = std::fs::read(path)
+        && bytes.last().is_some_and(|b| *b != b'\n')
+    {
+        let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        write_atomic(path, &bytes[..keep])?;
+    }
+    let held: std::collections::HashSet<String> = read(path)?.into_iter().map(|l| l.id).collect();
+    let mut add = String::new();
+    let mut n = 0;
+    for l in lines.lines().filter(|l| !l.trim().is_empty()) {
+        let id = Letter::parse(l).map(|d| d.id)?;
+        if !held.contains(&id) {
+            add.push_str(l);
+            add.push('\n');
+            n += 1;
+        }
+    }
+    if n > 0 {
+        let io = |e: std::io::Error| format!("{}: {e}", path.display());
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(io)?;
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(add.as_bytes()).map_err(io)?;
+        f.sync_data().map_err(io)?;
+    }
+    Ok(n)
 }
 
 /// A stage's queue file while it runs.

@@ -60,6 +60,9 @@ pub struct RunOptions {
     pub base_dir: Option<PathBuf>,
     /// Discard the local stages' stored state before starting.
     pub reset_state: bool,
+    /// Keep the stages' state when the run finishes (a finished run
+    /// clears it otherwise): run again, the finished stages finish at once.
+    pub keep_state: bool,
     /// Given to every node's build (besides the Zenoh session).
     pub extensions: Extensions,
 }
@@ -121,6 +124,7 @@ pub struct Run {
     session: zenoh::Session,
     started: Instant,
     stores: Vec<Arc<dyn StateStore>>,
+    keep_state: bool,
 }
 
 impl Run {
@@ -293,6 +297,7 @@ impl Run {
             session,
             started,
             stores,
+            keep_state: opts.keep_state,
         })
     }
 
@@ -320,7 +325,7 @@ impl Run {
             Outcome::Completed => {
                 // a finished run leaves no state behind: the next run of the
                 // pipeline starts over
-                for st in &self.stores {
+                for st in self.stores.iter().filter(|_| !self.keep_state) {
                     if let Err(e) = st.clear().and_then(|_| st.flush()) {
                         tracing::warn!("cannot clear the finished run's state: {e}");
                     }

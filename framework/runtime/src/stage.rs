@@ -107,6 +107,8 @@ pub struct StageShared {
     commit_queued: bool,
     /// The stage's dead-letter queue file (stages with `error_handling`).
     dlq: Option<crate::dlq::DlqFile>,
+    /// The node is a source that cannot make its records again.
+    unrepeatable_source: bool,
     _alive: Option<LivelinessToken>,
 }
 
@@ -318,6 +320,7 @@ impl StageShared {
             dirty_since: None,
             commit_queued: false,
             dlq,
+            unrepeatable_source: false,
             _alive: alive,
         })
     }
@@ -347,8 +350,12 @@ impl StageShared {
     }
 
     /// Records are published as soon as they are produced (else at commit).
+    /// Not by a source that cannot make its records again (`ReadFromZenoh`):
+    /// after a restart it would number new records with the numbers of
+    /// ones published but not committed, and consumers that had them would
+    /// drop the new ones as seen.
     fn publish_early(&self) -> bool {
-        self.delivery != Delivery::ExactlyOnce
+        self.delivery != Delivery::ExactlyOnce && !self.unrepeatable_source
     }
 
     fn outputs_blocked(&self) -> bool {
@@ -924,7 +931,12 @@ impl Actor for StageActor {
         let prebuilt = sh.prebuilt.get_mut().unwrap().take();
         let mut node = match prebuilt {
             Some(n) => n,
-            None => build_node(&sh, &args).await?,
+            None => {
+                // the new node gets state of its own: an earlier one that
+                // was abandoned mid-call may still write to the old
+                sh.state = sh.state.detached();
+                build_node(&sh, &args).await?
+            }
         };
         sh.metrics
             .started
@@ -1082,6 +1094,7 @@ impl Actor for StageActor {
         // it is there already (it restored its position, or seeks), or it
         // replays from its start and the runtime drops what it made before
         let mut replay = Replay::default();
+        sh.unrepeatable_source = matches!(&node, Node::Source(src) if !src.deterministic());
         if let Node::Source(src) = &mut node
             && src.deterministic()
         {

@@ -146,16 +146,17 @@ fn open_for_write(
                 path.display()
             )));
         }
-        None => None,
+        None => match ctx.extensions.get::<rill_core::node::ReplayRun>() {
+            // a replay of dead letters adds to what the pipeline wrote:
+            // from the length the file had when the replay first opened it
+            Some(replay) => {
+                let now = std::fs::metadata(&path).map_or(0, |m| m.len());
+                Some(replay.base(&path, now)?)
+            }
+            None => None,
+        },
     };
-    let replay = ctx.extensions.get::<rill_core::node::ReplayRun>().is_some();
     let file = match committed {
-        // a replay of dead letters adds to what the pipeline wrote
-        None if replay => OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(cannot)?,
         // a first run starts the file over
         None => File::create(&path).map_err(cannot)?,
         // a restarted sink continues from its last commit
@@ -196,6 +197,39 @@ fn open_for_write(
     Ok((path, file))
 }
 
+/// A sink's file. It stops writing once its stage has moved on to another
+/// incarnation: a node abandoned by a call that timed out still runs, and
+/// its buffer, flushed when it is dropped, must not land in the file the
+/// next incarnation has cut back and writes.
+struct SinkFile {
+    file: File,
+    state: KeyedState,
+}
+
+impl SinkFile {
+    fn new(file: File, state: &KeyedState) -> SinkFile {
+        SinkFile {
+            file,
+            state: state.clone(),
+        }
+    }
+}
+
+impl Write for SinkFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.state.retired() {
+            return Err(std::io::Error::other(
+                "this sink was abandoned: its stage runs another incarnation",
+            ));
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// A file sink's commit: everything written reaches the disk, and its
 /// length goes into the stage's state.
 fn checkpoint_file(state: &KeyedState, path: &std::path::Path, f: &File) -> Result<(), NodeError> {
@@ -228,7 +262,7 @@ impl NodeConfig for WriteToJson {
         let (path, file) = open_for_write(ctx, &self.path, Rows::Lines)?;
         Ok(Node::Sink(Box::new(JsonSink {
             path,
-            out: BufWriter::with_capacity(1 << 16, file),
+            out: BufWriter::with_capacity(1 << 16, SinkFile::new(file, ctx.state)),
             state: ctx.state.clone(),
         })))
     }
@@ -236,7 +270,7 @@ impl NodeConfig for WriteToJson {
 
 struct JsonSink {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<SinkFile>,
     state: KeyedState,
 }
 
@@ -254,7 +288,7 @@ impl Sink for JsonSink {
 
     fn checkpoint(&mut self) -> Result<(), NodeError> {
         self.out.flush().map_err(|e| NodeError::io(&self.path, e))?;
-        checkpoint_file(&self.state, &self.path, self.out.get_ref())
+        checkpoint_file(&self.state, &self.path, &self.out.get_ref().file)
     }
 }
 
@@ -294,7 +328,7 @@ impl NodeConfig for WriteToCsv {
         };
         let writer = csv::WriterBuilder::new()
             .delimiter(delimiter_byte(&self.delimiter).map_err(NodeError::Failed)?)
-            .from_writer(BufWriter::new(file));
+            .from_writer(BufWriter::new(SinkFile::new(file, ctx.state)));
         Ok(Node::Sink(Box::new(CsvSink {
             path,
             writer,
@@ -306,7 +340,7 @@ impl NodeConfig for WriteToCsv {
 
 struct CsvSink {
     path: PathBuf,
-    writer: csv::Writer<BufWriter<File>>,
+    writer: csv::Writer<BufWriter<SinkFile>>,
     header: Option<Vec<String>>,
     state: KeyedState,
 }
@@ -354,7 +388,11 @@ impl Sink for CsvSink {
         self.writer
             .flush()
             .map_err(|e| NodeError::io(&self.path, e))?;
-        checkpoint_file(&self.state, &self.path, self.writer.get_ref().get_ref())
+        checkpoint_file(
+            &self.state,
+            &self.path,
+            &self.writer.get_ref().get_ref().file,
+        )
     }
 }
 
@@ -362,6 +400,18 @@ impl Sink for CsvSink {
 mod tests {
     use super::*;
     use rill_core::testkit;
+
+    #[test]
+    fn an_abandoned_sink_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        let state = KeyedState::default();
+        let mut w = BufWriter::new(SinkFile::new(File::create(&path).unwrap(), &state));
+        w.write_all(b"late\n").unwrap();
+        let _next = state.detached();
+        drop(w); // flushes into a retired sink file
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+    }
 
     #[test]
     fn a_torn_row_is_not_whole() {
