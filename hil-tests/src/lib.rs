@@ -84,6 +84,31 @@ pub fn endpoints(ports: &[u16], me: usize) -> Vec<String> {
     args
 }
 
+/// `rill run -q p.yaml` in `dir` as one process named `name`, listening
+/// on a free loopback port.
+pub fn one_process(dir: &Path, name: &str) -> Proc {
+    let mut args: Vec<String> = vec!["run".into(), "-q".into(), "p.yaml".into()];
+    args.extend(endpoints(&[free_port()], 0));
+    Proc::new(name, dir, &args)
+}
+
+/// `rill run -q p.yaml --stages S` in `dir`, one process per stage of
+/// `stages` (named after it), each connected to the others on loopback.
+pub fn process_per_stage(dir: &Path, stages: &[&str]) -> Vec<Proc> {
+    let ports: Vec<u16> = stages.iter().map(|_| free_port()).collect();
+    stages
+        .iter()
+        .enumerate()
+        .map(|(i, stage)| {
+            let mut args: Vec<String> = vec!["run".into(), "-q".into(), "p.yaml".into()];
+            args.push("--stages".into());
+            args.push((*stage).into());
+            args.extend(endpoints(&ports, i));
+            Proc::new(stage, dir, &args)
+        })
+        .collect()
+}
+
 /// One `rill run` process that the driver kills and starts again.
 pub struct Proc {
     pub name: String,

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rill_hil_tests::{Proc, endpoints, free_port};
+use rill_hil_tests::{Proc, one_process, process_per_stage};
 
 struct Plan {
     records: u64,
@@ -57,28 +57,11 @@ options:
 fn scenario(dir: &Path, plan: &Plan, split: bool) -> Vec<Proc> {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("p.yaml"), pipeline(plan)).unwrap();
-    if !split {
-        let port = free_port();
-        let mut args: Vec<String> = vec!["run".into(), "-q".into(), "p.yaml".into()];
-        args.extend(endpoints(&[port], 0));
-        return vec![Proc::new("all", dir, &args)];
+    if split {
+        process_per_stage(dir, &["gen", "count", "sink"])
+    } else {
+        vec![one_process(dir, "all")]
     }
-    let ports = [free_port(), free_port(), free_port()];
-    ["gen", "count", "sink"]
-        .iter()
-        .enumerate()
-        .map(|(i, stage)| {
-            let mut args: Vec<String> = vec![
-                "run".into(),
-                "-q".into(),
-                "p.yaml".into(),
-                "--stages".into(),
-                (*stage).into(),
-            ];
-            args.extend(endpoints(&ports, i));
-            Proc::new(stage, dir, &args)
-        })
-        .collect()
 }
 
 /// Checks the sink of a run: ids 0..n in order, each once, and each count

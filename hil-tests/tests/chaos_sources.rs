@@ -32,7 +32,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rill_hil_tests::{Proc, endpoints, free_port};
+use rill_hil_tests::{Proc, one_process, process_per_stage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Src {
@@ -201,32 +201,14 @@ fn setup(root: &Path, case: Case, plan: &Plan) -> Run {
     write_input(&dir, case.src, n);
     std::fs::write(dir.join("p.yaml"), pipeline(&case, n)).unwrap();
     let log = ("RILL_LOG".to_owned(), "warn,rill_runtime=info".to_owned());
-    let procs = if case.split {
-        let ports = [free_port(), free_port(), free_port()];
-        ["read", "double", "write"]
-            .iter()
-            .enumerate()
-            .map(|(i, stage)| {
-                let mut args: Vec<String> = vec![
-                    "run".into(),
-                    "-q".into(),
-                    "p.yaml".into(),
-                    "--stages".into(),
-                ];
-                args.push((*stage).into());
-                args.extend(endpoints(&ports, i));
-                let mut p = Proc::new(stage, &dir, &args);
-                p.env.push(log.clone());
-                p
-            })
-            .collect()
+    let mut procs = if case.split {
+        process_per_stage(&dir, &["read", "double", "write"])
     } else {
-        let mut args: Vec<String> = vec!["run".into(), "-q".into(), "p.yaml".into()];
-        args.extend(endpoints(&[free_port()], 0));
-        let mut p = Proc::new("all", &dir, &args);
-        p.env.push(log.clone());
-        vec![p]
+        vec![one_process(&dir, "all")]
     };
+    for p in &mut procs {
+        p.env.push(log.clone());
+    }
     Run {
         case,
         n,

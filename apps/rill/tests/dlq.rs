@@ -8,13 +8,15 @@ use std::collections::BTreeSet;
 
 use common::*;
 
-fn pipeline(expr: &str) -> String {
+/// `Generate (count) -> MapToFields (inv: expr, dead letters to
+/// work.errors) -> good.jsonl / bad.jsonl`; `more` adds to Generate's config.
+fn template(name: &str, count: u64, expr: &str, more: &str) -> String {
     format!(
         r#"
 pipeline:
-  name: dlqdemo
+  name: {name}
   transforms:
-    - {{type: Generate, name: gen, config: {{count: 200, start_time: 0}}}}
+    - {{type: Generate, name: gen, config: {{count: {count}, start_time: 0{more}}}}}
     - type: MapToFields
       name: work
       input: gen
@@ -27,6 +29,10 @@ pipeline:
     - {{type: WriteToJson, name: bad, input: work.errors, config: {{path: bad.jsonl}}}}
 "#
     )
+}
+
+fn pipeline(expr: &str) -> String {
+    template("dlqdemo", 200, expr, "")
 }
 
 #[test]
@@ -107,24 +113,7 @@ fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
 }
 
 fn big_pipeline(expr: &str, rate: &str) -> String {
-    format!(
-        r#"
-pipeline:
-  name: dlqbig
-  transforms:
-    - {{type: Generate, name: gen, config: {{count: 450000, start_time: 0{rate}}}}}
-    - type: MapToFields
-      name: work
-      input: gen
-      config:
-        language: python
-        append: true
-        fields: {{inv: "{expr}"}}
-        error_handling: {{output: errors}}
-    - {{type: WriteToJson, name: good, input: work, config: {{path: good.jsonl}}}}
-    - {{type: WriteToJson, name: bad, input: work.errors, config: {{path: bad.jsonl}}}}
-"#
-    )
+    template("dlqbig", 450_000, expr, rate)
 }
 
 fn lines(path: &std::path::Path) -> usize {

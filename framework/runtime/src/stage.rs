@@ -395,7 +395,16 @@ impl StageShared {
             rill_core::NodeKind::Source => self.source_committed.done,
             _ => self.finished_committed,
         };
-        node_done && !self.dirty() && self.outputs.iter().all(|o| o.log.log.finished())
+        // the consumers' last acks must be durable too (the trim of what
+        // they acknowledged committed): a producer restarted from a store
+        // that still holds its end waits for acks from consumers that have
+        // finished and left
+        node_done
+            && !self.dirty()
+            && self
+                .outputs
+                .iter()
+                .all(|o| o.log.log.finished() && !o.log.log.has_trimmed())
     }
 
     /// Appends records to output `idx`, in messages of `batch_size`, and
@@ -1219,7 +1228,11 @@ impl Actor for StageActor {
                     if epoch == port.producer.epoch && port.log.log.ack(&consumer, next) {
                         port.last_progress = Instant::now();
                         port.rto = RTO_MIN;
-                        if port.log.log.has_trimmed() {
+                        if port.log.log.finished() {
+                            // the last ack: made durable at once (the
+                            // consumer may finish and leave now)
+                            sh.commit(&mut st.node).await?;
+                        } else if port.log.log.has_trimmed() {
                             queue_commit(&mut sh, &myself)?;
                         }
                         drive(&mut sh, st, &myself).await?;
