@@ -180,6 +180,25 @@ impl Run {
         })
     }
 
+    /// Whether every stage the victim runs has finished in its current
+    /// start: the process is on its way out, its run complete. Killed and
+    /// started again now, it would start a new run (a finished run clears
+    /// its state), which in a split run waits for consumers that have
+    /// left: a driver restarts only what has not finished.
+    fn victim_finished(&self) -> bool {
+        let p = &self.procs[0];
+        let log = p.log(p.starts.saturating_sub(1));
+        let stages: &[&str] = if self.case.split {
+            &["read"]
+        } else {
+            &["read", "double", "write"]
+        };
+        stages.iter().all(|s| {
+            log.lines()
+                .any(|l| l.contains("stage finished") && l.ends_with(&format!("={s}")))
+        })
+    }
+
     /// Whether the victim's source stage has started: it logs where it
     /// starts or resumes once its node is built. With `RILL_CHAOS_ARM=sink`
     /// (for a build of rill that does not say, `RILL_BIN`), when the sink
@@ -367,7 +386,10 @@ fn chaos(plan: &Plan, cases: &[Case]) {
             // the victim, the source's process, is killed a random while
             // after its source started (a start-up can take longer than
             // the gap: a kill then would test start-up only)
-            if r.kills.len() >= plan.max_kills as usize || !r.procs[0].running() {
+            if r.kills.len() >= plan.max_kills as usize
+                || !r.procs[0].running()
+                || r.victim_finished()
+            {
                 continue;
             }
             match r.next_kill {
@@ -375,6 +397,7 @@ fn chaos(plan: &Plan, cases: &[Case]) {
                     let gap = rng.u64(plan.gap.0..=plan.gap.1);
                     r.next_kill = Some(Instant::now() + Duration::from_millis(gap));
                 }
+                Some(_) if r.victim_finished() => r.next_kill = None,
                 Some(t) if Instant::now() >= t => {
                     r.kills
                         .push(format!("{:.2}s", started.elapsed().as_secs_f64()));

@@ -124,8 +124,11 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("warn,zenoh=error,zenoh_transport=error")
     });
+    // colours only on a terminal: a log written to a file stays plain text
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
