@@ -15,6 +15,11 @@ use rill_core::node::{
 use rill_core::{Record, Value};
 use serde::Deserialize;
 
+/// `rate` bounds: one record in 1,000 s, and a billion a second (past
+/// them the pacing arithmetic leaves the range of a duration).
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1e9;
+
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Generate {
@@ -38,10 +43,10 @@ impl NodeConfig for Generate {
 
     fn validate(&self) -> Result<(), String> {
         if let Some(r) = self.rate
-            && !(r > 0.0 && r.is_finite())
+            && !(MIN_RATE..=MAX_RATE).contains(&r)
         {
             return Err(format!(
-                "`rate` must be a positive number of records per second, got {r}"
+                "`rate` must be between {MIN_RATE} and {MAX_RATE:e} records per second, got {r}"
             ));
         }
         if self.keys == Some(0) {
@@ -198,5 +203,24 @@ mod tests {
         assert_eq!(a, run(&g));
         assert_eq!(a[4].key.as_deref(), Some("k1"));
         assert_eq!(a[4].event_time, 1004);
+    }
+
+    #[test]
+    fn rates_out_of_range_are_refused() {
+        for r in [1e308, 1e-300, 0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let g = Generate {
+                rate: Some(r),
+                ..Default::default()
+            };
+            let e = g.validate().unwrap_err();
+            assert!(e.contains("between 0.001 and 1e9"), "{r}: {e}");
+        }
+        for r in [0.001, 1.0, 1e9] {
+            let g = Generate {
+                rate: Some(r),
+                ..Default::default()
+            };
+            assert!(g.validate().is_ok(), "{r}");
+        }
     }
 }

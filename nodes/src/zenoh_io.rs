@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rill_core::json::{json_to_fields, record_to_json_line};
+use rill_core::json::record_to_json_line;
 use rill_core::node::{
     BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink, Source, SourceStatus,
 };
@@ -132,11 +132,7 @@ fn decode(format: Format, key: &str, bytes: &[u8]) -> Vec<Result<Record, (Record
         Ok(DataMsg::End { .. } | DataMsg::Gone { .. }) => Some(Vec::new()),
         Err(_) => rill_core::codec::decode::<Vec<Record>>(bytes).ok(),
     };
-    let as_json = || {
-        serde_json::from_slice::<serde_json::Value>(bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|j| json_to_fields(&j).map_err(|e| e.to_string()))
-    };
+    let as_json = || rill_core::json::parse_json_bytes(bytes).map_err(|e| e.to_string());
     match format {
         Format::Rill => match as_rill() {
             Some(v) => v.into_iter().map(Ok).collect(),
@@ -324,5 +320,46 @@ impl Sink for ZenohSink {
 
     fn checkpoint(&mut self) -> Result<(), NodeError> {
         self.state.put_value("seq", &Value::Int(self.seq as i64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes that start like an empty rill batch, then go on: before, the
+    /// prefix decoded and the payload vanished (no record, no dead letter).
+    fn lookalike() -> Vec<u8> {
+        let mut b = encode_data(&DataMsg::Batch {
+            producer: ProducerId {
+                stage: "x".into(),
+                output: None,
+                epoch: 1,
+            },
+            first_seq: 0,
+            records: vec![],
+        })
+        .unwrap();
+        b.extend_from_slice(b"\x00\x01garbage");
+        b
+    }
+
+    #[test]
+    fn a_payload_that_only_starts_like_rill_is_not_lost() {
+        let rill = decode(Format::Rill, "k", &lookalike());
+        assert_eq!(rill.len(), 1);
+        let (record, msg) = rill[0].as_ref().unwrap_err();
+        assert!(msg.contains("not a rill message"), "{msg}");
+        assert_eq!(
+            record.get("payload"),
+            Some(&Value::Bytes(lookalike())),
+            "the dead letter keeps the bytes"
+        );
+        let auto = decode(Format::Auto, "k", &lookalike());
+        assert_eq!(auto.len(), 1, "auto: a raw record");
+        assert!(auto[0].is_ok());
+        // a real empty batch is still nothing
+        let real = &lookalike()[..lookalike().len() - 9];
+        assert!(decode(Format::Rill, "k", real).is_empty());
     }
 }

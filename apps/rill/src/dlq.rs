@@ -121,20 +121,42 @@ pub fn show(file: &Path, stage: Option<&str>, ids: &[String], limit: Option<usiz
         Err(c) => return c,
     };
     let mut shown = 0;
+    let mut corrupt = 0;
     for s in stages {
-        let text = std::fs::read_to_string(queue(&p, s)).unwrap_or_default();
-        for line in text.lines() {
-            if limit.is_some_and(|l| shown >= l) {
-                return OK;
+        let path = queue(&p, s);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return BAD_INPUT;
             }
-            let Ok(l) = Letter::parse(line) else {
+        };
+        for (i, line) in text.lines().enumerate() {
+            if limit.is_some_and(|l| shown >= l) {
+                break;
+            }
+            if line.trim().is_empty() {
                 continue;
+            }
+            // a line that is not a letter is said, not skipped
+            let l = match Letter::parse(line) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {}:{}: {e}", path.display(), i + 1);
+                    corrupt += 1;
+                    continue;
+                }
             };
             if ids.is_empty() || ids.contains(&l.id) {
                 println!("{line}");
                 shown += 1;
             }
         }
+    }
+    if corrupt > 0 {
+        eprintln!("error: {corrupt} line(s) of the queue are not dead letters (shown above)");
+        return BAD_INPUT;
     }
     OK
 }

@@ -120,6 +120,9 @@ enum GraphFormat {
 }
 
 fn main() -> ExitCode {
+    // state and dead letters hold whole records: owner-only (file sinks
+    // give their outputs the usual permissions back)
+    rill_core::perms::private_by_default();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RILL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("warn,zenoh=error,zenoh_transport=error")

@@ -188,6 +188,20 @@ fn a_running_pipeline_can_be_scraped() {
     );
     // nothing else is served
     assert_eq!(get(&addr, "/").0, "HTTP/1.1 404 Not Found");
+    // 200 idle connections that never send a request do not starve it
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let t = Instant::now();
+    let (status, _) = get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // (before, 16 idle connections held every slot for 5 s each)
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "a scrape behind idle clients took {:?}",
+        t.elapsed()
+    );
+    drop(idle);
     signal(&child, "-TERM");
     let o = wait(child, Duration::from_secs(20), "rill after SIGTERM");
     assert!(o.status.success(), "exit {:?}", o.status);

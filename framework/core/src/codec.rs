@@ -31,9 +31,24 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     postcard::to_extend(value, out).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
-/// Decodes a payload made by [`encode`].
+/// Decodes a payload made by [`encode`]: all of it (bytes after the value
+/// make the payload something else, not a rill message with a tail).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    postcard::from_bytes(body(bytes)?).map_err(|e| CodecError::Decode(e.to_string()))
+    whole(body(bytes)?)
+}
+
+/// Decodes a postcard value that fills `bytes` exactly.
+pub fn whole<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    crate::limits::take_hit();
+    let (v, rest) = postcard::take_from_bytes(bytes)
+        .map_err(|e| CodecError::Decode(crate::limits::take_hit().unwrap_or(e.to_string())))?;
+    if !rest.is_empty() {
+        return Err(CodecError::Decode(format!(
+            "{} bytes follow the end of the message",
+            rest.len()
+        )));
+    }
+    Ok(v)
 }
 
 /// The postcard body of a payload made by [`encode`], after its header.
@@ -122,6 +137,41 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode::<Vec<Record>>(&bytes);
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // a list in a list ... 100,000 deep (200 KB), as a hostile peer
+        // would send it: variant 6 (list) of length 1, then null
+        let mut bytes = vec![MAGIC, VERSION];
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(&[6, 1]);
+        }
+        bytes.push(0);
+        let e = decode::<Value>(&bytes).unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 128 levels"), "{e}");
+        // maps too: variant 7, one entry named "a"
+        let mut bytes = vec![MAGIC, VERSION];
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(&[7, 1, 1, b'a']);
+        }
+        bytes.push(0);
+        assert!(decode::<Value>(&bytes).is_err());
+        // 100 deep is fine
+        let mut v = Value::Null;
+        for _ in 0..100 {
+            v = Value::List(vec![v]);
+        }
+        assert_eq!(decode::<Value>(&encode(&v).unwrap()).unwrap(), v);
+    }
+
+    #[test]
+    fn a_payload_with_a_tail_is_not_a_message() {
+        let mut bytes = encode(&Vec::<Record>::new()).unwrap();
+        assert_eq!(decode::<Vec<Record>>(&bytes).unwrap(), vec![]);
+        bytes.extend_from_slice(b"and more");
+        let e = decode::<Vec<Record>>(&bytes).unwrap_err().to_string();
+        assert!(e.contains("8 bytes follow the end"), "{e}");
     }
 
     #[test]

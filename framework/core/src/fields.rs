@@ -392,6 +392,8 @@ impl<'de> Deserialize<'de> for Fields {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let _level =
+                    crate::limits::DepthGuard::enter().map_err(serde::de::Error::custom)?;
                 // a hostile length prefix must not reserve gigabytes
                 let mut f = Fields::with_capacity(map.size_hint().unwrap_or(0).min(4096));
                 while let Some((k, v)) = map.next_entry::<Name, Value>()? {

@@ -9,9 +9,13 @@
 //! | bytes  | `{"$bytes": "<base64>"}` |
 //! | tensor | `{"dtype": "f32", "shape": [2, 3], "data": [...]}` (flat, row-major) |
 //!
-//! On reading, a JSON integer that fits `i64` is an int, every other number a
-//! float, an object with exactly the keys `dtype`, `shape`, `data` and a known
-//! dtype is a tensor, and `{"$bytes": "..."}` is bytes.
+//! On reading, a JSON integer that fits `i64` is an int, a number with a
+//! fraction or exponent a float, an object with exactly the keys `dtype`,
+//! `shape`, `data` and a known dtype is a tensor, and `{"$bytes": "..."}` is
+//! bytes. A record's line is read strictly: an integer past `i64` (up to
+//! `u64::MAX`) and a key given twice in one object are errors, not a float
+//! or the last value. (An integer past `u64::MAX` is read as a float: the
+//! parser gives no other.)
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -219,8 +223,83 @@ pub fn json_to_fields(j: &Json) -> Result<Fields, JsonError> {
 
 /// Parses one line of JSON Lines into record fields.
 pub fn parse_json_line(line: &str) -> Result<Fields, JsonError> {
-    let j: Json = serde_json::from_str(line).map_err(|e| JsonError::Syntax(e.to_string()))?;
+    parse_json_bytes(line.as_bytes())
+}
+
+/// As [`parse_json_line`], from bytes (a message received over Zenoh).
+pub fn parse_json_bytes(bytes: &[u8]) -> Result<Fields, JsonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let j = serde::de::DeserializeSeed::deserialize(Strict, &mut de)
+        .and_then(|j| de.end().map(|_| j))
+        .map_err(|e| JsonError::Syntax(e.to_string()))?;
     json_to_fields(&j)
+}
+
+/// Reads JSON as `serde_json` does, but refuses a key given twice in one
+/// object and an integer past `i64`.
+#[derive(Clone, Copy)]
+struct Strict;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = Json;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Json, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+        Ok(Json::Bool(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Json, E> {
+        Ok(Json::from(i))
+    }
+    fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<Json, E> {
+        match i64::try_from(u) {
+            Ok(i) => Ok(Json::from(i)),
+            Err(_) => Err(E::custom(format!(
+                "the integer {u} does not fit in 64 bits (the largest is {}); write it as a string, or as a float ({u}.0)",
+                i64::MAX
+            ))),
+        }
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Json, E> {
+        Ok(Number::from_f64(f).map_or(Json::Null, Json::Number))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+        Ok(Json::String(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Json, E> {
+        Ok(Json::String(s))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut v = Vec::new();
+        while let Some(x) = seq.next_element_seed(Strict)? {
+            v.push(x);
+        }
+        Ok(Json::Array(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut m = JsonMap::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if m.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key `{k}` is given twice in one object"
+                )));
+            }
+            let v = map.next_value_seed(Strict)?;
+            m.insert(k, v);
+        }
+        Ok(Json::Object(m))
+    }
 }
 
 fn json_type(j: &Json) -> &'static str {
@@ -237,6 +316,23 @@ fn json_type(j: &Json) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn big_integers_and_repeated_keys_are_errors() {
+        let e = parse_json_line(r#"{"n": 18446744073709551615}"#).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the integer 18446744073709551615 does not fit in 64 bits"),
+            "{e}"
+        );
+        let e = parse_json_line(r#"{"a": 1, "b": {"c": 1, "c": 2}}"#).unwrap_err();
+        assert!(e.to_string().contains("the key `c` is given twice"), "{e}");
+        let f =
+            parse_json_line(r#"{"n": 9223372036854775807, "m": -9223372036854775808}"#).unwrap();
+        assert_eq!(f["n"], Value::Int(i64::MAX));
+        assert_eq!(f["m"], Value::Int(i64::MIN));
+        assert!(parse_json_line(r#"{"a": 1} x"#).is_err(), "trailing text");
+    }
 
     #[test]
     fn tensor_json_round_trip() {

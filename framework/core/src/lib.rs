@@ -19,7 +19,9 @@
 pub mod codec;
 pub mod fields;
 pub mod json;
+pub mod limits;
 pub mod metrics;
+pub mod perms;
 pub mod value;
 pub mod yaml;
 

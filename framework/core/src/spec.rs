@@ -815,7 +815,7 @@ fn parse_root(
                 return None;
             }
         },
-        None => key_safe(default_name),
+        None => name_of_stem(default_name),
     };
 
     let chain = match pnode.get("type") {
@@ -945,6 +945,13 @@ fn parse_root(
     // distinct names must stay distinct as Zenoh key chunks
     let mut keys: HashMap<String, &str> = HashMap::new();
     for (n, r) in names.iter().zip(&raws) {
+        // the key-safe name is also a folder of the state directory
+        if let Err(why) = check_folder_name(&key_safe(n)) {
+            cx.err(
+                r.node.mark,
+                format!("transform name `{n}` {why}; rename it"),
+            );
+        }
         if let Some(other) = keys.insert(key_safe(n), n)
             && other != n
         {
@@ -1036,6 +1043,32 @@ fn parse_root(
         stages,
         options,
     })
+}
+
+/// Whether a (key-safe) name can be a folder of the state directory of
+/// its own: not `.` or `..`, not hidden, not one of rill's own (`_dlq`;
+/// every name starting with `_` is kept for rill).
+fn check_folder_name(k: &str) -> Result<(), &'static str> {
+    if k.is_empty() || k.chars().all(|c| c == '.') {
+        return Err("is not a usable folder name (its state would land outside its folder)");
+    }
+    if k.starts_with('.') {
+        return Err("starts with `.` (a hidden folder of the state directory)");
+    }
+    if k.starts_with('_') {
+        return Err("starts with `_`, which is kept for rill's own folders (`_dlq`)");
+    }
+    Ok(())
+}
+
+/// The pipeline name a file's stem gives when the file names none:
+/// key-safe, without dots (`my.pipeline.yaml` is `my_pipeline`).
+fn name_of_stem(stem: &str) -> String {
+    let n: String = key_safe(stem)
+        .chars()
+        .map(|c| if c == '.' { '_' } else { c })
+        .collect();
+    if n.is_empty() { "pipeline".into() } else { n }
 }
 
 fn is_valid_pipeline_name(s: &str) -> bool {

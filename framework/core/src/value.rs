@@ -31,9 +31,17 @@ pub enum Value {
     Float(f64),
     String(Text),
     Bytes(Vec<u8>),
+    #[serde(deserialize_with = "nested_list")]
     List(Vec<Value>),
     Map(Fields),
     Tensor(Box<Tensor>),
+}
+
+/// A list, within the nesting limit ([`crate::limits`]): a hostile
+/// payload nested 100,000 deep is an error, not a stack overflow.
+fn nested_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Value>, D::Error> {
+    let _level = crate::limits::DepthGuard::enter().map_err(serde::de::Error::custom)?;
+    Vec::<Value>::deserialize(d)
 }
 
 impl Value {

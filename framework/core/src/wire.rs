@@ -129,6 +129,12 @@ pub fn decode_data_head(bytes: &[u8]) -> Result<DataHead, CodecError> {
     let corrupt = |e: postcard::Error| CodecError::Decode(e.to_string());
     let body = codec::body(bytes)?;
     let (head, rest) = postcard::take_from_bytes::<HeadWire>(body).map_err(corrupt)?;
+    if !matches!(head, HeadWire::Batch { .. }) && !rest.is_empty() {
+        return Err(CodecError::Decode(format!(
+            "{} bytes follow the end of the message",
+            rest.len()
+        )));
+    }
     Ok(match head {
         HeadWire::Batch {
             producer,
@@ -167,7 +173,7 @@ pub fn decode_records(bytes: &[u8], records_at: usize) -> Result<Vec<Record>, Co
             bytes.len()
         ))
     })?;
-    postcard::from_bytes(rest).map_err(|e| CodecError::Decode(e.to_string()))
+    codec::whole(rest)
 }
 
 pub fn encode_ctl(msg: &CtlMsg) -> Result<Vec<u8>, CodecError> {

@@ -231,12 +231,42 @@ enum Frame {
     Map(Vec<(YNode, YNode)>, Option<YNode>, Mark, usize),
 }
 
+/// How many nodes `node` holds (itself included), counting no further
+/// than `cap`.
+fn nodes_within(node: &YNode, cap: usize) -> usize {
+    let mut n = 0;
+    let mut todo = vec![node];
+    while let Some(x) = todo.pop() {
+        n += 1;
+        if n >= cap {
+            return n;
+        }
+        match &x.value {
+            YValue::Seq(items) => todo.extend(items),
+            YValue::Map(entries) => {
+                for (k, v) in entries {
+                    todo.push(k);
+                    todo.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    n
+}
+
 /// Parses the first document of `text`. An empty document is `null`.
+/// Nesting deeper than [`crate::limits::Limits::max_depth`], and aliases
+/// that expand to more than [`crate::limits::Limits::yaml_max_alias_nodes`]
+/// nodes, are errors.
 pub fn parse(text: &str) -> Result<YNode, YamlError> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: HashMap<usize, YNode> = HashMap::new();
     let mut root: Option<YNode> = None;
+    let limits = crate::limits::get();
+    // nodes added by aliases so far
+    let mut expanded = 0usize;
 
     // Adds a finished node to its parent (or makes it the root).
     fn push(
@@ -301,12 +331,35 @@ pub fn parse(text: &str) -> Result<YNode, YamlError> {
                 push(&mut stack, &mut root, &mut anchors, node, anchor)?;
             }
             Event::Alias(id) => {
-                let mut node = anchors
+                let target = anchors
                     .get(&id)
-                    .cloned()
                     .ok_or_else(|| YamlError::at(mark, "alias to an unknown anchor"))?;
+                // every alias copies its anchor's nodes: a few nested
+                // aliases ("billion laughs") would expand to billions
+                expanded += nodes_within(target, limits.yaml_max_alias_nodes - expanded + 1);
+                if expanded > limits.yaml_max_alias_nodes {
+                    return Err(YamlError::at(
+                        mark,
+                        format!(
+                            "aliases expand to more than {} nodes (the limit; RILL_YAML_MAX_ALIAS_NODES sets another)",
+                            limits.yaml_max_alias_nodes
+                        ),
+                    ));
+                }
+                let mut node = target.clone();
                 node.mark = mark;
                 push(&mut stack, &mut root, &mut anchors, node, 0)?;
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..)
+                if stack.len() >= limits.max_depth =>
+            {
+                return Err(YamlError::at(
+                    mark,
+                    format!(
+                        "nested deeper than {} levels (the limit; RILL_MAX_DEPTH sets another)",
+                        limits.max_depth
+                    ),
+                ));
             }
             Event::SequenceStart(anchor, _) => stack.push(Frame::Seq(Vec::new(), mark, anchor)),
             Event::MappingStart(anchor, _) => {
@@ -642,6 +695,47 @@ mod tests {
 
     #[test]
     fn anchors_and_aliases() {
+        let doc = parse("base: &b {x: 1}\nother: *b\n").unwrap();
+        assert_eq!(
+            doc.get("other").unwrap().get("x").unwrap().value,
+            YValue::Int(1)
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        // block style: each level one more indentation
+        let mut text = String::new();
+        for i in 0..4000 {
+            text.push_str(&" ".repeat(i));
+            text.push_str("-\n");
+        }
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.contains("nested deeper than 128 levels"), "{e}");
+        assert!(
+            e.starts_with("129:"),
+            "points at the level past the limit: {e}"
+        );
+        // within the limit: fine
+        let ok: String = (0..100).map(|i| format!("{}-\n", " ".repeat(i))).collect();
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn billion_laughs_is_refused_at_once() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let t = std::time::Instant::now();
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("aliases expand to more than 100000 nodes"),
+            "{e}"
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        // a few aliases are fine
         let doc = parse("base: &b {x: 1}\nother: *b\n").unwrap();
         assert_eq!(
             doc.get("other").unwrap().get("x").unwrap().value,

@@ -465,25 +465,35 @@ impl<'a> Interp<'a> {
         self.charge(n as u64 / 64)
     }
 
-    /// The dict key of `v`, charging for large tuples.
+    /// Bounds the next walk over values by what is left of the budget (a
+    /// walk charges 1 step per 8 units of work).
+    fn cap_walk(&self) {
+        let left = self.limits.max_steps.saturating_sub(self.steps);
+        crate::val::set_walk_cap(left.saturating_mul(8).saturating_add(8));
+    }
+
+    /// The dict key of `v`, charging for large tuples and long strings.
     pub(crate) fn key(&mut self, v: &Val<'a>) -> R<Key<'a>> {
         let mut w = 0;
+        self.cap_walk();
         let k = crate::val::to_key(v, &mut w);
         self.charge(w / 8)?;
         k
     }
 
-    /// `a == b`, charging for large containers.
+    /// `a == b`, charging for large containers and long strings.
     pub(crate) fn eq(&mut self, a: &Val<'a>, b: &Val<'a>) -> R<bool> {
         let mut w = 0;
+        self.cap_walk();
         let r = py_eq(a, b, &mut w);
         self.charge(w / 8)?;
         r
     }
 
-    /// `a < b` and friends, charging for large containers.
+    /// `a < b` and friends, charging for large containers and strings.
     pub(crate) fn order(&mut self, op: Ord4, a: &Val<'a>, b: &Val<'a>) -> R<bool> {
         let mut w = 0;
+        self.cap_walk();
         let r = py_order(op, a, b, &mut w);
         self.charge(w / 8)?;
         r

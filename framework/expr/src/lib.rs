@@ -127,6 +127,9 @@ pub struct Limits {
     pub max_str_bytes: usize,
     /// Items in one built list, tuple, dict or set.
     pub max_items: usize,
+    /// Bytes of the value an evaluation returns, as it is in the record:
+    /// a list holding one large string many times costs each copy.
+    pub max_result_bytes: u64,
 }
 
 impl Default for Limits {
@@ -136,6 +139,7 @@ impl Default for Limits {
             max_depth: 64,
             max_str_bytes: 10_000_000,
             max_items: 1_000_000,
+            max_result_bytes: 64 << 20,
         }
     }
 }
@@ -228,6 +232,8 @@ impl Program {
             stack_base: &marker as *const u8 as usize,
             re_cache: Vec::new(),
         };
+        // a walk over values (hashing, comparing) stops within the budget
+        val::set_walk_cap(self.limits.max_steps.saturating_mul(8).saturating_add(8));
         let v = match &inner.kind {
             Kind::Expr(code) => {
                 let mut frame = Frame::new(code, &[]);
@@ -245,7 +251,7 @@ impl Program {
                 it.call_value(&f, &[val::Val::Rec(&record.fields)], &[])?
             }
         };
-        val::to_value(&v, self.limits.max_items)
+        val::to_value(&v, self.limits.max_items, self.limits.max_result_bytes)
     }
 
     /// Names of record fields the program reads, where they are known: the

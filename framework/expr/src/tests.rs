@@ -771,3 +771,57 @@ fn dedent_tolerates_unicode_blank_lines() {
     let p = Program::callable("  def f(r):\n\u{a0}\u{a0}\u{a0}\n      return 1\n").unwrap();
     assert_eq!(p.eval(&Record::default()).unwrap(), Value::Int(1));
 }
+
+/// The error of a callable over an empty record.
+fn call_err(src: &str) -> String {
+    match Program::callable(src)
+        .unwrap_or_else(|e| panic!("compile {src:?}: {e}"))
+        .eval(&Record::default())
+    {
+        Ok(v) => panic!("{src:?} should fail, gave a {}", v.type_name()),
+        Err(e) => e.msg,
+    }
+}
+
+#[test]
+fn shared_structure_cannot_bypass_the_limits() {
+    let t = std::time::Instant::now();
+    // one 10 MB string, a thousand references: 10 GB once it leaves
+    let err = call_err("def f(row):\n    return ['a' * 10**7] * 1000\n");
+    assert!(
+        err.starts_with("MemoryError: expression memory limit of 64 MB exceeded"),
+        "{err}"
+    );
+    // x = [x, x] thirty times: 2**30 leaves, shared
+    let doubling = "    x = []\n    for i in range(30):\n        x = [x, x]\n";
+    let err = call_err(&format!("def f(row):\n{doubling}    return x\n"));
+    assert!(err.contains("memory limit"), "{err}");
+    let err = call_err(&format!(
+        "def f(row):\n{doubling}    y = []\n    for i in range(30):\n        y = [y, y]\n    return x == y\n"
+    ));
+    assert!(err.contains("step budget exhausted"), "{err}");
+    let err = call_err(
+        "def f(row):\n    t = ()\n    for i in range(30):\n        t = (t, t)\n    return len({t})\n",
+    );
+    assert!(err.contains("step budget exhausted"), "{err}");
+    // hashing and comparing long strings is charged by their length
+    for src in [
+        "len(set(['a' * 10**6] * 1000))",
+        "sorted(['a' * 10**6, 'a' * 10**6 + 'b'] * 500)",
+        "(['a' * 10**6] * 1000).count('a' * 10**6)",
+    ] {
+        let err = e_err(src);
+        assert!(err.contains("step budget exhausted"), "{src}: {err}");
+    }
+    // the ordinary cases still work
+    assert_eq!(e("len(set(['ab'] * 1000))"), Value::Int(1));
+    assert_eq!(
+        call("def f(row):\n    return ['ab'] * 3\n", &Record::default()),
+        Value::List(vec![Value::String("ab".into()); 3])
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "the limits held, but slowly: {:?}",
+        t.elapsed()
+    );
+}

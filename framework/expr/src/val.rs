@@ -475,21 +475,60 @@ impl Hash for Key<'_> {
     }
 }
 
+thread_local! {
+    /// The most work (in `w` units) one walk may do before it stops: the
+    /// evaluation's remaining step budget, set by the interpreter. A walk
+    /// over shared structure (`x = [x, x]` thirty times) or long strings
+    /// stops there instead of running for minutes.
+    static WALK_CAP: std::cell::Cell<u64> = const { std::cell::Cell::new(u64::MAX) };
+}
+
+/// Sets the cap of the walks that follow on this thread.
+pub(crate) fn set_walk_cap(cap: u64) {
+    WALK_CAP.with(|c| c.set(cap));
+}
+
+/// Adds `k` units of work; past the cap the walk stops (its caller charges
+/// the work, which then exceeds the step budget).
+#[inline]
+fn tick(w: &mut u64, k: u64) -> R<()> {
+    *w = w.saturating_add(k);
+    if *w > WALK_CAP.with(|c| c.get()) {
+        return Err(err(
+            "RuntimeError",
+            "step budget exhausted (comparing, hashing or copying values)",
+        ));
+    }
+    Ok(())
+}
+
+/// The work of hashing or comparing `n` bytes: 8 bytes a unit.
+#[inline]
+fn bytes_work(n: usize) -> u64 {
+    n as u64 / 8
+}
+
 /// The key for `v`, or `TypeError: unhashable type`.
-/// `w` counts the work done (nodes visited).
+/// `w` counts the work done (nodes visited, and bytes hashed / 8).
 pub(crate) fn to_key<'a>(v: &Val<'a>, w: &mut u64) -> R<Key<'a>> {
     to_key_at(v, 0, w)
 }
 
 fn to_key_at<'a>(v: &Val<'a>, depth: usize, w: &mut u64) -> R<Key<'a>> {
-    *w += 1;
+    tick(w, 1)?;
     Ok(match v {
         Val::None => Key::None,
         Val::Bool(b) => Key::Bool(*b),
         Val::Int(i) => Key::Int(*i),
         Val::Float(f) => Key::Float(*f),
-        Val::Str(s) => Key::Str(s.clone()),
-        Val::Bytes(b) => Key::Bytes(b.clone()),
+        Val::Str(s) => {
+            tick(w, bytes_work(s.as_str().len()))?;
+            Key::Str(s.clone())
+        }
+        Val::Bytes(b) => {
+            tick(w, bytes_work(b.as_bytes().len()))?;
+            Key::Bytes(b.clone())
+        }
         Val::Tuple(t) => {
             if depth > MAX_NEST {
                 return Err(nest_error());
@@ -507,6 +546,16 @@ fn to_key_at<'a>(v: &Val<'a>, depth: usize, w: &mut u64) -> R<Key<'a>> {
             ));
         }
     })
+}
+
+/// The work of hashing a key again (a set compared or rebuilt).
+pub(crate) fn key_cost(k: &Key<'_>) -> u64 {
+    match k {
+        Key::Str(s) => 1 + bytes_work(s.as_str().len()),
+        Key::Bytes(b) => 1 + bytes_work(b.as_bytes().len()),
+        Key::Tuple(t) => 1 + t.iter().map(key_cost).sum::<u64>(),
+        _ => 1,
+    }
 }
 
 /// The value of a key.
@@ -560,20 +609,61 @@ fn from_value_at(v: &Value, depth: usize) -> R<Val<'_>> {
     })
 }
 
-/// A runtime value as a record value.
-pub(crate) fn to_value(v: &Val<'_>, max_items: usize) -> R<Value> {
-    to_value_at(v, 0, max_items)
+/// A runtime value as a record value, within `max_bytes`: a value that
+/// holds the same large string many times (`['a' * 10**7] * 1000`) is as
+/// large as all its copies once it leaves the sandbox.
+pub(crate) fn to_value(v: &Val<'_>, max_items: usize, max_bytes: u64) -> R<Value> {
+    to_value_at(v, 0, max_items, &mut (max_bytes, max_bytes))
 }
 
-fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
+/// Takes `n` bytes of the result budget `(left, limit)`.
+fn take_bytes(budget: &mut (u64, u64), n: u64) -> R<()> {
+    if n > budget.0 {
+        return Err(err(
+            "MemoryError",
+            format!(
+                "expression memory limit of {} MB exceeded: the result is larger (a value repeated with * is copied once per reference when it leaves the expression)",
+                budget.1 >> 20
+            ),
+        ));
+    }
+    budget.0 -= n;
+    Ok(())
+}
+
+/// The bytes a record value takes (a walk without recursion, stopping as
+/// soon as the budget is spent).
+fn take_value_bytes(v: &Value, budget: &mut (u64, u64)) -> R<()> {
+    let mut todo = vec![v];
+    while let Some(x) = todo.pop() {
+        take_bytes(budget, std::mem::size_of::<Value>() as u64)?;
+        match x {
+            Value::String(s) => take_bytes(budget, s.len() as u64)?,
+            Value::Bytes(b) => take_bytes(budget, b.len() as u64)?,
+            Value::Tensor(t) => take_bytes(budget, t.data().len() as u64 * 8)?,
+            Value::List(l) => todo.extend(l),
+            Value::Map(m) => {
+                for (k, v) in m {
+                    take_bytes(budget, k.len() as u64)?;
+                    todo.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize, budget: &mut (u64, u64)) -> R<Value> {
     if depth > MAX_NEST {
         return Err(nest_error());
     }
-    let seq = |items: &[Val<'_>]| -> R<Value> {
+    take_bytes(budget, std::mem::size_of::<Value>() as u64)?;
+    let seq = |items: &[Val<'_>], budget: &mut (u64, u64)| -> R<Value> {
         Ok(Value::List(
             items
                 .iter()
-                .map(|x| to_value_at(x, depth + 1, max_items))
+                .map(|x| to_value_at(x, depth + 1, max_items, budget))
                 .collect::<R<Vec<_>>>()?,
         ))
     };
@@ -582,14 +672,20 @@ fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
         Val::Bool(b) => Value::Bool(*b),
         Val::Int(i) => Value::Int(*i),
         Val::Float(f) => Value::Float(*f),
-        Val::Str(s) => Value::String(s.as_str().into()),
-        Val::Bytes(b) => Value::Bytes(b.as_bytes().to_vec()),
-        Val::List(l) => seq(&l.0.borrow())?,
-        Val::Tuple(t) => seq(&t.0)?,
+        Val::Str(s) => {
+            take_bytes(budget, s.as_str().len() as u64)?;
+            Value::String(s.as_str().into())
+        }
+        Val::Bytes(b) => {
+            take_bytes(budget, b.as_bytes().len() as u64)?;
+            Value::Bytes(b.as_bytes().to_vec())
+        }
+        Val::List(l) => seq(&l.0.borrow(), budget)?,
+        Val::Tuple(t) => seq(&t.0, budget)?,
         Val::Set(s) => Value::List(
             s.0.borrow()
                 .iter()
-                .map(|k| to_value_at(&key_val(k), depth + 1, max_items))
+                .map(|k| to_value_at(&key_val(k), depth + 1, max_items, budget))
                 .collect::<R<Vec<_>>>()?,
         ),
         Val::Dict(d) => {
@@ -606,12 +702,25 @@ fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
                         ),
                     ));
                 };
-                out.insert(s.as_str().into(), to_value_at(x, depth + 1, max_items)?);
+                take_bytes(budget, s.as_str().len() as u64)?;
+                out.insert(
+                    s.as_str().into(),
+                    to_value_at(x, depth + 1, max_items, budget)?,
+                );
             }
             Value::Map(out)
         }
-        Val::Rec(m) => Value::Map((*m).clone()),
-        Val::Tensor(t) => Value::Tensor(Box::new((*t).clone())),
+        Val::Rec(m) => {
+            for (k, v) in m.iter() {
+                take_bytes(budget, k.len() as u64)?;
+                take_value_bytes(v, budget)?;
+            }
+            Value::Map((*m).clone())
+        }
+        Val::Tensor(t) => {
+            take_bytes(budget, t.data().len() as u64 * 8)?;
+            Value::Tensor(Box::new((*t).clone()))
+        }
         Val::Range(a, b, s) => {
             let n = range_len(*a, *b, *s);
             if n > max_items as u64 {
@@ -620,6 +729,7 @@ fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
                     format!("range of {n} items exceeds the limit of {max_items} items"),
                 ));
             }
+            take_bytes(budget, n * std::mem::size_of::<Value>() as u64)?;
             let mut out = Vec::with_capacity(n as usize);
             let mut x = *a as i128;
             for _ in 0..n {
@@ -628,7 +738,7 @@ fn to_value_at(v: &Val<'_>, depth: usize, max_items: usize) -> R<Value> {
             }
             Value::List(out)
         }
-        Val::Cell(c) => to_value_at(&c.borrow(), depth, max_items)?,
+        Val::Cell(c) => to_value_at(&c.borrow(), depth, max_items, budget)?,
         other => {
             return Err(err(
                 "TypeError",
@@ -681,7 +791,7 @@ fn rec_eq_dict<'a>(
 }
 
 fn eq_at<'a>(a: &Val<'a>, b: &Val<'a>, depth: usize, w: &mut u64) -> R<bool> {
-    *w += 1;
+    tick(w, 1)?;
     if depth > MAX_NEST {
         return Err(nest_error());
     }
@@ -690,8 +800,20 @@ fn eq_at<'a>(a: &Val<'a>, b: &Val<'a>, depth: usize, w: &mut u64) -> R<bool> {
     }
     Ok(match (a, b) {
         (Val::None, Val::None) => true,
-        (Val::Str(x), Val::Str(y)) => x.as_str() == y.as_str(),
-        (Val::Bytes(x), Val::Bytes(y)) => x.as_bytes() == y.as_bytes(),
+        (Val::Str(x), Val::Str(y)) => {
+            let (x, y) = (x.as_str(), y.as_str());
+            if x.len() == y.len() && !std::ptr::eq(x, y) {
+                tick(w, bytes_work(x.len()))?;
+            }
+            x == y
+        }
+        (Val::Bytes(x), Val::Bytes(y)) => {
+            let (x, y) = (x.as_bytes(), y.as_bytes());
+            if x.len() == y.len() && !std::ptr::eq(x, y) {
+                tick(w, bytes_work(x.len()))?;
+            }
+            x == y
+        }
         (Val::List(x), Val::List(y)) => {
             Rc::ptr_eq(x, y) || seq_eq(&x.0.borrow(), &y.0.borrow(), depth, w)?
         }
@@ -718,7 +840,7 @@ fn eq_at<'a>(a: &Val<'a>, b: &Val<'a>, depth: usize, w: &mut u64) -> R<bool> {
         }
         (Val::Set(x), Val::Set(y)) => {
             let (x, y) = (x.0.borrow(), y.0.borrow());
-            *w += x.len() as u64;
+            tick(w, x.iter().map(key_cost).sum())?;
             x.len() == y.len() && x.iter().all(|k| y.contains(k))
         }
         (Val::Rec(x), Val::Rec(y)) => {
@@ -825,7 +947,7 @@ fn seq_order<'a>(op: Ord4, a: &[Val<'a>], b: &[Val<'a>], depth: usize, w: &mut u
 }
 
 fn order_at<'a>(op: Ord4, a: &Val<'a>, b: &Val<'a>, depth: usize, w: &mut u64) -> R<bool> {
-    *w += 1;
+    tick(w, 1)?;
     if depth > MAX_NEST {
         return Err(nest_error());
     }
@@ -833,13 +955,19 @@ fn order_at<'a>(op: Ord4, a: &Val<'a>, b: &Val<'a>, depth: usize, w: &mut u64) -
         return Ok(cmp_num(x, y).is_some_and(|o| op.test(o)));
     }
     match (a, b) {
-        (Val::Str(x), Val::Str(y)) => Ok(op.test(x.as_str().cmp(y.as_str()))),
-        (Val::Bytes(x), Val::Bytes(y)) => Ok(op.test(x.as_bytes().cmp(y.as_bytes()))),
+        (Val::Str(x), Val::Str(y)) => {
+            tick(w, bytes_work(x.as_str().len().min(y.as_str().len())))?;
+            Ok(op.test(x.as_str().cmp(y.as_str())))
+        }
+        (Val::Bytes(x), Val::Bytes(y)) => {
+            tick(w, bytes_work(x.as_bytes().len().min(y.as_bytes().len())))?;
+            Ok(op.test(x.as_bytes().cmp(y.as_bytes())))
+        }
         (Val::List(x), Val::List(y)) => seq_order(op, &x.0.borrow(), &y.0.borrow(), depth, w),
         (Val::Tuple(x), Val::Tuple(y)) => seq_order(op, &x.0, &y.0, depth, w),
         (Val::Set(x), Val::Set(y)) => {
             let (x, y) = (x.0.borrow(), y.0.borrow());
-            *w += (x.len() + y.len()) as u64;
+            tick(w, x.iter().chain(y.iter()).map(key_cost).sum())?;
             let sub =
                 |p: &IndexSet<Key<'_>>, q: &IndexSet<Key<'_>>| p.iter().all(|k| q.contains(k));
             Ok(match op {

@@ -5,7 +5,7 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `m/format` | `rill-state-1` |
+//! | `m/format` | `rill-state-2` (every other value ends with its CRC-32) |
 //! | `m/epoch` | the stage's producer epoch (u64 BE), drawn when the store is created |
 //! | `m/source` | a source's `(emitted, failed, done)` |
 //! | `m/finished` | present once the node has finished (all inputs ended) |

@@ -194,6 +194,7 @@ impl Run {
                             &s.key_name(),
                         ),
                         reason,
+                        reset_helps: true,
                     }
                     .to_string(),
                 ),

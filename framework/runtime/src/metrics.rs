@@ -39,6 +39,9 @@ pub struct StageMetrics {
     pub commit_us: AtomicU64,
     /// Calls or start-ups past the stage's `timeout`.
     pub timeouts: AtomicU64,
+    /// Messages on an input from a producer epoch no live producer
+    /// announced (forged, or from a stale process): dropped.
+    pub foreign: AtomicU64,
     /// The node's own metrics (a model's batch sizes, load times...).
     pub node: std::sync::Arc<rill_core::metrics::NodeMetrics>,
 }
@@ -64,6 +67,7 @@ impl StageMetrics {
             commits: AtomicU64::new(0),
             commit_us: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            foreign: AtomicU64::new(0),
             node: Default::default(),
         }
     }

@@ -7,9 +7,12 @@
 //! `inference_batch_latency_micro_secs`, ...).
 //!
 //! The server is a small HTTP/1.1 responder on tokio: `GET /metrics` (and
-//! `HEAD`), one request per connection, at most [`MAX_CONNECTIONS`] at
-//! once, requests over 8 KiB or slower than 5 s refused. Nothing else is
-//! served.
+//! `HEAD`), one request per connection, requests over 8 KiB refused.
+//! Nothing else is served. Slow or idle clients cannot starve it: every
+//! connection is accepted; a request must arrive within 2 s and be answered
+//! within 5 s; and past [`MAX_CONNECTIONS`] at once, the oldest connection
+//! still sending its request is dropped for the new one (a scraper sends
+//! its request at once, so it is not the one dropped).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -19,15 +22,26 @@ use std::time::Duration;
 use rill_core::metrics::Metric;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::metrics::{LATENCY_BUCKETS_US, StageMetrics};
 
-/// Connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 16;
+/// Connections held at once; a new one past this drops the oldest that
+/// has not sent its request yet.
+pub const MAX_CONNECTIONS: usize = 64;
 const MAX_REQUEST: usize = 8 * 1024;
+/// Time to send the request.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time for the whole exchange.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One open connection: its task, and whether it is still reading its
+/// request.
+struct Open {
+    id: u64,
+    task: tokio::task::AbortHandle,
+    reading: Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// A label value, escaped as the text format wants.
 fn esc(v: &str) -> String {
@@ -81,7 +95,7 @@ pub fn render(pipeline: &str, stages: &[Arc<StageMetrics>]) -> String {
         })
         .collect();
     type Read = fn(&StageMetrics) -> f64;
-    let simple: [(&str, &str, &str, Read); 11] = [
+    let simple: [(&str, &str, &str, Read); 12] = [
         (
             "rill_stage_records_in_total",
             "counter",
@@ -117,6 +131,12 @@ pub fn render(pipeline: &str, stages: &[Arc<StageMetrics>]) -> String {
             "counter",
             "calls or start-ups past the stage's timeout",
             |m| m.timeouts.load(Relaxed) as f64,
+        ),
+        (
+            "rill_stage_foreign_messages_total",
+            "counter",
+            "messages from a producer epoch no live producer announced (dropped)",
+            |m| m.foreign.load(Relaxed) as f64,
         ),
         (
             "rill_stage_commits_total",
@@ -246,12 +266,10 @@ pub fn serve(
     stages: Vec<Arc<StageMetrics>>,
 ) -> JoinHandle<()> {
     let shared = Arc::new((pipeline, stages));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let open: Arc<std::sync::Mutex<std::collections::VecDeque<Open>>> = Arc::default();
     tokio::spawn(async move {
+        let mut next_id = 0u64;
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let (conn, _) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -260,12 +278,30 @@ pub fn serve(
                     continue;
                 }
             };
-            let shared = shared.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let _ =
-                    tokio::time::timeout(REQUEST_TIMEOUT, answer(conn, &shared.0, &shared.1)).await;
+            next_id += 1;
+            let id = next_id;
+            let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let (shared2, open2, reading2) = (shared.clone(), open.clone(), reading.clone());
+            let task = tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    answer(conn, &shared2.0, &shared2.1, &reading2),
+                )
+                .await;
+                open2.lock().unwrap().retain(|o| o.id != id);
             });
+            let mut held = open.lock().unwrap();
+            held.push_back(Open {
+                id,
+                task: task.abort_handle(),
+                reading,
+            });
+            if held.len() > MAX_CONNECTIONS
+                && let Some(i) = held.iter().position(|o| o.reading.load(Relaxed))
+                && let Some(old) = held.remove(i)
+            {
+                old.task.abort();
+            }
         }
     })
 }
@@ -274,19 +310,25 @@ async fn answer(
     mut conn: TcpStream,
     pipeline: &str,
     stages: &[Arc<StageMetrics>],
+    reading: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    let read_by = tokio::time::Instant::now() + READ_TIMEOUT;
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
         if buf.len() > MAX_REQUEST {
             return reply(&mut conn, "431 Request Header Fields Too Large", "", false).await;
         }
-        let n = conn.read(&mut chunk).await?;
+        let n = match tokio::time::timeout_at(read_by, conn.read(&mut chunk)).await {
+            Ok(n) => n?,
+            Err(_) => return Ok(()),
+        };
         if n == 0 {
             return Ok(());
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+    reading.store(false, Relaxed);
     let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');

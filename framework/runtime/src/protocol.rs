@@ -35,11 +35,30 @@ pub fn ctl_key(pipeline: &str, stage_key: &str, output: Option<&str>) -> String 
     }
 }
 
-/// `rill/<pipeline>/<stage>/alive`: the liveliness token a stage holds
-/// while its process runs (producers resend to a consumer that comes up,
-/// consumers ask a producer that comes up for what they miss).
-pub fn alive_key(pipeline: &str, stage_key: &str) -> String {
-    format!("rill/{pipeline}/{stage_key}/alive")
+/// `rill/<pipeline>/<stage>/alive/<epoch>/<session>`: the liveliness
+/// token a stage holds while its process runs, naming its epoch (16 hex
+/// digits) and its Zenoh session (so a restarted process's token is not
+/// mistaken for its predecessor's). Producers resend to a consumer that
+/// comes up, consumers ask a producer that comes up for what they miss, and
+/// take data only from an epoch a live token announces.
+pub fn alive_key(pipeline: &str, stage_key: &str, epoch: u64, session: &str) -> String {
+    format!("rill/{pipeline}/{stage_key}/alive/{epoch:016x}/{session}")
+}
+
+/// The key expression of every token of a stage.
+pub fn alive_keys(pipeline: &str, stage_key: &str) -> String {
+    format!("rill/{pipeline}/{stage_key}/alive/**")
+}
+
+/// The epoch and session a token's key names.
+pub fn token_of_alive_key(key: &str) -> Option<(u64, String)> {
+    let mut parts = key.rsplit('/');
+    let session = parts.next()?;
+    let hex = parts.next()?;
+    if hex.len() != 16 || session.is_empty() {
+        return None;
+    }
+    Some((u64::from_str_radix(hex, 16).ok()?, session.to_owned()))
 }
 
 #[cfg(test)]
@@ -69,5 +88,9 @@ mod tests {
             data_key("p", "s", Some("my errors")),
             "rill/p/s/out/my_errors"
         );
+        let k = alive_key("p", "s", 0xabc, "z1");
+        assert_eq!(k, "rill/p/s/alive/0000000000000abc/z1");
+        assert_eq!(token_of_alive_key(&k), Some((0xabc, "z1".into())));
+        assert_eq!(token_of_alive_key("rill/p/s/alive/xyz/z1"), None);
     }
 }

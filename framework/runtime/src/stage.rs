@@ -31,8 +31,8 @@ use crate::durable::{
 use crate::log::{Arrival, InCursor};
 use crate::metrics::StageMetrics;
 use crate::protocol::{
-    CtlMsg, DataHead, DataMsg, ProducerId, alive_key, ctl_key, data_key, decode_ctl,
-    decode_data_head, decode_records, encode_ctl, encode_data,
+    CtlMsg, DataHead, DataMsg, ProducerId, alive_key, alive_keys, ctl_key, data_key, decode_ctl,
+    decode_data_head, decode_records, encode_ctl, encode_data, token_of_alive_key,
 };
 use crate::resume::Replay;
 
@@ -71,6 +71,11 @@ pub(crate) struct InPort {
     pub committed: InputPos,
     /// A `best_effort` input: gaps are skipped, nothing is asked again.
     pub lossy: bool,
+    /// The producer's tokens, (epoch, session) → still live (shared with
+    /// the subscribers' callbacks): data of an epoch no live token
+    /// announces is dropped.
+    #[allow(clippy::type_complexity)]
+    pub announced: Arc<std::sync::Mutex<std::collections::HashMap<(u64, String), bool>>>,
     last_resend: Option<Instant>,
 }
 
@@ -224,6 +229,7 @@ impl StageShared {
                 committed,
                 lossy: inp.delivery == Some(Delivery::BestEffort)
                     || pipeline.options.delivery == Delivery::BestEffort,
+                announced: Arc::default(),
                 last_resend: None,
             });
         }
@@ -273,7 +279,12 @@ impl StageShared {
         };
         let alive = session
             .liveliness()
-            .declare_token(alive_key(&pipeline.name, &key))
+            .declare_token(alive_key(
+                &pipeline.name,
+                &key,
+                epoch,
+                &session.zid().to_string(),
+            ))
             .await
             .ok();
         Ok(StageShared {
@@ -955,6 +966,7 @@ impl Actor for StageActor {
         let mut subs = Vec::new();
         let pipeline_name = sh.pipeline.clone();
         let consumer_id = sh.consumer_id.clone();
+        let stage_metrics = sh.metrics.clone();
         // inputs: a fresh incarnation expects what was processed last
         for (i, port) in sh.inputs.iter_mut().enumerate() {
             {
@@ -967,6 +979,8 @@ impl Actor for StageActor {
             let me_id = consumer_id.clone();
             let label = port.label.clone();
             let lossy = port.lossy;
+            let announced = port.announced.clone();
+            let metrics = stage_metrics.clone();
             let sub = args
                 .session
                 .declare_subscriber(port.data_key.clone())
@@ -980,6 +994,29 @@ impl Actor for StageActor {
                             return;
                         }
                     };
+                    // only an epoch a live producer announces is taken:
+                    // a message with any other (forged, or from a stale
+                    // process) could reset this input's position
+                    let (from_epoch, gone) = match &head {
+                        DataHead::Batch { producer, .. } | DataHead::End { producer, .. } => {
+                            (producer.epoch, false)
+                        }
+                        DataHead::Gone { producer, .. } => (producer.epoch, true),
+                    };
+                    // (a producer that answers `Gone` stops at once: its
+                    // token may be gone before its answer is read)
+                    let known = announced
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|((e, _), live)| *e == from_epoch && (*live || gone));
+                    if !known {
+                        if metrics.foreign.fetch_add(1, Relaxed) % 1000 == 0 {
+                            warn!(input = %label, epoch = format!("{from_epoch:016x}"),
+                                "dropping a message from a producer epoch no live producer announces (forged, or late from a stopped process)");
+                        }
+                        return;
+                    }
                     let (epoch, first, count) = match &head {
                         DataHead::Batch {
                             producer,
@@ -1042,15 +1079,22 @@ impl Actor for StageActor {
                 })
                 .await?;
             subs.push(sub);
-            // the producer coming up (again) is the moment to ask it
+            // the producer coming up (again) is the moment to ask it; its
+            // token announces the epoch its data will carry
             let me = myself.clone();
+            let announced = port.announced.clone();
             let sub = args
                 .session
                 .liveliness()
-                .declare_subscriber(alive_key(&pipeline_name, &port.producer_key))
+                .declare_subscriber(alive_keys(&pipeline_name, &port.producer_key))
                 .history(true)
                 .callback(move |sample| {
-                    if sample.kind() == zenoh::sample::SampleKind::Put {
+                    let Some(token) = token_of_alive_key(sample.key_expr().as_str()) else {
+                        return;
+                    };
+                    let live = sample.kind() == zenoh::sample::SampleKind::Put;
+                    announced.lock().unwrap().insert(token, live);
+                    if live {
                         let _ = me.cast(StageMsg::ProducerUp { input: i });
                     }
                 })
@@ -1083,7 +1127,7 @@ impl Actor for StageActor {
                 let sub = args
                     .session
                     .liveliness()
-                    .declare_subscriber(alive_key(&sh.pipeline, c))
+                    .declare_subscriber(alive_keys(&sh.pipeline, c))
                     .history(true)
                     .callback(move |sample| {
                         if sample.kind() == zenoh::sample::SampleKind::Put {
@@ -1261,6 +1305,10 @@ impl Actor for StageActor {
                             low,
                         };
                         port.publisher.put(encode_data(&gone)?).await?;
+                        // a moment for the consumer to see this process's
+                        // token before it stops (it takes `Gone` only from
+                        // a producer it has seen)
+                        tokio::time::sleep(Duration::from_millis(500)).await;
                         let label = match &port.name {
                             Some(n) => format!("{}.{n}", sh.stage.name),
                             None => sh.stage.name.clone(),

@@ -18,15 +18,59 @@ use rill_core::state::{Entries, StateStore, StoreError, StoreResult, WriteBatch}
 
 /// The key that marks a store as rill's, with its layout version.
 pub const FORMAT_KEY: &[u8] = b"m/format";
-pub const FORMAT: &[u8] = b"rill-state-1";
+/// Version 2: every value carries a CRC-32 of itself (sled does not see
+/// every bit that flips on disk; rill refuses a damaged value instead of
+/// acting on it).
+pub const FORMAT: &[u8] = b"rill-state-2";
+
+/// A value as stored: the bytes, then their CRC-32 (little-endian).
+fn seal(mut v: Vec<u8>) -> Vec<u8> {
+    let c = crc32fast::hash(&v);
+    v.extend_from_slice(&c.to_le_bytes());
+    v
+}
+
+/// The bytes of a stored value, checked against their CRC-32.
+fn unseal(key: &[u8], v: &[u8]) -> StoreResult<Vec<u8>> {
+    let damaged = || {
+        StoreError(format!(
+            "the value of key {:?} is damaged (its checksum does not match): the store was corrupted on disk",
+            String::from_utf8_lossy(key)
+        ))
+    };
+    if v.len() < 4 {
+        return Err(damaged());
+    }
+    let (bytes, crc) = v.split_at(v.len() - 4);
+    if crc32fast::hash(bytes).to_le_bytes() != crc {
+        return Err(damaged());
+    }
+    Ok(bytes.to_vec())
+}
 
 /// Why a stage's store could not be opened.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the state of stage `{stage}` at {} cannot be used: {reason}; to discard it and start the pipeline over, run again with --reset-state", dir.display())]
+#[error("the state of stage `{stage}` at {} cannot be used: {reason}{}", dir.display(), if *reset_helps { "; to discard it and start the pipeline over, run again with --reset-state" } else { "" })]
 pub struct StoreOpenError {
     pub stage: String,
     pub dir: PathBuf,
     pub reason: String,
+    /// Whether discarding the state is the fix (a damaged store), or the
+    /// state is fine and something else is (permissions, a running stage).
+    pub reset_helps: bool,
+}
+
+/// What to say of an I/O error on a store that is likely fine.
+fn io_reason(e: &std::io::Error) -> Option<String> {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Some(format!(
+            "{e}: the user running rill needs read and write access to it (the state itself is fine: fix the permissions, do not reset it)"
+        )),
+        std::io::ErrorKind::ReadOnlyFilesystem => Some(format!(
+            "{e}: the file system is read-only (the state itself is fine)"
+        )),
+        _ => None,
+    }
 }
 
 /// The directory of a stage's state.
@@ -62,6 +106,11 @@ impl SledStore {
             stage: stage.to_owned(),
             dir: dir.to_owned(),
             reason,
+            reset_helps: true,
+        };
+        let not_damaged = |reason: String| StoreOpenError {
+            reset_helps: false,
+            ..fail(reason)
         };
         if !dir.exists() {
             // a new store is made aside and moved into place once it holds
@@ -69,7 +118,7 @@ impl SledStore {
             // damaged (sled opens a truncated database as an empty one)
             let parent = dir.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(parent)
-                .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+                .map_err(|e| not_damaged(format!("cannot create {}: {e}", parent.display())))?;
             let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
             let fresh = parent.join(format!(".{}.new", name.unwrap_or_default()));
             let _ = std::fs::remove_dir_all(&fresh);
@@ -101,13 +150,15 @@ impl SledStore {
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => {
-                let reason = match &e {
-                    sled::Error::Io(io) if io.to_string().contains("lock") => {
-                        format!("another process holds it ({io}); is the stage already running?")
+                return Err(match &e {
+                    sled::Error::Io(io) if io.to_string().contains("lock") => not_damaged(format!(
+                        "another process holds it ({io}); is the stage already running?"
+                    )),
+                    sled::Error::Io(io) if io_reason(io).is_some() => {
+                        not_damaged(io_reason(io).unwrap_or_default())
                     }
-                    _ => format!("sled cannot open it: {e}"),
-                };
-                return Err(fail(reason));
+                    _ => fail(format!("sled cannot open it: {e}")),
+                });
             }
             Err(panic) => {
                 let msg = panic
@@ -154,13 +205,23 @@ impl SledStore {
 
 impl StateStore for SledStore {
     fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        Ok(self.db.get(key).map_err(err)?.map(|v| v.to_vec()))
+        self.db
+            .get(key)
+            .map_err(err)?
+            .map(|v| unseal(key, &v))
+            .transpose()
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> StoreResult<Entries> {
         self.db
             .scan_prefix(prefix)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err))
+            .map(|kv| {
+                let (k, v) = kv.map_err(err)?;
+                if k.as_ref() == FORMAT_KEY {
+                    return Ok((k.to_vec(), v.to_vec()));
+                }
+                Ok((k.to_vec(), unseal(&k, &v)?))
+            })
             .collect()
     }
 
@@ -168,7 +229,7 @@ impl StateStore for SledStore {
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {
             match v {
-                Some(v) => b.insert(k, v),
+                Some(v) => b.insert(k, seal(v)),
                 None => b.remove(k),
             }
         }
@@ -260,9 +321,11 @@ mod tests {
             b.put(b"b".to_vec(), b"2".to_vec());
             st.commit(b).unwrap();
             st.flush().unwrap();
-            // a second opener is refused while the first holds it
+            // a second opener is refused while the first holds it, and
+            // not told to reset the state (it is fine)
             let e = SledStore::open(&dir, "s").unwrap_err();
-            assert!(e.to_string().contains("--reset-state"), "{e}");
+            assert!(e.to_string().contains("already running"), "{e}");
+            assert!(!e.to_string().contains("--reset-state"), "{e}");
         }
         let st = SledStore::open(&dir, "s").unwrap();
         assert_eq!(st.get(b"a").unwrap(), Some(b"1".to_vec()));
@@ -280,5 +343,47 @@ mod tests {
         }
         let e = SledStore::open(&other, "o").unwrap_err();
         assert!(e.reason.contains("format marker"), "{e}");
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_value_is_refused_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p/s");
+        {
+            let st = SledStore::open(&dir, "s").unwrap();
+            let mut b = WriteBatch::default();
+            b.put(b"s/offset".to_vec(), 634_624u64.to_be_bytes().to_vec());
+            st.commit(b).unwrap();
+            st.flush().unwrap();
+        }
+        {
+            // the disk flips a bit sled does not see
+            let db = sled::open(&dir).unwrap();
+            let mut v = db.get(b"s/offset").unwrap().unwrap().to_vec();
+            v[5] ^= 0x10;
+            db.insert(b"s/offset", v).unwrap();
+            db.flush().unwrap();
+        }
+        let st = SledStore::open(&dir, "s").unwrap();
+        let e = st.get(b"s/offset").unwrap_err().to_string();
+        assert!(e.contains("damaged (its checksum does not match)"), "{e}");
+        assert!(st.scan_prefix(b"s/").is_err());
+    }
+
+    #[test]
+    fn a_permission_error_blames_the_permissions_not_the_state() {
+        // (the tests run as root on CI, which chmod cannot lock out: the
+        // error sled returns is made here)
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = StoreOpenError {
+            stage: "s".into(),
+            dir: "d".into(),
+            reason: io_reason(&io).unwrap(),
+            reset_helps: false,
+        }
+        .to_string();
+        assert!(e.contains("fix the permissions, do not reset it"), "{e}");
+        assert!(!e.contains("--reset-state"), "{e}");
+        assert!(io_reason(&std::io::Error::other("x")).is_none());
     }
 }

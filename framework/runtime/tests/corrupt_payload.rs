@@ -3,6 +3,10 @@
 //! whose records do not decode is a producer bug: the stage fails (and is
 //! restarted) instead of skipping it, and once its restarts are spent the run
 //! fails naming the stage, the input and the sequence number.
+//!
+//! A well-formed batch from an epoch no live producer announces (a forged
+//! one) is dropped and counted: it resets nothing, and the real producer's
+//! records flow.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +80,12 @@ options:
     })
     .await
     .unwrap();
+    // a producer announces its epoch with its liveliness token
+    let _token = session
+        .liveliness()
+        .declare_token("rill/corrupt/gen/alive/0000000000000007/test")
+        .await
+        .unwrap();
     let publisher = session
         .declare_publisher("rill/corrupt/gen/out")
         .await
@@ -106,4 +116,112 @@ options:
     // nothing was written from the bad message
     let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap_or_default();
     assert_eq!(out, "");
+}
+
+fn batch(epoch: u64, first_seq: u64, ids: std::ops::Range<i64>) -> Vec<u8> {
+    encode_data(&DataMsg::Batch {
+        producer: ProducerId {
+            stage: "gen".into(),
+            output: None,
+            epoch,
+        },
+        first_seq,
+        records: ids.map(|i| rill_core::record! {"id" => i}).collect(),
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_from_an_unannounced_epoch_is_dropped_and_counted() {
+    let yaml = r#"
+pipeline:
+  name: forged
+  transforms:
+    - {type: Generate, name: gen, config: {count: 10}}
+    - {type: WriteToJson, name: sink, input: gen, config: {path: out.jsonl}}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let p = parse_str(
+        yaml,
+        "forged.yaml",
+        None,
+        &rill_nodes::registry(),
+        &Machine::detect(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let opts = RunOptions {
+        stages: Some(vec!["sink".into()]),
+        listen: Some(vec![endpoint.clone()]),
+        connect: Some(vec![]),
+        base_dir: Some(dir.path().to_owned()),
+        ..Default::default()
+    };
+    let run = rill_runtime::Run::start(Arc::new(p), opts).await.unwrap();
+    let metrics = run.metrics()[0].clone();
+    let session = transport::open(&ZenohOptions {
+        listen: vec![],
+        connect: vec![endpoint],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let publisher = session
+        .declare_publisher("rill/forged/gen/out")
+        .await
+        .unwrap();
+    // the real producer (epoch 7) announces itself; the forger (epoch 99)
+    // cannot make the sink take its batch, or reset its position
+    let _token = session
+        .liveliness()
+        .declare_token("rill/forged/gen/alive/0000000000000007/real")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while metrics.foreign.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forged batch was not seen"
+        );
+        publisher.put(batch(99, 0, 1000..1003)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publisher.put(batch(7, 0, 0..5)).await.unwrap();
+    publisher.put(batch(99, 5, 1005..1010)).await.unwrap();
+    publisher.put(batch(7, 5, 5..10)).await.unwrap();
+    let end = encode_data(&DataMsg::End {
+        producer: ProducerId {
+            stage: "gen".into(),
+            output: None,
+            epoch: 7,
+        },
+        seq: 10,
+    })
+    .unwrap();
+    let waited = run.wait();
+    tokio::pin!(waited);
+    let report = loop {
+        publisher.put(end.clone()).await.unwrap();
+        tokio::select! {
+            r = &mut waited => break r,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    };
+    report.unwrap();
+    let ids: Vec<i64> = std::fs::read_to_string(dir.path().join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (0..10).collect::<Vec<_>>(),
+        "only the real records, once, in order"
+    );
+    assert!(metrics.foreign.load(std::sync::atomic::Ordering::Relaxed) >= 2);
 }

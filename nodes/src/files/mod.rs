@@ -124,16 +124,18 @@ fn whole_rows(tail: &[u8], rows: Rows) -> usize {
     end
 }
 
+/// Opens a sink's file: `(path, file, fresh)`, where a fresh file (a first
+/// run) is to be started over at the first write or commit.
 fn open_for_write(
     ctx: &BuildContext<'_>,
     path: &std::path::Path,
     rows: Rows,
-) -> Result<(PathBuf, File), NodeError> {
+) -> Result<(PathBuf, File, bool), NodeError> {
     let path = ctx.resolve(path);
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir).map_err(|e| NodeError::io(dir, e))?;
+        rill_core::perms::create_shared_dirs(dir).map_err(|e| NodeError::io(dir, e))?;
     }
     let cannot = |e: std::io::Error| {
         NodeError::failed(format!("cannot open {} for writing: {e}", path.display()))
@@ -157,8 +159,15 @@ fn open_for_write(
         },
     };
     let file = match committed {
-        // a first run starts the file over
-        None => File::create(&path).map_err(cannot)?,
+        // a first run starts the file over, once it writes or commits: a
+        // stage whose state was lost learns that from its producer first
+        // (exit 2), and the file it had written is still there
+        None => OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(cannot)?,
         // a restarted sink continues from its last commit
         Some(len) => {
             let mut f = OpenOptions::new()
@@ -194,7 +203,8 @@ fn open_for_write(
             f
         }
     };
-    Ok((path, file))
+    rill_core::perms::shared_file(&file).map_err(|e| NodeError::io(&path, e))?;
+    Ok((path, file, committed.is_none()))
 }
 
 /// A sink's file. It stops writing once its stage has moved on to another
@@ -204,14 +214,26 @@ fn open_for_write(
 struct SinkFile {
     file: File,
     state: KeyedState,
+    /// A first run's file, to be started over before anything is written.
+    start_over: std::cell::Cell<bool>,
 }
 
 impl SinkFile {
-    fn new(file: File, state: &KeyedState) -> SinkFile {
+    fn new(file: File, state: &KeyedState, start_over: bool) -> SinkFile {
         SinkFile {
             file,
             state: state.clone(),
+            start_over: std::cell::Cell::new(start_over),
         }
+    }
+
+    /// Starts a first run's file over (once).
+    fn settle(&self) -> std::io::Result<()> {
+        if self.start_over.replace(false) {
+            self.file.set_len(0)?;
+            (&self.file).seek(SeekFrom::Start(0))?;
+        }
+        Ok(())
     }
 }
 
@@ -222,6 +244,7 @@ impl Write for SinkFile {
                 "this sink was abandoned: its stage runs another incarnation",
             ));
         }
+        self.settle()?;
         self.file.write(buf)
     }
 
@@ -259,10 +282,10 @@ impl NodeConfig for WriteToJson {
         check_path(&self.path)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let (path, file) = open_for_write(ctx, &self.path, Rows::Lines)?;
+        let (path, file, fresh) = open_for_write(ctx, &self.path, Rows::Lines)?;
         Ok(Node::Sink(Box::new(JsonSink {
             path,
-            out: BufWriter::with_capacity(1 << 16, SinkFile::new(file, ctx.state)),
+            out: BufWriter::with_capacity(1 << 16, SinkFile::new(file, ctx.state, fresh)),
             state: ctx.state.clone(),
         })))
     }
@@ -287,7 +310,11 @@ impl Sink for JsonSink {
     }
 
     fn checkpoint(&mut self) -> Result<(), NodeError> {
-        self.out.flush().map_err(|e| NodeError::io(&self.path, e))?;
+        self.out
+            .get_ref()
+            .settle()
+            .and_then(|_| self.out.flush())
+            .map_err(|e| NodeError::io(&self.path, e))?;
         checkpoint_file(&self.state, &self.path, &self.out.get_ref().file)
     }
 }
@@ -312,8 +339,8 @@ impl NodeConfig for WriteToCsv {
         delimiter_byte(&self.delimiter).map(|_| ())
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let (path, file) = open_for_write(ctx, &self.path, Rows::Csv)?;
-        let has_content = file.metadata().map(|m| m.len() > 0).unwrap_or(false);
+        let (path, file, fresh) = open_for_write(ctx, &self.path, Rows::Csv)?;
+        let has_content = !fresh && file.metadata().map(|m| m.len() > 0).unwrap_or(false);
         // a restarted sink reads the header its first incarnation wrote
         let header = if has_content {
             let f = File::open(&path).map_err(|e| NodeError::io(&path, e))?;
@@ -328,7 +355,7 @@ impl NodeConfig for WriteToCsv {
         };
         let writer = csv::WriterBuilder::new()
             .delimiter(delimiter_byte(&self.delimiter).map_err(NodeError::Failed)?)
-            .from_writer(BufWriter::new(SinkFile::new(file, ctx.state)));
+            .from_writer(BufWriter::new(SinkFile::new(file, ctx.state, fresh)));
         Ok(Node::Sink(Box::new(CsvSink {
             path,
             writer,
@@ -387,6 +414,7 @@ impl Sink for CsvSink {
     fn checkpoint(&mut self) -> Result<(), NodeError> {
         self.writer
             .flush()
+            .and_then(|_| self.writer.get_ref().get_ref().settle())
             .map_err(|e| NodeError::io(&self.path, e))?;
         checkpoint_file(
             &self.state,
@@ -402,11 +430,53 @@ mod tests {
     use rill_core::testkit;
 
     #[test]
+    fn a_repeated_csv_column_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.csv"), "a,a,b\n1,2,3\n").unwrap();
+        let e = testkit::build_yaml(
+            &crate::registry(),
+            "ReadFromCsv",
+            "{path: in.csv}",
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("in.csv:1: the CSV header names column `a` twice (columns 1 and 2)"),
+            "{e}"
+        );
+        assert!(e.starts_with("bad input: "), "exit 2: {e}");
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_a_dead_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("in.jsonl"),
+            b"{\"a\": 1}\n{\"a\": \"\xff\"}\n{\"a\": 3}\n",
+        )
+        .unwrap();
+        let Node::Source(mut s) = testkit::build_yaml(
+            &crate::registry(),
+            "ReadFromJson",
+            "{path: in.jsonl}",
+            dir.path(),
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let run = testkit::drain_source(s.as_mut(), 100).unwrap();
+        assert_eq!(run.main.len(), 2, "the other lines flow on");
+        assert_eq!(run.failures.len(), 1);
+        assert_eq!(run.failures[0].msg, "in.jsonl:2:8: the line is not UTF-8");
+        assert_eq!(run.failures[0].record.get("line"), Some(&Value::Int(2)));
+    }
+
+    #[test]
     fn an_abandoned_sink_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.jsonl");
         let state = KeyedState::default();
-        let mut w = BufWriter::new(SinkFile::new(File::create(&path).unwrap(), &state));
+        let mut w = BufWriter::new(SinkFile::new(File::create(&path).unwrap(), &state, false));
         w.write_all(b"late\n").unwrap();
         let _next = state.detached();
         drop(w); // flushes into a retired sink file

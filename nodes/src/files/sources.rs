@@ -268,6 +268,17 @@ impl NodeConfig for ReadFromCsv {
         })?)
         .map(str::to_owned)
         .collect();
+        // a repeated column name would drop a column silently
+        for (i, h) in header.iter().enumerate() {
+            if let Some(j) = header[..i].iter().position(|g| g == h) {
+                return Err(NodeError::BadInput(format!(
+                    "{}:1: the CSV header names column `{h}` twice (columns {} and {}); rename one",
+                    self.path.display(),
+                    j + 1,
+                    i + 1
+                )));
+            }
+        }
         let start = reader.position().clone();
         let mut src = CsvSource {
             name: self.path.display().to_string(),
