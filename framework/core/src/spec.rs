@@ -375,6 +375,26 @@ pub struct ZenohOptions {
     /// Endpoints to connect to.
     #[serde(default)]
     pub connect: Vec<String>,
+    /// Mutual TLS for `tls/` endpoints.
+    #[serde(default)]
+    pub tls: Option<TlsOptions>,
+    /// Zenoh's access control, written as Zenoh's own configuration
+    /// writes it (`enabled`, `default_permission`, `rules`, `subjects`,
+    /// `policies`), passed to Zenoh as it is.
+    #[serde(default)]
+    pub access_control: Option<serde_json::Value>,
+}
+
+/// Mutual TLS: the process presents `certificate` (and proves it holds
+/// `private_key`) on every link it opens or accepts, and takes only peers
+/// whose certificate `root_ca` signed. Paths are relative to the working
+/// directory of `rill run`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsOptions {
+    pub root_ca: PathBuf,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
 }
 
 fn peer() -> String {
@@ -390,6 +410,8 @@ impl Default for ZenohOptions {
             mode: peer(),
             listen: default_listen(),
             connect: Vec::new(),
+            tls: None,
+            access_control: None,
         }
     }
 }
@@ -1097,6 +1119,28 @@ fn check_options(cx: &mut Cx, o: &Options, node: Option<&YNode>) {
                 "unknown zenoh mode `{}`: expected `peer` or `client`",
                 o.zenoh.mode
             ),
+        );
+    }
+    let tls_endpoint = o
+        .zenoh
+        .listen
+        .iter()
+        .chain(&o.zenoh.connect)
+        .find(|e| e.starts_with("tls/"));
+    if let Some(e) = tls_endpoint
+        && o.zenoh.tls.is_none()
+    {
+        cx.err(
+            at("zenoh"),
+            format!("the endpoint `{e}` is TLS: it needs `zenoh.tls: {{root_ca, certificate, private_key}}`"),
+        );
+    }
+    if let Some(acl) = &o.zenoh.access_control
+        && !acl.is_object()
+    {
+        cx.err(
+            at("zenoh"),
+            "`zenoh.access_control` must be a mapping, as Zenoh's configuration writes it",
         );
     }
     check_restart(cx, &o.restart, at("restart"));

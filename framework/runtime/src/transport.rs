@@ -8,13 +8,35 @@ use rill_core::spec::ZenohOptions;
 /// The Zenoh configuration for `opts` as JSON5.
 pub fn config_json(opts: &ZenohOptions) -> String {
     let list = |v: &[String]| serde_json::to_string(v).unwrap_or_else(|_| "[]".into());
+    let path =
+        |p: &std::path::Path| serde_json::to_string(&p.to_string_lossy()).unwrap_or_default();
+    // mutual TLS: one certificate for the links a process opens and accepts
+    let tls = match &opts.tls {
+        None => String::new(),
+        Some(t) => format!(
+            r#"  transport: {{ link: {{ tls: {{
+    root_ca_certificate: {ca},
+    listen_certificate: {cert}, listen_private_key: {key},
+    connect_certificate: {cert}, connect_private_key: {key},
+    enable_mtls: true,
+  }} }} }},
+"#,
+            ca = path(&t.root_ca),
+            cert = path(&t.certificate),
+            key = path(&t.private_key),
+        ),
+    };
+    let acl = match &opts.access_control {
+        None => String::new(),
+        Some(a) => format!("  access_control: {a},\n"),
+    };
     format!(
         r#"{{
   mode: {mode},
   listen: {{ endpoints: {listen} }},
   connect: {{ endpoints: {connect} }},
   scouting: {{ multicast: {{ enabled: false }}, gossip: {{ enabled: true }} }},
-}}"#,
+{tls}{acl}}}"#,
         mode = serde_json::to_string(&opts.mode).unwrap_or_default(),
         listen = list(&opts.listen),
         connect = list(&opts.connect),
