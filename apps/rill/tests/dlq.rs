@@ -102,6 +102,19 @@ fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
         stdout(&o)
     );
 
+    // a corrupt line of the queue is said, not skipped
+    let q = d.join(".rill/state/dlqdemo/_dlq/work.jsonl");
+    std::fs::write(&q, "{\"id\": \"a\", \"element\": {}}\n{broken\n").unwrap();
+    let o = rill(d, &["dlq", "show", "p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("work.jsonl:2: not JSON"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stdout(&o).lines().count(), 1, "the good letter is shown");
+    std::fs::write(&q, "").unwrap();
+
     // bad requests are bad input
     let o = rill(d, &["dlq", "replay", "p.yaml", "--stage", "gen"]);
     assert_eq!(o.status.code(), Some(2));

@@ -42,6 +42,38 @@ fn corrupt_batch() -> Vec<u8> {
     bytes
 }
 
+/// The sink of `yaml` alone in this process (the test plays the part of
+/// `gen`), and a session of the test's connected to it.
+async fn sink_alone(
+    yaml: &str,
+    dir: &std::path::Path,
+) -> (rill_core::spec::Pipeline, RunOptions, zenoh::Session) {
+    let p = parse_str(
+        yaml,
+        "p.yaml",
+        None,
+        &rill_nodes::registry(),
+        &Machine::detect(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
+    let opts = RunOptions {
+        stages: Some(vec!["sink".into()]),
+        listen: Some(vec![endpoint.clone()]),
+        connect: Some(vec![]),
+        base_dir: Some(dir.to_owned()),
+        ..Default::default()
+    };
+    let session = transport::open(&ZenohOptions {
+        listen: vec![],
+        connect: vec![endpoint],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    (p, opts, session)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_that_do_not_decode_fail_the_stage_by_name() {
     let yaml = r#"
@@ -55,31 +87,8 @@ options:
   delivery: best_effort
 "#;
     let dir = tempfile::tempdir().unwrap();
-    let p = parse_str(
-        yaml,
-        "corrupt.yaml",
-        None,
-        &rill_nodes::registry(),
-        &Machine::detect(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    // only the sink runs here; the test plays the part of `gen`
-    let opts = RunOptions {
-        stages: Some(vec!["sink".into()]),
-        listen: Some(vec![endpoint.clone()]),
-        connect: Some(vec![]),
-        base_dir: Some(dir.path().to_owned()),
-        ..Default::default()
-    };
+    let (p, opts, session) = sink_alone(yaml, dir.path()).await;
     let running = tokio::spawn(run(Arc::new(p), opts));
-    let session = transport::open(&ZenohOptions {
-        listen: vec![],
-        connect: vec![endpoint],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     // a producer announces its epoch with its liveliness token
     let _token = session
         .liveliness()
@@ -141,31 +150,9 @@ pipeline:
     - {type: WriteToJson, name: sink, input: gen, config: {path: out.jsonl}}
 "#;
     let dir = tempfile::tempdir().unwrap();
-    let p = parse_str(
-        yaml,
-        "forged.yaml",
-        None,
-        &rill_nodes::registry(),
-        &Machine::detect(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let endpoint = format!("tcp/127.0.0.1:{}", free_port());
-    let opts = RunOptions {
-        stages: Some(vec!["sink".into()]),
-        listen: Some(vec![endpoint.clone()]),
-        connect: Some(vec![]),
-        base_dir: Some(dir.path().to_owned()),
-        ..Default::default()
-    };
+    let (p, opts, session) = sink_alone(yaml, dir.path()).await;
     let run = rill_runtime::Run::start(Arc::new(p), opts).await.unwrap();
     let metrics = run.metrics()[0].clone();
-    let session = transport::open(&ZenohOptions {
-        listen: vec![],
-        connect: vec![endpoint],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     let publisher = session
         .declare_publisher("rill/forged/gen/out")
         .await
