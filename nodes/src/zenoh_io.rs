@@ -121,6 +121,20 @@ struct Buffer {
 
 /// Decodes one payload into records (or failures, with the raw payload).
 fn decode(format: Format, key: &str, bytes: &[u8]) -> Vec<Result<Record, (Record, String)>> {
+    let max = rill_core::limits::get().max_message_bytes;
+    if bytes.len() > max {
+        // not kept: a dead letter that says what came
+        let mut f = Fields::default();
+        f.insert("key_expr".into(), Value::String(key.into()));
+        f.insert("bytes".into(), Value::Int(bytes.len() as i64));
+        return vec![Err((
+            Record::new(f),
+            format!(
+                "{key}: a payload of {} bytes, more than the limit of {max} (RILL_MAX_MESSAGE_BYTES sets another)",
+                bytes.len()
+            ),
+        ))];
+    }
     let raw = || {
         let mut f = Fields::default();
         f.insert("payload".into(), Value::Bytes(bytes.to_vec()));
@@ -361,5 +375,15 @@ mod tests {
         // a real empty batch is still nothing
         let real = &lookalike()[..lookalike().len() - 9];
         assert!(decode(Format::Rill, "k", real).is_empty());
+    }
+
+    #[test]
+    fn a_payload_past_the_limit_is_a_dead_letter_not_kept() {
+        let big = vec![b'x'; rill_core::limits::get().max_message_bytes + 1];
+        let out = decode(Format::Raw, "k", &big);
+        let (record, msg) = out[0].as_ref().unwrap_err();
+        assert!(msg.contains("more than the limit"), "{msg}");
+        assert_eq!(record.get("bytes"), Some(&Value::Int(big.len() as i64)));
+        assert_eq!(record.get("payload"), None, "the bytes are not kept");
     }
 }

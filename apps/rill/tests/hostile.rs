@@ -174,3 +174,41 @@ unsafe fn umask_now() -> u32 {
         m
     }
 }
+
+/// A line longer than the limit fails as a record; it is not held in
+/// memory, and the lines after it flow.
+#[test]
+fn a_line_past_the_limit_is_a_dead_letter() {
+    let dir = sandbox();
+    let d = dir.path();
+    let long = format!("{{\"pad\": \"{}\"}}", "x".repeat(5000));
+    std::fs::write(
+        d.join("in.jsonl"),
+        format!("{{\"a\": 1}}\n{long}\n{{\"a\": 3}}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("p.yaml"),
+        r#"
+pipeline:
+  transforms:
+    - {type: ReadFromJson, name: read, config: {path: in.jsonl, error_handling: {output: bad}}}
+    - {type: WriteToJson, input: read, config: {path: out.jsonl}}
+    - {type: WriteToJson, input: read.bad, config: {path: bad.jsonl}}
+"#,
+    )
+    .unwrap();
+    let o = command(d, &["run", "-q", "p.yaml", "--listen", "tcp/127.0.0.1:0"])
+        .env("RILL_MAX_LINE_BYTES", "1000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_jsonl(&d.join("out.jsonl")).len(), 2);
+    let bad = read_jsonl(&d.join("bad.jsonl"));
+    assert_eq!(bad.len(), 1);
+    let msg = bad[0]["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("in.jsonl:2: the line is 5012 bytes, longer than the limit of 1000"),
+        "{msg}"
+    );
+}

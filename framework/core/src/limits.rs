@@ -7,7 +7,7 @@
 //! | nesting of lists and maps in a record (wire, JSON, YAML) | 128 | `RILL_MAX_DEPTH` |
 //! | nodes a pipeline file's YAML aliases may expand to | 100,000 | `RILL_YAML_MAX_ALIAS_NODES` |
 //! | bytes of one message received over Zenoh | 64 MiB | `RILL_MAX_MESSAGE_BYTES` |
-//! | bytes of one line of a JSON Lines or CSV file | 16 MiB | `RILL_MAX_LINE_BYTES` |
+//! | bytes of one line of a JSON Lines file | 16 MiB | `RILL_MAX_LINE_BYTES` |
 //!
 //! Each is read once per process; a value that does not parse is ignored
 //! (with the default kept). See `docs/when-things-fail.md#hostile-input`.

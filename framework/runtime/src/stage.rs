@@ -778,6 +778,8 @@ pub enum StageMsg {
     /// The producer of input `input` no longer holds what this stage asked
     /// for (from `from`; it holds from `low`).
     Gone { input: usize, from: u64, low: u64 },
+    /// Input `input` sent a message past the size limit.
+    TooLarge { input: usize, size: usize },
     /// A consumer's message about output `output`.
     Ctl { output: usize, msg: CtlMsg },
     /// The producer of input `input` came up (its liveliness token).
@@ -981,6 +983,7 @@ impl Actor for StageActor {
             let lossy = port.lossy;
             let announced = port.announced.clone();
             let metrics = stage_metrics.clone();
+            let max_message = rill_core::limits::get().max_message_bytes;
             let sub = args
                 .session
                 .declare_subscriber(port.data_key.clone())
@@ -1015,6 +1018,11 @@ impl Actor for StageActor {
                             warn!(input = %label, epoch = format!("{from_epoch:016x}"),
                                 "dropping a message from a producer epoch no live producer announces (forged, or late from a stopped process)");
                         }
+                        return;
+                    }
+                    let size = sample.payload().len();
+                    if size > max_message {
+                        let _ = me.cast(StageMsg::TooLarge { input: i, size });
                         return;
                     }
                     let (epoch, first, count) = match &head {
@@ -1244,6 +1252,15 @@ impl Actor for StageActor {
             }
             StageMsg::Duplicate { input } => sh.ack(input).await?,
             StageMsg::Gap { input, from } => sh.request_resend(input, from, false).await?,
+            StageMsg::TooLarge { input, size } => {
+                let max = rill_core::limits::get().max_message_bytes;
+                let msg = format!(
+                    "{BAD_INPUT}input `{}` sent a message of {size} bytes, more than the limit of {max} (RILL_MAX_MESSAGE_BYTES sets another): lower the producer's `options.batch_size`, or raise the limit in every process",
+                    sh.inputs[input].label
+                );
+                *sh.metrics.last_error.lock().unwrap() = Some(msg.clone());
+                return Err(msg.into());
+            }
             StageMsg::Gone { input, from, low } => {
                 let port = &sh.inputs[input];
                 let msg = gone_text(&sh.consumer_id, &port.producer_key, &port.label, from, low);

@@ -8,7 +8,7 @@
 //! the file again from its start. See `docs/runtime-semantics.md`.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use rill_core::json::parse_json_line;
@@ -167,14 +167,51 @@ impl Source for JsonSource {
         let mut n = 0;
         while n < max {
             self.buf.clear();
-            let read = self.reader.read_until(b'\n', &mut self.buf).map_err(|e| {
-                NodeError::failed(format!("{}:{}: read error: {e}", self.name, self.line + 1))
-            })?;
+            let max = rill_core::limits::get().max_line_bytes;
+            let io = |e: std::io::Error, line: u64| {
+                NodeError::failed(format!("{}:{line}: read error: {e}", self.name))
+            };
+            // at most `max` bytes of a line are held; a longer one is read
+            // past and fails as a record
+            let read = (&mut self.reader)
+                .take(max as u64 + 1)
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| io(e, self.line + 1))?;
             if read == 0 {
                 return Ok(SourceStatus::Done);
             }
             self.offset += read as u64;
             self.line += 1;
+            if read > max && !self.buf.ends_with(b"\n") {
+                let mut skipped = read as u64;
+                loop {
+                    let chunk = self.reader.fill_buf().map_err(|e| io(e, self.line))?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let (n, end) = match chunk.iter().position(|b| *b == b'\n') {
+                        Some(i) => (i + 1, true),
+                        None => (chunk.len(), false),
+                    };
+                    self.reader.consume(n);
+                    skipped += n as u64;
+                    if end {
+                        break;
+                    }
+                }
+                self.offset += skipped - read as u64;
+                n += 1;
+                self.progress.records += 1;
+                out.fail(
+                    bad_line(&self.name, self.line, &String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)])),
+                    format!(
+                        "{}:{}: the line is {skipped} bytes, longer than the limit of {max} (RILL_MAX_LINE_BYTES sets another)",
+                        self.name, self.line
+                    ),
+                );
+                self.buf = Vec::new();
+                continue;
+            }
             let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
             // a byte-order mark at the start of the file is not content
