@@ -25,7 +25,7 @@ const EXPECT: &[(&str, &str)] = &[
     ("beam/regex_matches.yaml", "expected rows"),
     (
         "beam/map_to_fields_with_deps.yaml",
-        "refused: needs the `roman` package",
+        "refused: needs the `pint` package",
     ),
     (
         "beam/map_to_fields_with_java_deps.yaml",
@@ -311,8 +311,8 @@ fn refused(name: &str, at: &str, needle: &str) {
 fn beam_with_deps_is_refused_clearly() {
     refused(
         "map_to_fields_with_deps.yaml",
-        "42:9",
-        "`dependencies` (roman>=4.2) is not supported",
+        "24:9",
+        "`dependencies` (pint>=0.20) is not supported",
     );
 }
 
@@ -320,7 +320,7 @@ fn beam_with_deps_is_refused_clearly() {
 fn beam_with_java_is_refused_clearly() {
     refused(
         "map_to_fields_with_java_deps.yaml",
-        "33:9",
+        "13:9",
         "`language: java` is not supported",
     );
 }
