@@ -1,9 +1,10 @@
 //! # rill-hil-tests
 //!
-//! Hardware-in-the-loop tests: real process kills, real CUDA devices, real
-//! network cuts. Each test checks for what it needs first and, where it is
-//! absent, skips with a message saying what was missing, so `cargo test
-//! --workspace` stays green on a CPU-only CI machine.
+//! Hardware-in-the-loop tests: real process kills and real CUDA devices
+//! (network cuts between hosts are for the multi-host work, not built yet).
+//! Each test checks for what it needs first and, where it is absent, skips
+//! with a message saying what was missing, so `cargo test --workspace`
+//! stays green on a CPU-only CI machine.
 //!
 //! - `tests/chaos.rs`: SIGKILL at random moments against a pipeline split
 //!   over three `rill run --stages` processes, and against a one-process

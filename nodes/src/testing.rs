@@ -7,7 +7,7 @@
 //! |------|--------------|
 //! | `TestFault` | passes records on; panics (or errors) at record `at` of the stage's life, `times` times (across restarts); with `every: N`, once at each record whose `id` is N-1, 2N-1, ... |
 //! | `TestSlow` | passes records on, sleeping `per_record` for each |
-//! | `TestFlaky` | fails (as a record failure) each record whose `id` is a multiple of `every`, its first `times` tries |
+//! | `TestFlaky` | fails (as a record failure) each record whose `id` is a multiple of `every`, its first `times` tries; with `stall_on_retry: D`, sleeps D in its second try |
 //! | `TestHang` | passes records on; at record `at` (over the stage's life in the process) sleeps `for` (default 1 h), the first `times` times |
 //! | `TestSlowStart` | passes records on; building it sleeps `delay`, or panics when `panic: true` (the first `times` builds) |
 //! | `TestCountPerKey` | adds `count`: how many records with this key it has seen so far (keyed state: survives restarts) |
@@ -268,6 +268,9 @@ static TRIES: Mutex<Option<HashMap<(String, i64), u32>>> = Mutex::new(None);
 pub struct TestFlaky {
     pub every: i64,
     pub times: u32,
+    /// Sleep this long in the second try of a record (a retry that hangs).
+    #[serde(default)]
+    pub stall_on_retry: Option<Dur>,
 }
 
 impl NodeConfig for TestFlaky {
@@ -295,14 +298,24 @@ struct FlakyNode {
 
 impl Transform for FlakyNode {
     fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
-        let mut g = TRIES.lock().unwrap();
-        let tries = g.get_or_insert_with(HashMap::new);
         for r in batch {
             let id = r.get("id").and_then(Value::as_i64).unwrap_or(-1);
             if id % self.cfg.every == 0 {
-                let n = tries.entry((self.stage.clone(), id)).or_insert(0);
-                *n += 1;
-                if *n <= self.cfg.times {
+                let n = {
+                    let mut g = TRIES.lock().unwrap();
+                    let n = g
+                        .get_or_insert_with(HashMap::new)
+                        .entry((self.stage.clone(), id))
+                        .or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                if n == 2
+                    && let Some(d) = self.cfg.stall_on_retry
+                {
+                    std::thread::sleep(d.0);
+                }
+                if n <= self.cfg.times {
                     out.fail(r, format!("TestFlaky: try {n} of record {id} fails"));
                     continue;
                 }

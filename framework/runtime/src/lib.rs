@@ -198,6 +198,9 @@ impl Run {
                     }
                     .to_string(),
                 ),
+                stage::SetupError::Threads(e) => {
+                    RunError::Internal(format!("stage `{}`: {e}", s.name))
+                }
                 stage::SetupError::Zenoh(e) => {
                     RunError::Internal(format!("stage `{}`: {e}", s.name))
                 }

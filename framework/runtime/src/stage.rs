@@ -141,6 +141,9 @@ fn load_epoch(store: &dyn StateStore) -> Result<u64, String> {
 pub(crate) enum SetupError {
     /// The stored state is unusable (bad input: exit 2).
     Store(String),
+    /// The stage's compute pool (`resources.cpu_threads`) did not start
+    /// (the machine's trouble, not the state's: exit 1).
+    Threads(String),
     Zenoh(zenoh::Error),
 }
 
@@ -321,7 +324,7 @@ impl StageShared {
                         })
                         .build()
                         .map_err(|e| {
-                            SetupError::Store(format!(
+                            SetupError::Threads(format!(
                                 "cannot start the stage's {n} compute threads: {e}"
                             ))
                         })?,
@@ -1563,8 +1566,7 @@ async fn drive(
                 && sh.stage.retries.max > 0
                 && !out.failures().is_empty()
             {
-                let retries = sh.stage.retries;
-                retry_failures(retries, st, &mut out).await?;
+                retry_failures(sh, st, &mut out).await?;
             }
             sh.route(&mut out).await?;
             check_threshold(sh, 100)?;
@@ -1714,12 +1716,14 @@ fn check_threshold(sh: &StageShared, min_in: u64) -> Result<(), ActorProcessingE
 
 /// Tries each failed record again, up to the stage's `retries.max` more
 /// times, `retries.backoff` apart; what still fails keeps its attempt
-/// count for its dead letter.
+/// count for its dead letter. A retry is a call of the node like any
+/// other: [`call_node`] applies the stage's call timeout to it.
 async fn retry_failures(
-    retries: rill_core::spec::Retries,
+    sh: &StageShared,
     st: &mut StageState,
     out: &mut Emitter,
 ) -> Result<(), ActorProcessingErr> {
+    let retries = sh.stage.retries;
     let (main, named, failures) = out.take();
     for r in main {
         out.emit(r);
@@ -1740,13 +1744,17 @@ async fn retry_failures(
             if !retries.backoff.0.is_zero() {
                 tokio::time::sleep(retries.backoff.0).await;
             }
-            let mut again = Emitter::new();
             let record = vec![f.record.clone()];
-            let r = match &mut st.node {
-                Node::Transform(t) => st.offload.run(|| t.process(record, &mut again)),
-                Node::Sink(s) => st.offload.run(|| s.write(record, &mut again)),
-                Node::Source(_) => Ok(()),
-            };
+            let (r, mut again) = call_node(sh, st, move |node| {
+                let mut again = Emitter::new();
+                let r = match node {
+                    Node::Transform(t) => t.process(record, &mut again),
+                    Node::Sink(s) => s.write(record, &mut again),
+                    Node::Source(_) => Ok(()),
+                };
+                (r, again)
+            })
+            .await?;
             r?;
             let (m, n, fs) = again.take();
             for r in m {

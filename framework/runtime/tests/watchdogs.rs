@@ -110,3 +110,25 @@ async fn a_start_past_its_startup_timeout_or_a_panicking_one_fails_the_run() {
     let e = r.unwrap_err().to_string();
     assert!(e.contains("stage `mid`") && e.contains("panicked"), "{e}");
 }
+
+/// A retry is a call like any other: a retry that hangs is stopped by the
+/// stage's call timeout, the stage restarts, and every record still comes
+/// out once (the record is tried again after the restart and passes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_retry_is_stopped_by_the_call_timeout() {
+    let (r, n, elapsed) = go(
+        "retryhang",
+        "{type: TestFlaky, name: mid, input: gen, config: {every: 700, times: 1, stall_on_retry: 3s, error_handling: {output: errors, retries: {max: 2}}}, timeout: 300ms, restart: {backoff: {initial: 10ms}}}\n    - {type: WriteToJson, name: errs, input: mid.errors, config: {path: errors.jsonl}}",
+    )
+    .await;
+    let r = r.unwrap();
+    let mid = stage(&r, "mid");
+    // records 0, 700 and 1400 each fail once and hang in their retry
+    assert_eq!((mid.timeouts, mid.restarts), (3, 3), "{mid:?}");
+    assert_eq!(
+        mid.errors, 0,
+        "no dead letter: each passed after the restart"
+    );
+    assert_eq!(n, 2000);
+    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
+}
