@@ -27,7 +27,12 @@ pub fn registry() -> Registry {
 }
 
 pub(crate) fn load(file: &Path) -> Result<Pipeline, u8> {
-    spec::load(file, &registry(), &rill_ml::detect_machine()).map_err(|errs| {
+    load_for(file, &rill_ml::detect_machine())
+}
+
+/// Loads and checks `file` against `machine`'s budgets.
+fn load_for(file: &Path, machine: &spec::Machine) -> Result<Pipeline, u8> {
+    spec::load(file, &registry(), machine).map_err(|errs| {
         for e in &errs.0 {
             eprintln!("error: {e}");
         }
@@ -66,8 +71,50 @@ pub fn with_runtime(fut: impl std::future::Future<Output = u8>) -> u8 {
     }
 }
 
-pub fn validate(file: &Path) -> u8 {
-    match load(file) {
+/// `rill machine`: this machine as JSON.
+pub fn machine() -> u8 {
+    let m = rill_ml::detect_machine();
+    let described = spec::MachineFile {
+        cpus: m.cpus,
+        memory: spec::Bytes::Count(m.memory),
+        gpus: rill_ml::gpus()
+            .iter()
+            .map(|g| spec::GpuFile {
+                name: Some(g.name.clone()),
+                memory: spec::Bytes::Count(g.memory),
+            })
+            .collect(),
+    };
+    match serde_json::to_string_pretty(&described) {
+        Ok(j) => {
+            println!("{j}");
+            OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            FAILED
+        }
+    }
+}
+
+pub fn validate(file: &Path, machine: Option<&Path>) -> u8 {
+    let m = match machine {
+        None => rill_ml::detect_machine(),
+        Some(path) => {
+            let shown = path.display().to_string();
+            match std::fs::read_to_string(path)
+                .map_err(|e| format!("{shown}: {e}"))
+                .and_then(|t| spec::Machine::from_json(&t, &shown))
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return BAD_INPUT;
+                }
+            }
+        }
+    };
+    match load_for(file, &m) {
         Ok(p) => {
             println!(
                 "{}: pipeline `{}` is valid: {} stage{}",

@@ -52,8 +52,17 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
     },
-    /// Check a pipeline without running it.
-    Validate { file: PathBuf },
+    /// Check a pipeline without running it: against this machine, or the
+    /// one described in a JSON file (`rill machine` prints this one's).
+    Validate {
+        file: PathBuf,
+        /// A machine's description (cores, memory, CUDA devices), as JSON.
+        #[arg(long, value_name = "MACHINE.json")]
+        machine: Option<PathBuf>,
+    },
+    /// Print this machine's cores, memory and CUDA devices as JSON (for
+    /// `rill validate --machine` elsewhere).
+    Machine,
     /// Print the pipeline graph.
     Graph {
         file: PathBuf,
@@ -136,7 +145,8 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let code = match cli.command {
-        Command::Validate { file } => commands::validate(&file),
+        Command::Validate { file, machine } => commands::validate(&file, machine.as_deref()),
+        Command::Machine => commands::machine(),
         Command::Graph { file, format } => commands::graph(&file, format == GraphFormat::Mermaid),
         Command::Types => commands::types(),
         Command::Dlq { action } => match action {

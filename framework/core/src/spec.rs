@@ -619,9 +619,85 @@ pub struct Machine {
     pub memory: u64,
     /// Memory of each CUDA device rill can use (empty without `cuda`).
     pub gpus: Vec<u64>,
+    /// The file the machine was described in (`rill validate --machine`);
+    /// `None` for this machine.
+    pub described: Option<String>,
+}
+
+/// A machine as `rill machine` prints it and `--machine` reads it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineFile {
+    /// CPU cores.
+    pub cpus: usize,
+    /// Memory, in bytes or as a size (`128GiB`).
+    pub memory: Bytes,
+    /// The CUDA devices, `cuda:0` first.
+    #[serde(default)]
+    pub gpus: Vec<GpuFile>,
+}
+
+/// One CUDA device of a [`MachineFile`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuFile {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Memory, in bytes or as a size (`80GiB`).
+    pub memory: Bytes,
+}
+
+/// Bytes as a number, or a size (`80GiB`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Bytes {
+    Count(u64),
+    Size(String),
+}
+
+impl Bytes {
+    fn get(&self) -> Result<u64, String> {
+        match self {
+            Bytes::Count(n) => Ok(*n),
+            Bytes::Size(s) => crate::units::parse_size(s),
+        }
+    }
 }
 
 impl Machine {
+    /// How messages name the machine.
+    fn what(&self) -> String {
+        match &self.described {
+            None => "this machine".into(),
+            Some(f) => format!("the machine of {f}"),
+        }
+    }
+
+    /// Reads a machine described as JSON (what `rill machine` prints).
+    pub fn from_json(text: &str, file: &str) -> Result<Machine, String> {
+        let m: MachineFile = serde_json::from_str(text)
+            .map_err(|e| format!("{file}: not a machine description: {e}"))?;
+        if m.cpus == 0 {
+            return Err(format!("{file}: `cpus` must be at least 1"));
+        }
+        let at = |what: &str, e: String| format!("{file}: `{what}`: {e}");
+        Ok(Machine {
+            cpus: m.cpus,
+            memory: m.memory.get().map_err(|e| at("memory", e))?,
+            gpus: m
+                .gpus
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    g.memory
+                        .get()
+                        .map_err(|e| at(&format!("gpus[{i}].memory"), e))
+                })
+                .collect::<Result<_, _>>()?,
+            described: Some(file.to_owned()),
+        })
+    }
+
     /// Reads the CPU count and total memory of this machine.
     pub fn detect() -> Machine {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -638,6 +714,7 @@ impl Machine {
             cpus,
             memory,
             gpus: Vec::new(),
+            described: None,
         }
     }
 }
@@ -1560,9 +1637,10 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
             cx.err(
                 s.mark,
                 format!(
-                    "`{}` asks for {} of memory but this machine has {} (short by {})",
+                    "`{}` asks for {} of memory but {} has {} (short by {})",
                     s.name,
                     m,
+                    machine.what(),
                     ByteSize(machine.memory),
                     ByteSize(m.0 - machine.memory)
                 ),
@@ -1579,8 +1657,9 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
                 cx.err(
                     s.mark,
                     format!(
-                        "`{}` asks for {t} CPU threads but this machine has {} (short by {})",
+                        "`{}` asks for {t} CPU threads but {} has {} (short by {})",
                         s.name,
+                        machine.what(),
                         machine.cpus,
                         t - machine.cpus
                     ),
@@ -1589,8 +1668,9 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
                 cx.err(
                     s.mark,
                     format!(
-                        "the stages' `cpu_threads` add up to {threads} with `{}`, but this machine has {} CPU cores (short by {})",
+                        "the stages' `cpu_threads` add up to {threads} with `{}`, but {} has {} CPU cores (short by {})",
                         s.name,
+                        machine.what(),
                         machine.cpus,
                         threads - machine.cpus
                     ),
@@ -1631,11 +1711,12 @@ fn check_resources(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
                     cx.err(
                         s.mark,
                         format!(
-                            "`{}` asks for device cuda:{n} but this machine has {} CUDA device{}{}",
+                            "`{}` asks for device cuda:{n} but {} has {} CUDA device{}{}",
                             s.name,
+                            machine.what(),
                             machine.gpus.len(),
                             if machine.gpus.len() == 1 { "" } else { "s" },
-                            if machine.gpus.is_empty() {
+                            if machine.gpus.is_empty() && machine.described.is_none() {
                                 " (or this build of rill has no `cuda` feature); use `device: auto` to fall back to the CPU"
                             } else {
                                 ""

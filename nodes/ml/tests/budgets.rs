@@ -11,6 +11,7 @@ fn machine(gpus: Vec<u64>) -> Machine {
         cpus: 2,
         memory: 16 * GIB,
         gpus,
+        described: None,
     }
 }
 
