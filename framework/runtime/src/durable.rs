@@ -9,6 +9,7 @@
 //! | `m/epoch` | the stage's producer epoch (u64 BE), drawn when the store is created |
 //! | `m/source` | a source's `(emitted, failed, done)` |
 //! | `m/finished` | present once the node has finished (all inputs ended) |
+//! | `m/dlq_len` | the committed length of the stage's dead-letter queue (u64 BE) |
 //! | `i/<input>` | an input's committed `(epoch, next, ended)` |
 //! | `o/<output>\0n` | an output log's `(next_seq, end_seq)` |
 //! | `o/<output>\0e<first_seq BE>` | one held message: record count (u64 BE) + the encoded message |
@@ -22,6 +23,88 @@ use crate::log::OutLog;
 pub const EPOCH_KEY: &[u8] = b"m/epoch";
 pub const SOURCE_KEY: &[u8] = b"m/source";
 pub const FINISHED_KEY: &[u8] = b"m/finished";
+
+/// Loads the stage's epoch, or draws one for a new store.
+pub fn load_epoch(store: &dyn StateStore) -> Result<u64, String> {
+    match store.get(EPOCH_KEY).map_err(|e| e.to_string())? {
+        Some(b) => Ok(u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| "the stage epoch is malformed".to_owned())?,
+        )),
+        None => {
+            let epoch = fastrand::u64(..);
+            let mut batch = WriteBatch::default();
+            batch.put(EPOCH_KEY.to_vec(), epoch.to_be_bytes().to_vec());
+            store.commit(batch).map_err(|e| e.to_string())?;
+            store.flush().map_err(|e| e.to_string())?;
+            Ok(epoch)
+        }
+    }
+}
+
+/// What a stage committed, as its store holds it (a new store holds
+/// nothing, and gets its epoch drawn and committed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub epoch: u64,
+    pub source: SourcePos,
+    /// The node finished (all inputs ended, `finish` ran).
+    pub finished: bool,
+    /// The committed length of the stage's dead-letter queue, if any.
+    pub dlq_len: Option<u64>,
+}
+
+impl Committed {
+    /// Reads a stage's committed state; an undecodable entry is an error
+    /// that names it.
+    pub fn load(store: &dyn StateStore) -> Result<Committed, String> {
+        let epoch = load_epoch(store)?;
+        let source = match store.get(SOURCE_KEY).map_err(|e| e.to_string())? {
+            Some(b) => decode("the source position", &b)?,
+            None => SourcePos::default(),
+        };
+        let finished = store
+            .get(FINISHED_KEY)
+            .map_err(|e| e.to_string())?
+            .is_some();
+        let dlq_len = store
+            .get(crate::dlq::DLQ_LEN_KEY)
+            .map_err(|e| e.to_string())?
+            .map(|b| {
+                b.as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| "the dead-letter queue length is malformed".to_owned())
+            })
+            .transpose()?;
+        Ok(Committed {
+            epoch,
+            source,
+            finished,
+            dlq_len,
+        })
+    }
+
+    /// The committed position of input `label` (the start when none).
+    pub fn input(store: &dyn StateStore, label: &str) -> Result<InputPos, String> {
+        match store.get(&input_key(label)).map_err(|e| e.to_string())? {
+            Some(b) => decode(&format!("the position of input `{label}`"), &b),
+            None => Ok(InputPos::default()),
+        }
+    }
+
+    /// Commits (and flushes) the length a new run adopts its dead-letter
+    /// queue at, before it appends.
+    pub fn adopt_dlq_len(store: &dyn StateStore, len: u64) -> Result<(), String> {
+        let mut batch = WriteBatch::default();
+        batch.put(crate::dlq::DLQ_LEN_KEY.to_vec(), len.to_be_bytes().to_vec());
+        store
+            .commit(batch)
+            .and_then(|_| store.flush())
+            .map_err(|e| e.to_string())
+    }
+}
 
 pub fn input_key(label: &str) -> Vec<u8> {
     let mut k = b"i/".to_vec();

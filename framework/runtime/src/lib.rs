@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorRef};
-use rill_core::node::{BuildContext, Extensions};
+use rill_core::node::Extensions;
 use rill_core::spec::{Delivery, Pipeline, Strategy};
 use rill_core::state::{MemStore, StateStore};
 use tokio::sync::Mutex;
@@ -207,47 +207,18 @@ impl Run {
             })?;
             // built on a thread of its own, within the startup timeout (a
             // slow model load is not a hang; a hung one is reported)
-            let build = {
-                let (pname, sname) = (pipeline.name.clone(), s.name.clone());
-                let (config, state, delivery) =
-                    (s.node.clone(), shared.state.clone(), shared.delivery);
-                let (base_dir, extensions) = (base_dir.clone(), extensions.clone());
-                let (resources, metrics) = (s.resources, m.node.clone());
-                tokio::task::spawn_blocking(move || {
-                    let ctx = BuildContext {
-                        pipeline: &pname,
-                        stage: &sname,
-                        attempt: 0,
-                        base_dir: &base_dir,
-                        extensions: &extensions,
-                        state: &state,
-                        delivery,
-                        resources,
-                        metrics: &metrics,
-                    };
-                    config.build(&ctx)
-                })
-            };
-            let node = match tokio::time::timeout(s.timeout.startup, build).await {
-                Ok(Ok(Ok(node))) => node,
-                Ok(Ok(Err(e))) => {
+            let node = match stage::build_node(&shared, 0, &base_dir, &extensions).await {
+                Ok(node) => node,
+                Err(e @ stage::BuildError::Node(_)) => {
                     return Err(RunError::BadInput(format!(
                         "stage `{}` ({}): {e}",
                         s.name, s.type_name
                     )));
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     return Err(RunError::Internal(format!(
-                        "stage `{}` ({}): building the node panicked: {}",
-                        s.name,
-                        s.type_name,
-                        panic_text(e)
-                    )));
-                }
-                Err(_) => {
-                    return Err(RunError::Internal(format!(
-                        "stage `{}` ({}): start-up timed out: building the node took longer than {:?}",
-                        s.name, s.type_name, s.timeout.startup
+                        "stage `{}` ({}): {e}",
+                        s.name, s.type_name
                     )));
                 }
             };
@@ -366,7 +337,7 @@ impl Stopper {
     }
 }
 
-fn panic_text(e: tokio::task::JoinError) -> String {
+pub(crate) fn panic_text(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return e.to_string();
     }

@@ -357,8 +357,19 @@ mod tests {
             st.flush().unwrap();
         }
         {
-            // the disk flips a bit sled does not see
-            let db = sled::open(&dir).unwrap();
+            // the disk flips a bit sled does not see (sled lets go of its
+            // lock a moment after the handle is dropped: wait for it)
+            let t = std::time::Instant::now();
+            let db = loop {
+                match sled::open(&dir) {
+                    Ok(db) => break db,
+                    Err(e) if t.elapsed() < std::time::Duration::from_secs(5) => {
+                        assert!(e.to_string().contains("lock"), "{e}");
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
             let mut v = db.get(b"s/offset").unwrap().unwrap().to_vec();
             v[5] ^= 0x10;
             db.insert(b"s/offset", v).unwrap();

@@ -1,0 +1,563 @@
+//! The stage actor itself: its messages, what an incarnation holds, and
+//! the ractor callbacks that wire subscriptions and dispatch messages to
+//! the parts in the sibling modules.
+
+use super::*;
+
+/// Messages of a stage actor.
+pub enum StageMsg {
+    /// Fresh records of input `input` (already deduplicated).
+    Data {
+        input: usize,
+        epoch: u64,
+        first_seq: u64,
+        batch: Encoded,
+    },
+    /// The end of input `input`, numbered `seq`.
+    End { input: usize, epoch: u64, seq: u64 },
+    /// A duplicate arrived on `input`: the producer missed our ack.
+    Duplicate { input: usize },
+    /// Input `input` skipped numbers: ask again from `from`.
+    Gap { input: usize, from: u64 },
+    /// The producer of input `input` no longer holds what this stage asked
+    /// for (from `from`; it holds from `low`).
+    Gone { input: usize, from: u64, low: u64 },
+    /// Input `input` sent a message past the size limit.
+    TooLarge { input: usize, size: usize },
+    /// A consumer's message about output `output`.
+    Ctl { output: usize, msg: CtlMsg },
+    /// The producer of input `input` came up (its liveliness token).
+    ProducerUp { input: usize },
+    /// A consumer of output `output` came up.
+    ConsumerUp { output: usize },
+    /// Commit what is pending (queued behind the input that arrived before
+    /// it, so one commit covers all of it).
+    Commit,
+    /// Timers.
+    Tick,
+    /// A gathering batch reached its `max_batch_delay`.
+    Flush,
+    /// Sources: emit more now.
+    Poll,
+    /// Graceful stop: commit what was processed and stop.
+    Drain,
+}
+
+/// Fresh records still in the payload they arrived in.
+pub struct Encoded {
+    pub(crate) payload: ZBytes,
+    /// Where the records start in the payload.
+    pub(crate) records_at: usize,
+    /// How many of them were seen already (dropped after decoding).
+    pub(crate) skip: usize,
+    /// How many are fresh.
+    pub(crate) count: usize,
+}
+
+impl Encoded {
+    /// The fresh records.
+    fn decode(&self) -> Result<Vec<Record>, CodecError> {
+        let mut records = decode_records(&self.payload.to_bytes(), self.records_at)?;
+        records.drain(..self.skip.min(records.len()));
+        Ok(records)
+    }
+}
+
+pub(crate) enum Pending {
+    Data {
+        input: usize,
+        epoch: u64,
+        first_seq: u64,
+        records: Vec<Record>,
+        arrived: Instant,
+    },
+    End {
+        input: usize,
+        epoch: u64,
+        seq: u64,
+    },
+}
+
+/// What a stage actor starts from.
+pub struct StageArgs {
+    pub shared: Arc<Mutex<StageShared>>,
+    pub session: Session,
+    pub attempt: u32,
+    pub base_dir: std::path::PathBuf,
+    pub extensions: Extensions,
+}
+
+/// The actor's mutable state: the node, its subscriptions, the queue of
+/// received records.
+pub struct StageState {
+    pub(crate) shared: Arc<Mutex<StageShared>>,
+    pub(crate) node: Node,
+    pub(crate) pending: VecDeque<Pending>,
+    /// What a restarted source still has to drop (it replays from its
+    /// start what earlier incarnations emitted).
+    pub(crate) replay: Replay,
+    pub(crate) poll_at: Option<Instant>,
+    pub(crate) offload: Offload,
+    /// When a `Flush` is scheduled for a batch that is still gathering.
+    pub(crate) flush_at: Option<Instant>,
+    pub(crate) draining: bool,
+    pub(crate) _subs: Vec<Subscriber<()>>,
+}
+
+/// The stage actor.
+pub struct StageActor;
+
+impl Actor for StageActor {
+    type Msg = StageMsg;
+    type State = StageState;
+    type Arguments = StageArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<StageMsg>,
+        args: StageArgs,
+    ) -> Result<StageState, ActorProcessingErr> {
+        let mut sh = args.shared.lock().await;
+        // a new incarnation starts from the last commit
+        sh.rollback();
+        let prebuilt = sh.prebuilt.get_mut().unwrap().take();
+        let mut node = match prebuilt {
+            Some(n) => n,
+            None => {
+                // the new node gets state of its own: an earlier one that
+                // was abandoned mid-call may still write to the old
+                sh.state = sh.state.detached();
+                build_node(&sh, args.attempt, &args.base_dir, &args.extensions)
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        sh.metrics
+            .started
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Instant::now);
+        let mut subs = Vec::new();
+        let pipeline_name = sh.pipeline.clone();
+        let consumer_id = sh.consumer_id.clone();
+        let stage_metrics = sh.metrics.clone();
+        // inputs: a fresh incarnation expects what was processed last
+        for (i, port) in sh.inputs.iter_mut().enumerate() {
+            {
+                let mut r = port.received.lock().unwrap();
+                r.epoch = port.epoch;
+                r.next = port.processed;
+            }
+            let received = port.received.clone();
+            let me = myself.clone();
+            let me_id = consumer_id.clone();
+            let label = port.label.clone();
+            let lossy = port.lossy;
+            let announced = port.announced.clone();
+            let metrics = stage_metrics.clone();
+            let max_message = rill_core::limits::get().max_message_bytes;
+            let sub = args
+                .session
+                .declare_subscriber(port.data_key.clone())
+                .callback(move |sample| {
+                    // only the head is read here: the records are decoded by
+                    // the stage, on its own thread, where they are dropped too
+                    let head = match decode_data_head(&sample.payload().to_bytes()) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            warn!(input = %label, "ignoring an undecodable message: {e}");
+                            return;
+                        }
+                    };
+                    // only an epoch a live producer announces is taken:
+                    // a message with any other (forged, or from a stale
+                    // process) could reset this input's position
+                    let (from_epoch, gone) = match &head {
+                        DataHead::Batch { producer, .. } | DataHead::End { producer, .. } => {
+                            (producer.epoch, false)
+                        }
+                        DataHead::Gone { producer, .. } => (producer.epoch, true),
+                    };
+                    // (a producer that answers `Gone` stops at once: its
+                    // token may be gone before its answer is read)
+                    let known = announced
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .any(|((e, _), live)| *e == from_epoch && (*live || gone));
+                    if !known {
+                        if metrics.foreign.fetch_add(1, Relaxed) % 1000 == 0 {
+                            warn!(input = %label, epoch = format!("{from_epoch:016x}"),
+                                "dropping a message from a producer epoch no live producer announces (forged, or late from a stopped process)");
+                        }
+                        return;
+                    }
+                    let size = sample.payload().len();
+                    if size > max_message {
+                        let _ = me.cast(StageMsg::TooLarge { input: i, size });
+                        return;
+                    }
+                    let (epoch, first, count) = match &head {
+                        DataHead::Batch {
+                            producer,
+                            first_seq,
+                            count,
+                            ..
+                        } => (producer.epoch, *first_seq, *count),
+                        DataHead::End { producer, seq } => (producer.epoch, *seq, 1),
+                        DataHead::Gone {
+                            consumer,
+                            from,
+                            low,
+                            ..
+                        } => {
+                            if *consumer == me_id {
+                                let _ = me.cast(StageMsg::Gone {
+                                    input: i,
+                                    from: *from,
+                                    low: *low,
+                                });
+                            }
+                            return;
+                        }
+                    };
+                    if count == 0 {
+                        return;
+                    }
+                    let arrival = {
+                        let mut r = received.lock().unwrap();
+                        if lossy {
+                            r.arrive_lossy(epoch, first, count)
+                        } else {
+                            r.arrive(epoch, first, count)
+                        }
+                    };
+                    let out = match (arrival, head) {
+                        (Arrival::Fresh { skip }, DataHead::Batch { records_at, .. }) => {
+                            StageMsg::Data {
+                                input: i,
+                                epoch,
+                                first_seq: first + skip as u64,
+                                batch: Encoded {
+                                    payload: sample.payload().clone(),
+                                    records_at,
+                                    skip,
+                                    count: count as usize - skip,
+                                },
+                            }
+                        }
+                        (Arrival::Fresh { .. }, DataHead::End { seq, .. }) => StageMsg::End {
+                            input: i,
+                            epoch,
+                            seq,
+                        },
+                        (Arrival::Duplicate, _) => StageMsg::Duplicate { input: i },
+                        (Arrival::Gap { from }, _) => StageMsg::Gap { input: i, from },
+                        (_, DataHead::Gone { .. }) => unreachable!("answered above"),
+                    };
+                    let _ = me.cast(out);
+                })
+                .await?;
+            subs.push(sub);
+            // the producer coming up (again) is the moment to ask it; its
+            // token announces the epoch its data will carry
+            let me = myself.clone();
+            let announced = port.announced.clone();
+            let sub = args
+                .session
+                .liveliness()
+                .declare_subscriber(alive_keys(&pipeline_name, &port.producer_key))
+                .history(true)
+                .callback(move |sample| {
+                    let Some(token) = token_of_alive_key(sample.key_expr().as_str()) else {
+                        return;
+                    };
+                    let live = sample.kind() == zenoh::sample::SampleKind::Put;
+                    announced.lock().unwrap().insert(token, live);
+                    if live {
+                        let _ = me.cast(StageMsg::ProducerUp { input: i });
+                    }
+                })
+                .await?;
+            subs.push(sub);
+        }
+        let key = sh.stage.key_name();
+        let consumers_of: Vec<Vec<String>> = sh
+            .outputs
+            .iter()
+            .map(|o| o.log.log.acks().map(|(c, _)| c.to_owned()).collect())
+            .collect();
+        for (o, port) in sh.outputs.iter().enumerate() {
+            if !port.log.log.has_consumers() {
+                continue;
+            }
+            let me = myself.clone();
+            let sub = args
+                .session
+                .declare_subscriber(ctl_key(&sh.pipeline, &key, port.name.as_deref()))
+                .callback(move |sample| {
+                    if let Ok(msg) = decode_ctl(&sample.payload().to_bytes()) {
+                        let _ = me.cast(StageMsg::Ctl { output: o, msg });
+                    }
+                })
+                .await?;
+            subs.push(sub);
+            for c in &consumers_of[o] {
+                let me = myself.clone();
+                let sub = args
+                    .session
+                    .liveliness()
+                    .declare_subscriber(alive_keys(&sh.pipeline, c))
+                    .history(true)
+                    .callback(move |sample| {
+                        if sample.kind() == zenoh::sample::SampleKind::Put {
+                            let _ = me.cast(StageMsg::ConsumerUp { output: o });
+                        }
+                    })
+                    .await?;
+                subs.push(sub);
+            }
+        }
+        // ask every input for what we have not processed yet
+        for i in 0..sh.inputs.len() {
+            let from = sh.inputs[i].processed;
+            sh.request_resend(i, from, true).await?;
+        }
+        // a source resumes after what it had emitted at the last commit:
+        // it is there already (it restored its position, or seeks), or it
+        // replays from its start and the runtime drops what it made before
+        let mut replay = Replay::default();
+        sh.unrepeatable_source = matches!(&node, Node::Source(src) if !src.deterministic());
+        if let Node::Source(src) = &mut node
+            && src.deterministic()
+        {
+            let c = sh.source;
+            let made = c.emitted + c.failed;
+            if made == 0 {
+                info!(stage = %sh.stage.name, "source starts from its beginning");
+            }
+            if made > 0 && !c.done {
+                let positioned = src.seek(made);
+                replay = Replay::start(c, positioned);
+                info!(
+                    stage = %sh.stage.name,
+                    "source resumes after {} records and {} failures ({})",
+                    c.emitted,
+                    c.failed,
+                    if positioned { "positioned" } else { "replaying from its start" }
+                );
+            }
+        }
+        // what was committed but not yet acknowledged goes out again
+        for o in 0..sh.outputs.len() {
+            let from = sh.outputs[o].log.log.min_acked();
+            sh.resend(o, from).await?;
+        }
+        let pool = sh.pool.clone();
+        drop(sh);
+        myself.send_interval(TICK, || StageMsg::Tick);
+        if matches!(node, Node::Source(_)) {
+            myself.cast(StageMsg::Poll)?;
+        }
+        Ok(StageState {
+            shared: args.shared,
+            node,
+            pending: VecDeque::new(),
+            replay,
+            poll_at: None,
+            offload: Offload { avg_us: 0.0, pool },
+            flush_at: None,
+            draining: false,
+            _subs: subs,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<StageMsg>,
+        msg: StageMsg,
+        st: &mut StageState,
+    ) -> Result<(), ActorProcessingErr> {
+        let shared = st.shared.clone();
+        let mut sh = shared.lock().await;
+        match msg {
+            StageMsg::Data {
+                input,
+                epoch,
+                first_seq,
+                batch,
+            } => {
+                let records = batch.decode().map_err(|e| {
+                    format!(
+                        "stage `{}`: the records of input `{}` from {first_seq} cannot be decoded: {e}",
+                        sh.stage.name, sh.inputs[input].label
+                    )
+                })?;
+                if records.len() != batch.count {
+                    return Err(format!(
+                        "stage `{}`: input `{}` from {first_seq} promised {} records, holds {}",
+                        sh.stage.name,
+                        sh.inputs[input].label,
+                        batch.count,
+                        records.len()
+                    )
+                    .into());
+                }
+                let depth = sh
+                    .metrics
+                    .queue_depth
+                    .fetch_add(records.len() as i64, Relaxed)
+                    + records.len() as i64;
+                sh.metrics.queue_high_water.fetch_max(depth, Relaxed);
+                st.pending.push_back(Pending::Data {
+                    input,
+                    epoch,
+                    first_seq,
+                    records,
+                    arrived: Instant::now(),
+                });
+                drive(&mut sh, st, &myself).await?;
+            }
+            StageMsg::End { input, epoch, seq } => {
+                st.pending.push_back(Pending::End { input, epoch, seq });
+                drive(&mut sh, st, &myself).await?;
+            }
+            StageMsg::Duplicate { input } => sh.ack(input).await?,
+            StageMsg::Gap { input, from } => sh.request_resend(input, from, false).await?,
+            StageMsg::TooLarge { input, size } => {
+                let max = rill_core::limits::get().max_message_bytes;
+                let msg = format!(
+                    "{BAD_INPUT}input `{}` sent a message of {size} bytes, more than the limit of {max} (RILL_MAX_MESSAGE_BYTES sets another): lower the producer's `options.batch_size`, or raise the limit in every process",
+                    sh.inputs[input].label
+                );
+                *sh.metrics.last_error.lock().unwrap() = Some(msg.clone());
+                return Err(msg.into());
+            }
+            StageMsg::Gone { input, from, low } => {
+                let port = &sh.inputs[input];
+                let msg = gone_text(&sh.consumer_id, &port.producer_key, &port.label, from, low);
+                *sh.metrics.last_error.lock().unwrap() = Some(msg.clone());
+                return Err(msg.into());
+            }
+            StageMsg::ProducerUp { input } => {
+                let from = sh.inputs[input].received.lock().unwrap().next;
+                sh.request_resend(input, from, true).await?;
+                sh.ack(input).await?;
+            }
+            StageMsg::ConsumerUp { output } => {
+                let from = sh.outputs[output].log.log.min_acked();
+                sh.resend(output, from).await?;
+            }
+            StageMsg::Ctl { output, msg } => match msg {
+                CtlMsg::Ack {
+                    consumer,
+                    epoch,
+                    next,
+                } => {
+                    let port = &mut sh.outputs[output];
+                    // an ack counts in the epoch it names: one for an
+                    // earlier incarnation of this producer's state (before
+                    // a reset) says nothing about this one's records
+                    if epoch == port.producer.epoch && port.log.log.ack(&consumer, next) {
+                        port.last_progress = Instant::now();
+                        port.rto = RTO_MIN;
+                        if port.log.log.finished() {
+                            // the last ack: made durable at once (the
+                            // consumer may finish and leave now)
+                            sh.commit(&mut st.node).await?;
+                        } else if port.log.log.has_trimmed() {
+                            queue_commit(&mut sh, &myself)?;
+                        }
+                        drive(&mut sh, st, &myself).await?;
+                        if matches!(st.node, Node::Source(_)) && st.poll_at.is_none() {
+                            poll_source(&mut sh, st, &myself).await?;
+                        }
+                    }
+                }
+                CtlMsg::Resend {
+                    consumer,
+                    epoch,
+                    from,
+                } => {
+                    let port = &sh.outputs[output];
+                    let low = port.log.log.low();
+                    let known = port.log.log.acks().any(|(c, _)| c == consumer);
+                    // a consumer that counts in this epoch (or knows none
+                    // yet) and wants what every consumer had acknowledged:
+                    // its state was reset or lost, and no resend can mend it
+                    let ours = epoch == port.producer.epoch || epoch == NO_EPOCH;
+                    if known && ours && from < low {
+                        let gone = DataMsg::Gone {
+                            producer: port.producer.clone(),
+                            consumer: consumer.clone(),
+                            from,
+                            low,
+                        };
+                        port.publisher.put(encode_data(&gone)?).await?;
+                        // a moment for the consumer to see this process's
+                        // token before it stops (it takes `Gone` only from
+                        // a producer it has seen)
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let label = match &port.name {
+                            Some(n) => format!("{}.{n}", sh.stage.name),
+                            None => sh.stage.name.clone(),
+                        };
+                        let msg = gone_text(&consumer, &sh.consumer_id, &label, from, low);
+                        *sh.metrics.last_error.lock().unwrap() = Some(msg.clone());
+                        return Err(msg.into());
+                    }
+                    // a consumer of an earlier epoch reads this one from
+                    // its start
+                    let from = if ours { from } else { 0 };
+                    sh.resend(output, from).await?
+                }
+            },
+            StageMsg::Commit => {
+                sh.commit_queued = false;
+                sh.commit(&mut st.node).await?;
+            }
+            StageMsg::Tick => {
+                if sh.commit_due() {
+                    sh.commit(&mut st.node).await?;
+                }
+                for o in 0..sh.outputs.len() {
+                    let port = &mut sh.outputs[o];
+                    if port.log.log.unacked() > 0 && port.last_progress.elapsed() >= port.rto {
+                        port.rto = (port.rto * 2).min(RTO_MAX);
+                        port.last_progress = Instant::now();
+                        let from = port.log.log.min_acked();
+                        debug!(stage = %sh.stage.name, output = o, from, "resending unacknowledged records");
+                        sh.resend(o, from).await?;
+                    }
+                }
+                if st.poll_at.is_some_and(|t| Instant::now() >= t) {
+                    st.poll_at = None;
+                    poll_source(&mut sh, st, &myself).await?;
+                }
+            }
+            StageMsg::Flush => {
+                st.flush_at = None;
+                drive(&mut sh, st, &myself).await?;
+            }
+            StageMsg::Poll => {
+                // a timed poll may find its wait already over (or another
+                // poll earlier): poll when nothing is scheduled in the future
+                if st.poll_at.is_none_or(|t| Instant::now() >= t) {
+                    st.poll_at = None;
+                    poll_source(&mut sh, st, &myself).await?;
+                }
+            }
+            StageMsg::Drain => {
+                st.draining = true;
+                sh.commit(&mut st.node).await?;
+                myself.stop(Some(DRAINED.into()));
+                return Ok(());
+            }
+        }
+        if sh.done() {
+            *sh.metrics.finished.lock().unwrap() = Some(Instant::now());
+            myself.stop(Some(DONE.into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,221 @@
+//! Processing what is queued: admitting input, gathering batches, calling
+//! the node, routing, and committing (group commit).
+
+use super::*;
+
+/// Commits now when a threshold is reached, else queues a commit behind the
+/// input already waiting (group commit).
+pub(crate) async fn after_work(
+    sh: &mut StageShared,
+    st: &mut StageState,
+    myself: &ActorRef<StageMsg>,
+) -> Result<(), ActorProcessingErr> {
+    if !sh.dirty() {
+        return Ok(());
+    }
+    if sh.commit_due() {
+        sh.commit(&mut st.node).await
+    } else {
+        queue_commit(sh, myself)
+    }
+}
+
+pub(crate) fn queue_commit(
+    sh: &mut StageShared,
+    myself: &ActorRef<StageMsg>,
+) -> Result<(), ActorProcessingErr> {
+    if !sh.commit_queued {
+        sh.commit_queued = true;
+        myself.cast(StageMsg::Commit)?;
+    }
+    Ok(())
+}
+
+/// Whether a message (records or an end marker) numbered from `first` on
+/// `input` is the next one to process ([`gather::admit`]); else it is stale
+/// or from an ended input, and skipped.
+pub(crate) fn accept(sh: &mut StageShared, input: usize, epoch: u64, first: u64) -> bool {
+    let port = &mut sh.inputs[input];
+    let mut at = InputState {
+        epoch: port.epoch,
+        processed: port.processed,
+        ended: port.ended,
+        lossy: port.lossy,
+    };
+    let admitted = gather::admit(&mut at, epoch, first);
+    port.epoch = at.epoch;
+    port.processed = at.processed;
+    match admitted {
+        Admission::Take { restarted } => {
+            if restarted {
+                warn!(stage = %sh.stage.name, input = %port.label,
+                    "the producer started over (its state was reset): reading it from its start");
+            }
+            true
+        }
+        Admission::Skip => false,
+    }
+}
+
+/// What is queued, as [`gather::gather`] sees it.
+fn queued(pending: &VecDeque<Pending>, oldest: Instant) -> Queued {
+    let mut q = Queued {
+        records: 0,
+        oldest,
+        end: false,
+    };
+    for p in pending {
+        match p {
+            Pending::Data { records, .. } => q.records += records.len(),
+            Pending::End { .. } => {
+                q.end = true;
+                break;
+            }
+        }
+    }
+    q
+}
+
+/// Processes queued input while the outputs have room.
+pub(crate) async fn drive(
+    sh: &mut StageShared,
+    st: &mut StageState,
+    myself: &ActorRef<StageMsg>,
+) -> Result<(), ActorProcessingErr> {
+    loop {
+        if sh.outputs_blocked() {
+            // under exactly_once the consumers see nothing before a commit
+            if sh.dirty() {
+                sh.commit(&mut st.node).await?;
+            }
+            break;
+        }
+        let Some(front) = st.pending.front() else {
+            break;
+        };
+        if let Pending::Data { arrived, .. } = front {
+            // dynamic batching: wait for more until the batch is full, the
+            // oldest record has waited long enough, or an input ends
+            let now = Instant::now();
+            let limit = match gather::gather(
+                sh.batching,
+                queued(&st.pending, *arrived),
+                st.draining,
+                now,
+            ) {
+                Gathered::WaitUntil(due) => {
+                    if st.flush_at.is_none_or(|t| t > due) {
+                        st.flush_at = Some(due);
+                        myself.send_after(due.saturating_duration_since(now), || StageMsg::Flush);
+                    }
+                    break;
+                }
+                Gathered::Take { limit } => limit,
+            };
+            let mut records: Vec<Record> = Vec::new();
+            let mut taken = 0usize;
+            while let Some(Pending::Data { .. }) = st.pending.front() {
+                if taken > 0 && records.len() >= limit {
+                    break;
+                }
+                let Some(Pending::Data {
+                    input,
+                    epoch,
+                    first_seq,
+                    records: mut recs,
+                    arrived,
+                }) = st.pending.pop_front()
+                else {
+                    unreachable!("the front is data")
+                };
+                taken += 1;
+                if !accept(sh, input, epoch, first_seq) {
+                    sh.metrics.queue_depth.fetch_sub(recs.len() as i64, Relaxed);
+                    continue;
+                }
+                // a batch never exceeds its size: the rest of a message
+                // waits at the front for the next one
+                if limit > 0 && sh.batching.is_some() && records.len() + recs.len() > limit {
+                    let k = limit - records.len();
+                    let rest = recs.split_off(k);
+                    st.pending.push_front(Pending::Data {
+                        input,
+                        epoch,
+                        first_seq: first_seq + k as u64,
+                        records: rest,
+                        arrived,
+                    });
+                }
+                let n = recs.len() as u64;
+                sh.metrics.queue_depth.fetch_sub(n as i64, Relaxed);
+                sh.inputs[input].processed = first_seq + n;
+                records.extend(recs);
+            }
+            if records.is_empty() {
+                continue;
+            }
+            let n = records.len() as u64;
+            sh.metrics.records_in.fetch_add(n, Relaxed);
+            let started = Instant::now();
+            let (result, mut out) = call_node(sh, st, move |node| {
+                let mut out = Emitter::new();
+                let r = match node {
+                    Node::Transform(t) => t.process(records, &mut out),
+                    Node::Sink(s) => s.write(records, &mut out),
+                    Node::Source(_) => Ok(()),
+                };
+                (r, out)
+            })
+            .await?;
+            sh.metrics.observe_latency(started.elapsed());
+            if let Err(e) = result {
+                *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
+                return Err(e.into());
+            }
+            if sh.stage.error_output.is_some()
+                && sh.stage.retries.max > 0
+                && !out.failures().is_empty()
+            {
+                retry_failures(sh, st, &mut out).await?;
+            }
+            sh.route(&mut out).await?;
+            check_threshold(sh, 100)?;
+            sh.mark_dirty(n);
+            continue;
+        }
+        let Some(item) = st.pending.pop_front() else {
+            break;
+        };
+        match item {
+            Pending::Data { .. } => unreachable!("data is handled above"),
+            Pending::End { input, epoch, seq } => {
+                if !accept(sh, input, epoch, seq) {
+                    continue;
+                }
+                let port = &mut sh.inputs[input];
+                port.ended = true;
+                port.processed = seq + 1;
+                sh.mark_dirty(0);
+                if sh.inputs_ended() && !sh.finished_node {
+                    let mut out = Emitter::new();
+                    let result = match &mut st.node {
+                        Node::Transform(t) => tokio::task::block_in_place(|| t.finish(&mut out)),
+                        Node::Sink(s) => tokio::task::block_in_place(|| s.finish()),
+                        Node::Source(_) => Ok(()),
+                    };
+                    if let Err(e) = result {
+                        *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
+                        return Err(e.into());
+                    }
+                    sh.route(&mut out).await?;
+                    check_threshold(sh, 1)?;
+                    sh.publish_end().await?;
+                    sh.finished_node = true;
+                    // the end goes out at once
+                    sh.commit(&mut st.node).await?;
+                }
+            }
+        }
+    }
+    after_work(sh, st, myself).await
+}

@@ -1,0 +1,322 @@
+//! What of a stage outlives its actor: [`StageShared`], its ports, and
+//! the checks of its state (dirty, done, blocked).
+
+use super::*;
+
+/// One output of a stage.
+pub(crate) struct OutPort {
+    pub name: Option<String>,
+    pub producer: ProducerId,
+    pub publisher: Publisher<'static>,
+    pub log: OutputLog<ZBytes>,
+    pub window: u64,
+    pub(crate) last_progress: Instant,
+    pub(crate) rto: Duration,
+}
+
+/// One input of a stage.
+pub(crate) struct InPort {
+    pub label: String,
+    pub data_key: String,
+    pub producer_key: String,
+    pub ctl: Publisher<'static>,
+    /// What the subscriber has let through (shared with its callback).
+    pub received: Arc<std::sync::Mutex<InCursor>>,
+    /// Next number not yet processed, and the producer epoch it counts in.
+    pub processed: u64,
+    pub epoch: Option<u64>,
+    pub ended: bool,
+    /// The position of the last commit.
+    pub committed: InputPos,
+    /// A `best_effort` input: gaps are skipped, nothing is asked again.
+    pub lossy: bool,
+    /// The producer's tokens, (epoch, session) → still live (shared with
+    /// the subscribers' callbacks): data of an epoch no live token
+    /// announces is dropped.
+    #[allow(clippy::type_complexity)]
+    pub announced: Arc<std::sync::Mutex<std::collections::HashMap<(u64, String), bool>>>,
+    pub(crate) last_resend: Option<Instant>,
+}
+
+/// The part of a stage that survives restarts of its actor: its store and
+/// what it committed, its publishers and metrics. A new incarnation starts
+/// from the last commit ([`StageShared::rollback`]).
+pub struct StageShared {
+    pub(crate) pipeline: String,
+    pub(crate) stage: Stage,
+    pub(crate) consumer_id: String,
+    pub(crate) outputs: Vec<OutPort>,
+    pub(crate) inputs: Vec<InPort>,
+    pub(crate) metrics: Arc<StageMetrics>,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) state: KeyedState,
+    pub(crate) delivery: Delivery,
+    pub(crate) ckpt: CheckpointInterval,
+    /// The node built before the run started (taken by the first incarnation).
+    pub(crate) prebuilt: std::sync::Mutex<Option<Node>>,
+    /// What a source has emitted (and failed) so far, and what of it is
+    /// committed: a restarted deterministic source seeks or skips past it.
+    pub(crate) source: SourcePos,
+    pub(crate) source_committed: SourcePos,
+    pub(crate) finished_node: bool,
+    pub(crate) finished_committed: bool,
+    pub(crate) batch_size: usize,
+    /// The node's dynamic batching, if it asks for it.
+    pub(crate) batching: Option<rill_core::node::Batching>,
+    /// The stage's compute pool (`resources.cpu_threads`).
+    pub(crate) pool: Option<Arc<rayon::ThreadPool>>,
+    /// Records consumed or produced since the last commit, and since when.
+    pub(crate) dirty_records: u64,
+    pub(crate) dirty_since: Option<Instant>,
+    pub(crate) commit_queued: bool,
+    /// The stage's dead-letter queue file (stages with `error_handling`).
+    pub(crate) dlq: Option<crate::dlq::DlqFile>,
+    /// The node is a source that cannot make its records again.
+    pub(crate) unrepeatable_source: bool,
+    pub(crate) _alive: Option<LivelinessToken>,
+}
+
+/// Why the shared part of a stage could not be set up.
+#[derive(Debug)]
+pub(crate) enum SetupError {
+    /// The stored state is unusable (bad input: exit 2).
+    Store(String),
+    /// The stage's compute pool (`resources.cpu_threads`) did not start
+    /// (the machine's trouble, not the state's: exit 1).
+    Threads(String),
+    Zenoh(zenoh::Error),
+}
+
+impl From<zenoh::Error> for SetupError {
+    fn from(e: zenoh::Error) -> Self {
+        SetupError::Zenoh(e)
+    }
+}
+
+impl StageShared {
+    /// Loads the stage's committed state from `store` and declares its
+    /// publishers and liveliness token.
+    pub(crate) async fn new(
+        session: &Session,
+        pipeline: &rill_core::spec::Pipeline,
+        stage: &Stage,
+        store: Arc<dyn StateStore>,
+        metrics: Arc<StageMetrics>,
+        state_root: &std::path::Path,
+    ) -> Result<StageShared, SetupError> {
+        let key = stage.key_name();
+        let committed = Committed::load(store.as_ref()).map_err(SetupError::Store)?;
+        let epoch = committed.epoch;
+        let mut outputs = Vec::new();
+        let mut names: Vec<Option<String>> = Vec::new();
+        if stage.kind != rill_core::NodeKind::Sink {
+            names.push(None);
+        }
+        names.extend(stage.outputs.iter().cloned().map(Some));
+        for name in names {
+            let consumers: Vec<(String, u64)> = pipeline
+                .consumers(&stage.name, name.as_deref())
+                .into_iter()
+                .map(|(c, i)| (c.key_name(), c.inputs[i].queue.size as u64))
+                .collect();
+            let window = consumers.iter().map(|(_, w)| *w).min().unwrap_or(u64::MAX);
+            let log = OutputLog::load(store.as_ref(), name.as_deref(), consumers, |b| {
+                ZBytes::from(b.to_vec())
+            })
+            .map_err(SetupError::Store)?;
+            let publisher = session
+                .declare_publisher(data_key(&pipeline.name, &key, name.as_deref()))
+                .congestion_control(CongestionControl::Block)
+                .await?;
+            outputs.push(OutPort {
+                producer: ProducerId {
+                    stage: stage.name.clone(),
+                    output: name.clone(),
+                    epoch,
+                },
+                name,
+                publisher,
+                log,
+                window,
+                last_progress: Instant::now(),
+                rto: RTO_MIN,
+            });
+        }
+        let mut inputs = Vec::new();
+        for inp in &stage.inputs {
+            let producer = pipeline
+                .stage(&inp.stage)
+                .map(|s| s.key_name())
+                .unwrap_or_default();
+            let ctl = session
+                .declare_publisher(ctl_key(&pipeline.name, &producer, inp.output.as_deref()))
+                .congestion_control(CongestionControl::Block)
+                .await?;
+            let label = inp.to_string();
+            let position = Committed::input(store.as_ref(), &label).map_err(SetupError::Store)?;
+            inputs.push(InPort {
+                label,
+                data_key: data_key(&pipeline.name, &producer, inp.output.as_deref()),
+                producer_key: producer,
+                ctl,
+                received: Arc::default(),
+                processed: position.next,
+                epoch: position.epoch,
+                ended: position.ended,
+                committed: position,
+                lossy: inp.delivery == Some(Delivery::BestEffort)
+                    || pipeline.options.delivery == Delivery::BestEffort,
+                announced: Arc::default(),
+                last_resend: None,
+            });
+        }
+        let (source, finished) = (committed.source, committed.finished);
+        let dlq = match &stage.error_output {
+            None => None,
+            Some(_) => {
+                let path = crate::dlq::dlq_path(state_root, &pipeline.name, &key);
+                let d = crate::dlq::DlqFile::open(path, committed.dlq_len)
+                    .map_err(SetupError::Store)?;
+                if committed.dlq_len.is_none() {
+                    // a new run adopts the queue as it is, durably, before
+                    // it appends: letters it writes and does not commit are
+                    // then cut off after a crash, not adopted too
+                    Committed::adopt_dlq_len(store.as_ref(), d.committed_len())
+                        .map_err(SetupError::Store)?;
+                }
+                Some(d)
+            }
+        };
+        let alive = session
+            .liveliness()
+            .declare_token(alive_key(
+                &pipeline.name,
+                &key,
+                epoch,
+                &session.zid().to_string(),
+            ))
+            .await
+            .ok();
+        Ok(StageShared {
+            pipeline: pipeline.name.clone(),
+            consumer_id: key,
+            stage: stage.clone(),
+            outputs,
+            inputs,
+            metrics,
+            state: KeyedState::new(store.clone()),
+            store,
+            delivery: pipeline.options.delivery,
+            ckpt: pipeline.options.checkpoint_interval,
+            prebuilt: std::sync::Mutex::new(None),
+            source,
+            source_committed: source,
+            finished_node: finished,
+            finished_committed: finished,
+            batch_size: pipeline.options.batch_size,
+            // with N instances the stage gathers N batches per call, and the
+            // node runs them side by side
+            batching: stage.node.batching().map(|b| rill_core::node::Batching {
+                max_batch_size: b.max_batch_size * stage.resources.instances.unwrap_or(1).max(1),
+                ..b
+            }),
+            pool: match stage.resources.cpu_threads {
+                None => None,
+                Some(n) => Some(Arc::new(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(n)
+                        .thread_name({
+                            let name = stage.name.clone();
+                            move |i| format!("{name}-{i}")
+                        })
+                        .build()
+                        .map_err(|e| {
+                            SetupError::Threads(format!(
+                                "cannot start the stage's {n} compute threads: {e}"
+                            ))
+                        })?,
+                )),
+            },
+            dirty_records: 0,
+            dirty_since: None,
+            commit_queued: false,
+            dlq,
+            unrepeatable_source: false,
+            _alive: alive,
+        })
+    }
+    /// Forgets everything since the last commit: a new incarnation of the
+    /// stage starts from there.
+    pub(crate) fn rollback(&mut self) {
+        for port in &mut self.outputs {
+            port.log.rollback();
+        }
+        for port in &mut self.inputs {
+            port.processed = port.committed.next;
+            port.epoch = port.committed.epoch;
+            port.ended = port.committed.ended;
+        }
+        self.source = self.source_committed;
+        self.finished_node = self.finished_committed;
+        self.state.discard();
+        self.dirty_records = 0;
+        self.dirty_since = None;
+        self.commit_queued = false;
+        if let Some(d) = &mut self.dlq
+            && let Err(e) = d.rollback()
+        {
+            warn!(stage = %self.stage.name, "cannot cut the dead-letter queue back: {e}");
+        }
+    }
+    /// Records are published as soon as they are produced (else at commit).
+    /// Not by a source that cannot make its records again (`ReadFromZenoh`):
+    /// after a restart it would number new records with the numbers of
+    /// ones published but not committed, and consumers that had them would
+    /// drop the new ones as seen.
+    pub(crate) fn publish_early(&self) -> bool {
+        self.delivery != Delivery::ExactlyOnce && !self.unrepeatable_source
+    }
+    pub(crate) fn outputs_blocked(&self) -> bool {
+        self.outputs
+            .iter()
+            .any(|o| o.log.log.has_consumers() && o.log.log.room() == 0)
+    }
+    /// An output is half full of records not yet committed: commit now so
+    /// consumers get them while the stage fills the other half.
+    pub(crate) fn commit_due(&self) -> bool {
+        self.dirty_records >= self.ckpt.records
+            || self
+                .dirty_since
+                .is_some_and(|t| t.elapsed() >= self.ckpt.time)
+            || self.outputs.iter().any(|o| {
+                o.log.log.has_consumers()
+                    && o.log.log.next_seq() - o.log.committed_seq() >= o.window.div_ceil(2)
+            })
+    }
+    pub(crate) fn dirty(&self) -> bool {
+        self.dirty_since.is_some()
+    }
+    pub(crate) fn mark_dirty(&mut self, records: u64) {
+        self.dirty_records += records;
+        self.dirty_since.get_or_insert_with(Instant::now);
+    }
+    pub(crate) fn inputs_ended(&self) -> bool {
+        self.inputs.iter().all(|i| i.ended)
+    }
+    pub(crate) fn done(&self) -> bool {
+        let node_done = match self.stage.kind {
+            rill_core::NodeKind::Source => self.source_committed.done,
+            _ => self.finished_committed,
+        };
+        // the consumers' last acks must be durable too (the trim of what
+        // they acknowledged committed): a producer restarted from a store
+        // that still holds its end waits for acks from consumers that have
+        // finished and left
+        node_done
+            && !self.dirty()
+            && self
+                .outputs
+                .iter()
+                .all(|o| o.log.log.finished() && !o.log.log.has_trimmed())
+    }
+}
