@@ -14,6 +14,7 @@ mod gather;
 mod outputs;
 mod shared;
 mod source;
+mod subscribe;
 
 pub use actor::{Encoded, StageActor, StageArgs, StageMsg, StageState};
 pub(crate) use build::{BuildError, build_node};
@@ -58,6 +59,7 @@ use actor::Pending;
 use calls::{Offload, call_node, check_threshold, retry_failures};
 use drive::{after_work, drive, queue_commit};
 use source::poll_source;
+use subscribe::subscribe;
 
 /// How often a stage checks its timers.
 const TICK: Duration = Duration::from_millis(25);
