@@ -2,7 +2,7 @@
 
 use rill_core::json::json_to_value;
 use rill_core::node::{
-    BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus,
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus,
 };
 use rill_core::{Fields, Record, Value};
 use serde::Deserialize;
@@ -20,10 +20,11 @@ pub struct Create {
 }
 
 impl Create {
-    fn records(&self) -> Result<Vec<Record>, String> {
+    /// The elements as records; an error names the element's index.
+    fn records(&self) -> Result<Vec<Record>, (usize, String)> {
         let mut rows = Vec::with_capacity(self.elements.len());
         for (i, e) in self.elements.iter().enumerate() {
-            let v = json_to_value(e).map_err(|err| format!("element {i}: {err}"))?;
+            let v = json_to_value(e).map_err(|err| (i, format!("element {i}: {err}")))?;
             let fields = match v {
                 Value::Map(f) => f,
                 other => {
@@ -64,12 +65,14 @@ impl NodeConfig for Create {
         NodeKind::Source
     }
 
-    fn validate(&self) -> Result<(), String> {
-        self.records().map(|_| ())
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.records()
+            .map(|_| ())
+            .map_err(|(i, msg)| ConfigError::at_path(["elements".to_owned(), i.to_string()], msg))
     }
 
     fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let records = self.records().map_err(NodeError::Failed)?;
+        let records = self.records().map_err(|(_, m)| NodeError::Failed(m))?;
         Ok(Node::Source(Box::new(CreateSource {
             records: records.into_iter(),
         })))

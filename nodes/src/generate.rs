@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rill_core::node::{
-    BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus,
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus,
 };
 use rill_core::{Record, Value};
 use serde::Deserialize;
@@ -41,19 +41,25 @@ impl NodeConfig for Generate {
         NodeKind::Source
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if let Some(r) = self.rate
             && !(MIN_RATE..=MAX_RATE).contains(&r)
         {
-            return Err(format!(
-                "`rate` must be between {MIN_RATE} and {MAX_RATE:e} records per second, got {r}"
+            return Err(ConfigError::at(
+                "rate",
+                format!(
+                    "`rate` must be between {MIN_RATE} and {MAX_RATE:e} records per second, got {r}"
+                ),
             ));
         }
         if self.keys == Some(0) {
-            return Err("`keys` must be at least 1".into());
+            return Err(ConfigError::at("keys", "`keys` must be at least 1"));
         }
         if self.payload_bytes.is_some_and(|b| b > 16 << 20) {
-            return Err("`payload_bytes` must be at most 16 MiB".into());
+            return Err(ConfigError::at(
+                "payload_bytes",
+                "`payload_bytes` must be at most 16 MiB",
+            ));
         }
         Ok(())
     }
@@ -213,7 +219,8 @@ mod tests {
                 ..Default::default()
             };
             let e = g.validate().unwrap_err();
-            assert!(e.contains("between 0.001 and 1e9"), "{r}: {e}");
+            assert!(e.message.contains("between 0.001 and 1e9"), "{r}: {e}");
+            assert_eq!(e.path, ["rate"]);
         }
         for r in [0.001, 1.0, 1e9] {
             let g = Generate {

@@ -22,7 +22,6 @@
 //! `error_handling: {output: NAME}` in its `config`.
 
 pub mod create;
-pub mod expr;
 pub mod files;
 pub mod generate;
 pub mod log;

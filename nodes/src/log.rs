@@ -5,7 +5,9 @@ use std::io::Write;
 
 use rill_core::Record;
 use rill_core::json::record_to_json_line;
-use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform};
+use rill_core::node::{
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, Default)]
@@ -22,7 +24,7 @@ impl NodeConfig for LogForTesting {
     fn kind(&self) -> NodeKind {
         NodeKind::Transform
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         match self
             .level
             .as_deref()
@@ -30,8 +32,9 @@ impl NodeConfig for LogForTesting {
             .as_deref()
         {
             None | Some("ERROR" | "WARNING" | "WARN" | "INFO" | "DEBUG") => Ok(()),
-            Some(other) => Err(format!(
-                "unknown level `{other}`: expected ERROR, WARNING, INFO or DEBUG"
+            Some(other) => Err(ConfigError::at(
+                "level",
+                format!("unknown level `{other}`: expected ERROR, WARNING, INFO or DEBUG"),
             )),
         }
     }

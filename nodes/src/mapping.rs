@@ -1,11 +1,13 @@
 //! Element-wise transforms: `Filter`, `MapToFields`, `Explode`.
 
 use indexmap::IndexMap;
-use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform};
+use rill_core::node::{
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform,
+};
 use rill_core::{Fields, Record, Value};
 use serde::Deserialize;
 
-use crate::expr::{Compiled, ExprSpec, check_language};
+use rill_expr::spec::{Compiled, ExprSpec, check_language};
 
 /// `Filter`: keeps the records for which `keep` is true (Python truthiness).
 #[derive(Debug, Deserialize)]
@@ -19,7 +21,7 @@ impl NodeConfig for Filter {
     fn kind(&self) -> NodeKind {
         NodeKind::Transform
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_language(&self.language)?;
         self.keep.check("keep")
     }
@@ -106,25 +108,32 @@ impl NodeConfig for MapToFields {
     fn kind(&self) -> NodeKind {
         NodeKind::Transform
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_language(&self.language)?;
         if let Some(deps) = &self.dependencies {
-            return Err(format!(
-                "`dependencies` ({}) is not supported: rill runs Python expressions in an embedded sandbox that cannot install packages; use `import re` / `import math` or write a node in Rust",
-                deps.join(", ")
+            return Err(ConfigError::at(
+                "dependencies",
+                format!(
+                    "`dependencies` ({}) is not supported: rill runs Python expressions in an embedded sandbox that cannot install packages; use `import re` / `import math` or write a node in Rust",
+                    deps.join(", ")
+                ),
             ));
         }
         if !self.append && !self.drop.0.is_empty() {
-            return Err(
-                "`drop` needs `append: true` (without append, only `fields` are kept anyway)"
-                    .into(),
-            );
+            return Err(ConfigError::at(
+                "drop",
+                "`drop` needs `append: true` (without append, only `fields` are kept anyway)",
+            ));
         }
         if self.fields.is_empty() && !self.append {
-            return Err("`fields` is empty: the output would have no fields".into());
+            return Err(ConfigError::at(
+                "fields",
+                "`fields` is empty: the output would have no fields",
+            ));
         }
         for (name, spec) in &self.fields {
-            spec.check(&format!("fields.{name}"))?;
+            spec.check(&format!("fields.{name}"))
+                .map_err(|e| ConfigError::at_path(["fields", name.as_str()], e.message))?;
         }
         Ok(())
     }
@@ -210,12 +219,18 @@ impl NodeConfig for Explode {
     fn kind(&self) -> NodeKind {
         NodeKind::Transform
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.fields.0.is_empty() {
-            return Err("`fields` is empty: name the list field(s) to explode".into());
+            return Err(ConfigError::at(
+                "fields",
+                "`fields` is empty: name the list field(s) to explode",
+            ));
         }
         if self.fields.0.len() > 1 && self.cross_product.is_none() {
-            return Err("`cross_product` is required when exploding more than one field (true: every combination; false: zip)".into());
+            return Err(ConfigError::at(
+                "cross_product",
+                "`cross_product` is required when exploding more than one field (true: every combination; false: zip)",
+            ));
         }
         Ok(())
     }

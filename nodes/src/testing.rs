@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform};
+use rill_core::node::{
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform,
+};
 use rill_core::registry::Registry;
 use rill_core::state::KeyedState;
 use rill_core::units::Dur;
@@ -73,10 +75,13 @@ impl NodeConfig for TestFault {
     fn kind(&self) -> NodeKind {
         NodeKind::Transform
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         match self.mode.as_str() {
             "panic" | "error" => Ok(()),
-            m => Err(format!("unknown mode `{m}`: expected panic or error")),
+            m => Err(ConfigError::at(
+                "mode",
+                format!("unknown mode `{m}`: expected panic or error"),
+            )),
         }
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
@@ -277,9 +282,9 @@ impl NodeConfig for TestFlaky {
     fn kind(&self) -> NodeKind {
         NodeKind::Transform
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.every < 1 {
-            return Err("`every` must be at least 1".into());
+            return Err(ConfigError::at("every", "`every` must be at least 1"));
         }
         Ok(())
     }

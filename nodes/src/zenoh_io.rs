@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use rill_core::json::record_to_json_line;
 use rill_core::node::{
-    BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink, Source, SourceStatus,
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink, Source,
+    SourceStatus,
 };
 use rill_core::wire::{DataMsg, ProducerId, decode_data, encode_data};
 use rill_core::{Fields, Record, Value};
@@ -61,20 +62,25 @@ fn session(ctx: &BuildContext<'_>) -> Result<zenoh::Session, NodeError> {
         .ok_or_else(|| NodeError::failed("no Zenoh session: this node runs inside `rill run`"))
 }
 
-fn check_key(key: &str) -> Result<(), String> {
+fn check_key(key: &str) -> Result<(), ConfigError> {
     zenoh::key_expr::KeyExpr::try_from(key.to_owned())
         .map(|_| ())
-        .map_err(|e| format!("`key` {key:?} is not a valid Zenoh key expression: {e}"))
+        .map_err(|e| {
+            ConfigError::at(
+                "key",
+                format!("`key` {key:?} is not a valid Zenoh key expression: {e}"),
+            )
+        })
 }
 
 impl NodeConfig for ReadFromZenoh {
     fn kind(&self) -> NodeKind {
         NodeKind::Source
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_key(&self.key)?;
         if self.buffer == 0 {
-            return Err("`buffer` must be at least 1".into());
+            return Err(ConfigError::at("buffer", "`buffer` must be at least 1"));
         }
         Ok(())
     }
@@ -235,18 +241,22 @@ impl NodeConfig for WriteToZenoh {
     fn kind(&self) -> NodeKind {
         NodeKind::Sink
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_key(&self.key)?;
         if self.key.contains(['*', '$']) {
-            return Err(format!(
-                "`key` {:?} must be a concrete key, without wildcards",
-                self.key
+            return Err(ConfigError::at(
+                "key",
+                format!(
+                    "`key` {:?} must be a concrete key, without wildcards",
+                    self.key
+                ),
             ));
         }
         match self.format {
             Format::Json | Format::Rill => Ok(()),
-            other => Err(format!(
-                "`format: {other:?}` cannot be written: use `json` or `rill`"
+            other => Err(ConfigError::at(
+                "format",
+                format!("`format: {other:?}` cannot be written: use `json` or `rill`"),
             )),
         }
     }

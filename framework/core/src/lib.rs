@@ -25,7 +25,9 @@ pub mod perms;
 pub mod value;
 pub mod yaml;
 
-pub use node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, SourceStatus};
+pub use node::{
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, SourceStatus,
+};
 pub use value::{DType, Fields, Name, Record, Tensor, TensorData, Text, Value};
 pub mod node;
 pub mod registry;

@@ -400,6 +400,66 @@ impl BuildContext<'_> {
     }
 }
 
+/// A problem in a node's `config`, found by [`NodeConfig::validate`]: the
+/// key path it is about (`["fields", "x"]` for `fields: {x: ...}`; empty
+/// for the config as a whole) and what is wrong. The path turns into the
+/// line and column of the error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about the key `key` (a key of the config itself).
+    pub fn at(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: vec![key.into()],
+            message: message.into(),
+        }
+    }
+
+    /// An error about the key path `path` (`["batching", "max_batch_size"]`;
+    /// a list item is its index, `"0"`).
+    pub fn at_path<S: Into<String>>(
+        path: impl IntoIterator<Item = S>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            path: path.into_iter().map(Into::into).collect(),
+            message: message.into(),
+        }
+    }
+
+    /// An error about the config as a whole.
+    pub fn whole(message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: Vec::new(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, inside the key `key` (for a part of a config that
+    /// checks itself).
+    pub fn within(mut self, key: impl Into<String>) -> ConfigError {
+        self.path.insert(0, key.into());
+        self
+    }
+
+    /// The path as written in YAML flow style: `fields.x`.
+    pub fn dotted(&self) -> String {
+        self.path.join(".")
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 /// A node type's configuration: the serde struct for the stage's `config`.
 ///
 /// ```
@@ -426,8 +486,8 @@ impl BuildContext<'_> {
 ///
 /// impl NodeConfig for Double {
 ///     fn kind(&self) -> NodeKind { NodeKind::Transform }
-///     fn validate(&self) -> Result<(), String> {
-///         if self.field.is_empty() { return Err("`field` must not be empty".into()) }
+///     fn validate(&self) -> Result<(), ConfigError> {
+///         if self.field.is_empty() { return Err(ConfigError::at("field", "`field` must not be empty")) }
 ///         Ok(())
 ///     }
 ///     fn build(&self, _ctx: &BuildContext) -> Result<Node, NodeError> {
@@ -442,9 +502,10 @@ pub trait NodeConfig: DeserializeOwned + fmt::Debug + Send + Sync + 'static {
     /// Source, transform or sink.
     fn kind(&self) -> NodeKind;
 
-    /// Checks the config without touching anything outside it. The message
-    /// says what is wrong and what would be right.
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the config without touching anything outside it. The error
+    /// names the key it is about and says what is wrong and what would be
+    /// right.
+    fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
     }
 

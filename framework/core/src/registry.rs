@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::node::{DynNode, NodeConfig};
-use crate::yaml::{YNode, YamlError, from_node};
+use crate::yaml::{YNode, YValue, YamlError, from_node};
 
 type ParseFn = Box<dyn Fn(&YNode) -> Result<Arc<dyn DynNode>, YamlError> + Send + Sync>;
 
@@ -39,7 +39,7 @@ impl Registry {
         let parse: ParseFn = Box::new(|node: &YNode| {
             let cfg: C = from_node(node)?;
             cfg.validate()
-                .map_err(|msg| YamlError::at(mark_of_named_key(node, &msg), msg))?;
+                .map_err(|e| YamlError::at(mark_of_path(node, &e.path), e.message))?;
             Ok(Arc::new(cfg) as Arc<dyn DynNode>)
         });
         self.entries.insert(name.to_owned(), Entry { parse, doc });
@@ -75,38 +75,29 @@ impl Registry {
     }
 }
 
-/// Where a validation message points: the first key path it names in
-/// backticks (`` `batching.max_batch_size` ``, or `` `language: java` ``)
-/// that the config has, else the config itself.
-fn mark_of_named_key(config: &YNode, msg: &str) -> crate::yaml::Mark {
-    for (i, quoted) in msg.split('`').enumerate() {
-        // the odd pieces are inside backticks; `key: value` names `key`
-        if i % 2 == 0 {
-            continue;
-        }
-        let quoted = quoted.split_once(": ").map_or(quoted, |(k, _)| k);
-        if quoted.is_empty() || quoted.contains(char::is_whitespace) {
-            continue;
-        }
-        let mut node = config;
-        let mut mark = None;
-        for seg in quoted.split('.') {
-            match node.entry(seg) {
-                Some((k, v)) => {
-                    mark = Some(k.mark);
-                    node = v;
-                }
-                None => {
-                    mark = None;
-                    break;
-                }
+/// Where a validation error points: the deepest key of its path that the
+/// config has (its key's mark; a list item's own mark), else the config.
+fn mark_of_path(config: &YNode, path: &[String]) -> crate::yaml::Mark {
+    let mut node = config;
+    let mut mark = config.mark;
+    for seg in path {
+        let next = match &node.value {
+            YValue::Seq(items) => seg
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i))
+                .map(|v| (v.mark, v)),
+            _ => node.entry(seg).map(|(k, v)| (k.mark, v)),
+        };
+        match next {
+            Some((m, v)) => {
+                mark = m;
+                node = v;
             }
-        }
-        if let Some(m) = mark {
-            return m;
+            None => break,
         }
     }
-    config.mark
+    mark
 }
 
 /// Levenshtein distance, for suggestions.

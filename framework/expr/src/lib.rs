@@ -74,6 +74,7 @@ mod fmt;
 mod interp;
 mod ir;
 mod pyre;
+pub mod spec;
 mod val;
 
 #[cfg(test)]

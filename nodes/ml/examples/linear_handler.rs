@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use rill_core::Value;
+use rill_core::{ConfigError, Value};
 use rill_ml::{ExampleError, HandlerConfig, ModelHandler};
 
 /// `model_handler: {type: Linear, config: {path: models/lin/w.json, bias: 0.5}}`
@@ -28,9 +28,9 @@ struct Linear {
 impl HandlerConfig for LinearConfig {
     type Handler = Linear;
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if !self.bias.is_finite() {
-            return Err("`bias` must be a finite number".into());
+            return Err(ConfigError::at("bias", "`bias` must be a finite number"));
         }
         Ok(())
     }

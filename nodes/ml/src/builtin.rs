@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rill_core::value::TensorData as RData;
-use rill_core::{Fields, Name, Value};
+use rill_core::{ConfigError, Fields, Name, Value};
 use serde::Deserialize;
 
 use crate::handler::{ExampleError, HandlerConfig, ModelHandler, parser};
@@ -87,12 +87,15 @@ pub enum NetInput<B: Backend> {
     Seq { x: Tensor<B, 3>, mask: Tensor<B, 3> },
 }
 
-fn check_labels(labels: &Option<Vec<String>>, task: Task) -> Result<(), String> {
+fn check_labels(labels: &Option<Vec<String>>, task: Task) -> Result<(), ConfigError> {
     if labels.is_some() && task == Task::Regress {
-        return Err("`labels` only applies to `task: classify`".into());
+        return Err(ConfigError::at(
+            "labels",
+            "`labels` only applies to `task: classify`",
+        ));
     }
     if labels.as_ref().is_some_and(|l| l.is_empty()) {
-        return Err("`labels` is empty".into());
+        return Err(ConfigError::at("labels", "`labels` is empty"));
     }
     Ok(())
 }
@@ -100,17 +103,18 @@ fn check_labels(labels: &Option<Vec<String>>, task: Task) -> Result<(), String> 
 impl HandlerConfig for MlpConfig {
     type Handler = NetHandler;
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_labels(&self.labels, self.task)?;
         if let Some(l) = &self.layers {
-            Arch::Mlp { layers: l.clone() }.validate()?;
+            Arch::Mlp { layers: l.clone() }
+                .validate()
+                .map_err(|m| ConfigError::at("layers", m))?;
             if let Some(names) = &self.labels
                 && names.len() != l[l.len() - 1]
             {
-                return Err(format!(
-                    "{} labels for {} outputs",
-                    names.len(),
-                    l[l.len() - 1]
+                return Err(ConfigError::at(
+                    "labels",
+                    format!("{} labels for {} outputs", names.len(), l[l.len() - 1]),
                 ));
             }
         }
@@ -134,15 +138,23 @@ impl HandlerConfig for MlpConfig {
 impl HandlerConfig for AutoencoderConfig {
     type Handler = NetHandler;
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         match (&self.encoder, &self.decoder) {
             (Some(e), Some(d)) => Arch::Autoencoder {
                 encoder: e.clone(),
                 decoder: d.clone(),
             }
-            .validate(),
+            .validate()
+            .map_err(|m| ConfigError::at("encoder", m)),
             (None, None) => Ok(()),
-            _ => Err("give both `encoder` and `decoder`, or neither (model.json)".into()),
+            (Some(_), None) => Err(ConfigError::at(
+                "encoder",
+                "give both `encoder` and `decoder`, or neither (model.json)",
+            )),
+            (None, Some(_)) => Err(ConfigError::at(
+                "decoder",
+                "give both `encoder` and `decoder`, or neither (model.json)",
+            )),
         }
     }
 
@@ -179,15 +191,17 @@ impl Conv1dConfig {
 impl HandlerConfig for Conv1dConfig {
     type Handler = NetHandler;
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_labels(&self.labels, self.task)?;
         match self.arch() {
-            Some(a) => a.validate(),
+            Some(a) => a.validate().map_err(ConfigError::whole),
             None if self.channels.is_some()
                 || self.outputs.is_some()
                 || self.kernel_size.is_some() =>
             {
-                Err("give `channels` and `outputs` (and optionally `kernel_size`), or none of them (model.json)".into())
+                Err(ConfigError::whole(
+                    "give `channels` and `outputs` (and optionally `kernel_size`), or none of them (model.json)",
+                ))
             }
             None => Ok(()),
         }

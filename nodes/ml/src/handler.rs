@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use burn::tensor::backend::Backend;
-use rill_core::Value;
+use rill_core::{ConfigError, Value};
 use serde::de::DeserializeOwned;
 
 use crate::device::Dev;
@@ -218,7 +218,7 @@ pub trait HandlerConfig: DeserializeOwned + fmt::Debug + Send + Sync + 'static {
     type Handler: AnyBackend;
 
     /// Pure checks (no I/O), run by `rill validate`.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         Ok(())
     }
 
@@ -265,7 +265,7 @@ impl<C: HandlerConfig> DynHandler for C {
     }
 }
 
-pub(crate) type ParseFn = fn(serde_json::Value) -> Result<Arc<dyn DynHandler>, String>;
+pub(crate) type ParseFn = fn(serde_json::Value) -> Result<Arc<dyn DynHandler>, ConfigError>;
 
 struct Entry {
     parse: ParseFn,
@@ -283,8 +283,8 @@ fn handlers() -> &'static RwLock<HashMap<String, Entry>> {
     })
 }
 
-fn parse_as<C: HandlerConfig>(v: serde_json::Value) -> Result<Arc<dyn DynHandler>, String> {
-    let c: C = serde_json::from_value(v).map_err(|e| e.to_string())?;
+fn parse_as<C: HandlerConfig>(v: serde_json::Value) -> Result<Arc<dyn DynHandler>, ConfigError> {
+    let c: C = serde_json::from_value(v).map_err(|e| ConfigError::whole(e.to_string()))?;
     c.validate()?;
     Ok(Arc::new(c))
 }
@@ -319,8 +319,12 @@ pub fn handler_docs() -> Vec<(String, &'static str)> {
     v
 }
 
-/// Parses a handler config of type `name`.
-pub fn parse_handler(name: &str, config: serde_json::Value) -> Result<Arc<dyn DynHandler>, String> {
+/// Parses a handler config of type `name`; an error's path is within
+/// `model_handler` (`type`, or `config.<key>`).
+pub fn parse_handler(
+    name: &str,
+    config: serde_json::Value,
+) -> Result<Arc<dyn DynHandler>, ConfigError> {
     let map = handlers().read().unwrap();
     let Some(e) = map.get(name) else {
         let names: Vec<&str> = map.keys().map(String::as_str).collect();
@@ -329,12 +333,18 @@ pub fn parse_handler(name: &str, config: serde_json::Value) -> Result<Arc<dyn Dy
             .unwrap_or_default();
         let mut names = names;
         names.sort();
-        return Err(format!(
-            "unknown model handler `{name}`{hint}; known: {}",
-            names.join(", ")
+        return Err(ConfigError::at(
+            "type",
+            format!(
+                "unknown model handler `{name}`{hint}; known: {}",
+                names.join(", ")
+            ),
         ));
     };
-    (e.parse)(config).map_err(|m| format!("model_handler `{name}` config: {m}"))
+    (e.parse)(config).map_err(|e| ConfigError {
+        message: format!("model_handler `{name}` config: {}", e.message),
+        ..e.within("config")
+    })
 }
 
 /// Paths in configs, where YAML reads a version folder's name (`path: 2`)

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use indexmap::IndexMap;
 use rill_core::metrics::NodeMetrics;
 use rill_core::node::{
-    Batching, BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform,
+    Batching, BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform,
 };
 use rill_core::units::Dur;
 use rill_core::{Record, Value};
-use rill_nodes::expr::{Compiled, ExprSpec};
+use rill_expr::spec::{Compiled, ExprSpec};
 use serde::Deserialize;
 use tracing::{error, info, warn};
 
@@ -139,7 +139,8 @@ const GROW_AFTER: u32 = 16;
 const HOOKS: [&str; 2] = ["preprocess", "postprocess"];
 
 impl RunInference {
-    fn handler(&self) -> Result<Arc<dyn DynHandler>, String> {
+    /// The parsed handler; an error's path is within the transform's config.
+    fn handler(&self) -> Result<Arc<dyn DynHandler>, ConfigError> {
         let mut config = match &self.model_handler.config {
             serde_json::Value::Null => empty_config(),
             c => c.clone(),
@@ -149,25 +150,31 @@ impl RunInference {
                 m.remove(k);
             }
         }
-        parse_handler(&self.model_handler.kind, config)
+        parse_handler(&self.model_handler.kind, config).map_err(|e| e.within("model_handler"))
     }
 
     /// `preprocess` or `postprocess`: on the transform, or in the model
     /// handler's config as Beam YAML writes it.
-    fn hook(&self, name: &str) -> Result<Option<ExprSpec>, String> {
+    fn hook(&self, name: &str) -> Result<Option<ExprSpec>, ConfigError> {
         let top = if name == HOOKS[0] {
             &self.preprocess
         } else {
             &self.postprocess
         };
         match (top, self.model_handler.config.get(name)) {
-            (Some(_), Some(_)) => Err(format!(
-                "`{name}` is given twice, on the transform and in `model_handler.config`; keep one"
+            (Some(_), Some(_)) => Err(ConfigError::at(
+                name,
+                format!(
+                    "`{name}` is given twice, on the transform and in `model_handler.config`; keep one"
+                ),
             )),
             (Some(t), None) => Ok(Some(t.clone())),
-            (None, Some(v)) => serde_json::from_value(v.clone())
-                .map(Some)
-                .map_err(|e| format!("`model_handler.config.{name}`: {e}")),
+            (None, Some(v)) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+                ConfigError::at_path(
+                    ["model_handler", "config", name],
+                    format!("`model_handler.config.{name}`: {e}"),
+                )
+            }),
             (None, None) => Ok(None),
         }
     }
@@ -184,47 +191,63 @@ impl NodeConfig for RunInference {
         NodeKind::Transform
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let h = self.handler()?;
         if let Some(b) = &self.batching {
             if b.max_batch_size == 0 {
-                return Err("`batching.max_batch_size` must be at least 1".into());
+                return Err(ConfigError::at_path(
+                    ["batching", "max_batch_size"],
+                    "`batching.max_batch_size` must be at least 1",
+                ));
             }
             if let Some(bk) = &b.buckets
                 && (bk.is_empty() || bk.windows(2).any(|w| w[0] >= w[1]) || bk[0] == 0)
             {
-                return Err(format!(
-                    "`batching.buckets` must be increasing lengths above 0, got {bk:?}"
+                return Err(ConfigError::at_path(
+                    ["batching", "buckets"],
+                    format!("`batching.buckets` must be increasing lengths above 0, got {bk:?}"),
                 ));
             }
         }
         if let Some(k) = &self.keyed {
             if k.max_models == 0 {
-                return Err("`keyed.max_models` must be at least 1".into());
+                return Err(ConfigError::at_path(
+                    ["keyed", "max_models"],
+                    "`keyed.max_models` must be at least 1",
+                ));
             }
             if k.models.is_empty() {
-                return Err("`keyed.models` names no model".into());
+                return Err(ConfigError::at_path(
+                    ["keyed", "models"],
+                    "`keyed.models` names no model",
+                ));
             }
         }
         if self.model.is_none() && h.path().is_none() && self.keyed.is_none() {
-            return Err(
-                "no model: give `model: {dir: ...}`, a `path` in the handler's config, or `keyed.models`"
-                    .into(),
-            );
+            return Err(ConfigError::whole(
+                "no model: give `model: {dir: ...}`, a `path` in the handler's config, or `keyed.models`",
+            ));
         }
         if self.model.is_some() && h.path().is_some() {
-            return Err(
-                "give the model once: `model.dir` or the handler's `path`, not both".into(),
-            );
+            return Err(ConfigError::at(
+                "model",
+                "give the model once: `model.dir` or the handler's `path`, not both",
+            ));
         }
-        rill_nodes::expr::check_language(&self.language)?;
+        rill_expr::spec::check_language(&self.language)?;
         if let Some(m) = &self.model
             && m.poll.is_some_and(|p| p.0 < Duration::from_millis(10))
         {
-            return Err("`model.poll` must be at least 10ms".into());
+            return Err(ConfigError::at_path(
+                ["model", "poll"],
+                "`model.poll` must be at least 10ms",
+            ));
         }
         if self.inference_field.is_empty() {
-            return Err("`inference_field` is empty".into());
+            return Err(ConfigError::at(
+                "inference_field",
+                "`inference_field` is empty",
+            ));
         }
         for name in HOOKS {
             if let Some(p) = self.hook(name)? {
@@ -234,9 +257,12 @@ impl NodeConfig for RunInference {
         if let Some(args) = &self.inference_args
             && let Some(k) = args.keys().next()
         {
-            return Err(format!(
-                "`inference_args`: the Burn model handlers take no extra arguments to their forward pass (got `{k}`); \
+            return Err(ConfigError::at(
+                "inference_args",
+                format!(
+                    "`inference_args`: the Burn model handlers take no extra arguments to their forward pass (got `{k}`); \
                  give settings in `model_handler.config`"
+                ),
             ));
         }
         Ok(())
@@ -258,7 +284,7 @@ impl NodeConfig for RunInference {
     }
 
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
-        let h = self.handler().map_err(NodeError::Failed)?;
+        let h = self.handler().map_err(|e| NodeError::Failed(e.message))?;
         let dev = device::resolve(ctx.resources.device).map_err(NodeError::Failed)?;
         let loader = h.loader(ctx.base_dir, dev).map_err(NodeError::Failed)?;
         let instances = ctx.resources.instances.unwrap_or(1).max(1);
@@ -357,6 +383,7 @@ impl NodeConfig for RunInference {
         }
         let compile = |what| {
             self.hook(what)
+                .map_err(|e| e.message)
                 .and_then(|e| e.map(|e| e.compile(what, ctx.base_dir)).transpose())
                 .map_err(NodeError::Failed)
         };

@@ -22,7 +22,9 @@ use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use rill_core::json::{record_to_json_line, value_to_json};
-use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink};
+use rill_core::node::{
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink,
+};
 use rill_core::spec::Delivery;
 use rill_core::state::KeyedState;
 use rill_core::{Fields, Record, Value};
@@ -65,9 +67,9 @@ impl Stamping {
     }
 }
 
-pub(crate) fn check_path(p: &std::path::Path) -> Result<(), String> {
+pub(crate) fn check_path(p: &std::path::Path) -> Result<(), ConfigError> {
     if p.as_os_str().is_empty() {
-        return Err("`path` must not be empty".into());
+        return Err(ConfigError::at("path", "`path` must not be empty"));
     }
     Ok(())
 }
@@ -278,7 +280,7 @@ impl NodeConfig for WriteToJson {
     fn kind(&self) -> NodeKind {
         NodeKind::Sink
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_path(&self.path)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
@@ -334,9 +336,11 @@ impl NodeConfig for WriteToCsv {
     fn kind(&self) -> NodeKind {
         NodeKind::Sink
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_path(&self.path)?;
-        delimiter_byte(&self.delimiter).map(|_| ())
+        delimiter_byte(&self.delimiter)
+            .map(|_| ())
+            .map_err(|m| ConfigError::at("delimiter", m))
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         let (path, file, fresh) = open_for_write(ctx, &self.path, Rows::Csv)?;

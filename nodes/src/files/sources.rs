@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rill_core::json::parse_json_line;
 use rill_core::node::{
-    BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus,
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Source, SourceStatus,
 };
 use rill_core::state::KeyedState;
 use rill_core::{Fields, Record, Value};
@@ -95,7 +95,7 @@ impl NodeConfig for ReadFromJson {
     fn kind(&self) -> NodeKind {
         NodeKind::Source
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_path(&self.path)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
@@ -283,9 +283,11 @@ impl NodeConfig for ReadFromCsv {
     fn kind(&self) -> NodeKind {
         NodeKind::Source
     }
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         check_path(&self.path)?;
-        delimiter_byte(&self.delimiter).map(|_| ())
+        delimiter_byte(&self.delimiter)
+            .map(|_| ())
+            .map_err(|m| ConfigError::at("delimiter", m))
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         let (_, file, restored) = open_resumable(ctx, &self.path)?;

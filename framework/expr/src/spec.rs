@@ -6,16 +6,20 @@
 
 use std::path::{Path, PathBuf};
 
-use rill_core::{Record, Value};
-use rill_expr::Program;
+use rill_core::{ConfigError, Record, Value};
+
+use crate::Program;
 use serde::Deserialize;
 
 /// Languages accepted by `language:`.
-pub fn check_language(language: &Option<String>) -> Result<(), String> {
+pub fn check_language(language: &Option<String>) -> Result<(), ConfigError> {
     match language.as_deref() {
         None | Some("python") | Some("generic") => Ok(()),
-        Some(other) => Err(format!(
-            "`language: {other}` is not supported: rill evaluates `language: python` (a sandboxed subset of Python, see docs/expressions.md)"
+        Some(other) => Err(ConfigError::at(
+            "language",
+            format!(
+                "`language: {other}` is not supported: rill evaluates `language: python` (a sandboxed subset of Python, see docs/expressions.md)"
+            ),
         )),
     }
 }
@@ -77,13 +81,14 @@ const FILE_ENTRY: &str = "rill_file_callable_entry";
 impl ExprSpec {
     /// Checks the spec without reading files (for `rill validate`): compiles
     /// an inline one, checks the shape of a file-based one.
-    pub fn check(&self, what: &str) -> Result<(), String> {
+    pub fn check(&self, what: &str) -> Result<(), ConfigError> {
         match self {
             ExprSpec::Full(f) if f.path.is_some() || f.name.is_some() => {
                 f.file_parts(what).map(|_| ())
             }
             _ => self.compile(what, Path::new(".")).map(|_| ()),
         }
+        .map_err(|msg| ConfigError::at(what, msg))
     }
 
     /// Compiles the spec, reading a file-based callable relative to `base`;
@@ -261,7 +266,7 @@ mod tests {
             ),
         ] {
             let err = spec(json).check("f").unwrap_err();
-            assert!(err.contains(needle), "{json}: {err}");
+            assert!(err.message.contains(needle), "{json}: {err}");
         }
         let err = spec(r#"{"path": "f.py", "name": "nope"}"#)
             .compile("f", dir.path())
