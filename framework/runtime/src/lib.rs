@@ -209,17 +209,17 @@ impl Run {
             // slow model load is not a hang; a hung one is reported)
             let node = match stage::build_node(&shared, 0, &base_dir, &extensions).await {
                 Ok(node) => node,
-                Err(e @ stage::BuildError::Node(_)) => {
-                    return Err(RunError::BadInput(format!(
-                        "stage `{}` ({}): {e}",
-                        s.name, s.type_name
-                    )));
-                }
                 Err(e) => {
-                    return Err(RunError::Internal(format!(
-                        "stage `{}` ({}): {e}",
-                        s.name, s.type_name
-                    )));
+                    // the stage's place in the file, as the checks give it
+                    let place = pipeline
+                        .place_of(s)
+                        .map(|p| format!("{p}: "))
+                        .unwrap_or_default();
+                    let msg = format!("{place}stage `{}` ({}): {e}", s.name, s.type_name);
+                    return Err(match e {
+                        stage::BuildError::Node(_) => RunError::BadInput(msg),
+                        _ => RunError::Internal(msg),
+                    });
                 }
             };
             *shared.prebuilt.get_mut().unwrap() = Some(node);

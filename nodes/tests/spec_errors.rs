@@ -1,0 +1,119 @@
+//! Bad pipeline files, checked by the spec passes with the built-in node
+//! types: each error says file, line and column. (`apps/rill/tests/
+//! bad_input.rs` checks that the CLI turns such errors into exit 2, for
+//! `validate` and `run` alike.)
+
+use rill_core::spec::{Machine, parse_str};
+
+/// Checks `yaml` is refused with every `needle` in the errors.
+fn refused(yaml: &str, needles: &[&str]) {
+    let err = match parse_str(
+        yaml,
+        "p",
+        Some("p.yaml"),
+        &rill_nodes::registry(),
+        &Machine::detect(),
+    ) {
+        Ok(_) => panic!("expected errors for:\n{yaml}"),
+        Err(e) => e.to_string(),
+    };
+    for n in needles {
+        assert!(err.contains(n), "expected {n:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn unknown_keys_of_configs_and_options() {
+    refused(
+        "pipeline:\n  transforms:\n    - type: Create\n      config:\n        elemnts: [1]\n",
+        &[
+            "p.yaml:5:9",
+            "unknown field `elemnts`",
+            "expected `elements`",
+        ],
+    );
+    refused(
+        "pipeline:\n  transforms: []\nopshuns: {}\n",
+        &["p.yaml:3:1", "unknown key `opshuns`"],
+    );
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, config: {elements: [1]}}\noptions:\n  delivery: sometimes\n",
+        &["p.yaml:5:13", "unknown variant `sometimes`", "exactly_once"],
+    );
+}
+
+#[test]
+fn unknown_type() {
+    refused(
+        "pipeline:\n  type: chain\n  transforms:\n    - type: Create\n      config: {elements: [1]}\n    - type: Fliter\n      config: {keep: 'True'}\n",
+        &[
+            "p.yaml:6:13",
+            "unknown transform type `Fliter` (did you mean `Filter`?)",
+        ],
+    );
+}
+
+#[test]
+fn cycle() {
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, name: a, input: [src, b], config: {keep: 'True'}}\n    - {type: Filter, name: b, input: a, config: {keep: 'True'}}\n",
+        &["p.yaml:", "cycle", "a -> b -> a"],
+    );
+}
+
+#[test]
+fn missing_input() {
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: LogForTesting, input: scr}\n",
+        &[
+            "p.yaml:4:36",
+            "input `scr` of `LogForTesting` names no transform (did you mean `src`?)",
+        ],
+    );
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: LogForTesting}\n",
+        &["p.yaml:4:7", "needs an `input`"],
+    );
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: LogForTesting, input: src.errors}\n",
+        &["p.yaml:4:36", "`src` has no output named `errors`"],
+    );
+}
+
+#[test]
+fn duplicate_names_and_unread_error_outputs() {
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: x, config: {elements: [1]}}\n    - {type: LogForTesting, name: x, input: x}\n",
+        &[
+            "p.yaml:4:35",
+            "duplicate transform name `x` (first used at 3:28)",
+        ],
+    );
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - type: Filter\n      input: src\n      config: {keep: 'True', error_handling: {output: bad}}\n",
+        &[
+            "p.yaml:4:7",
+            "error output `bad` of `Filter` is read by no transform",
+        ],
+    );
+}
+
+#[test]
+fn bad_expressions_and_unsupported_fields() {
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'element >'}}\n",
+        &["p.yaml:4:43", "`keep`: line 1, column 10: SyntaxError"],
+    );
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'True'}, windowing: {type: fixed, size: 10s}}\n",
+        &["p.yaml:4:58", "`windowing` is not supported yet"],
+    );
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'True'}, resources: {memory: 100TiB}}\n",
+        &["p.yaml:4:7", "asks for 102400.0 GiB of memory", "short by"],
+    );
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'True'}, restart: {within: 10}}\n",
+        &["p.yaml:4:76", "`10` has no unit"],
+    );
+}
