@@ -6,33 +6,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rill_core::registry::Registry;
 use rill_core::spec::{self, Pipeline};
 use rill_runtime::{Run, RunError, RunOptions};
 
-use crate::summary;
+use crate::{Cli, summary};
 
 pub const OK: u8 = 0;
 pub const FAILED: u8 = 1;
 pub const BAD_INPUT: u8 = 2;
 
-/// The node types of this build (test-only types with `RILL_TEST_NODES=1`).
-pub fn registry() -> Registry {
-    let mut r = rill_nodes::registry();
-    rill_ml::register_all(&mut r);
-    if std::env::var("RILL_TEST_NODES").is_ok_and(|v| v == "1") {
-        rill_nodes::testing::register_testing(&mut r);
-    }
-    r
-}
-
-pub(crate) fn load(file: &Path) -> Result<Pipeline, u8> {
-    load_for(file, &rill_ml::detect_machine())
+pub(crate) fn load(cli: &Cli, file: &Path) -> Result<Pipeline, u8> {
+    load_for(cli, file, &rill_ml::detect_machine())
 }
 
 /// Loads and checks `file` against `machine`'s budgets.
-fn load_for(file: &Path, machine: &spec::Machine) -> Result<Pipeline, u8> {
-    spec::load(file, &registry(), machine).map_err(|errs| {
+fn load_for(cli: &Cli, file: &Path, machine: &spec::Machine) -> Result<Pipeline, u8> {
+    spec::load(file, cli.registry(), machine).map_err(|errs| {
         for e in &errs.0 {
             eprintln!("error: {e}");
         }
@@ -97,7 +86,7 @@ pub fn machine() -> u8 {
     }
 }
 
-pub fn validate(file: &Path, machine: Option<&Path>) -> u8 {
+pub fn validate(cli: &Cli, file: &Path, machine: Option<&Path>) -> u8 {
     let m = match machine {
         None => rill_ml::detect_machine(),
         Some(path) => {
@@ -114,7 +103,7 @@ pub fn validate(file: &Path, machine: Option<&Path>) -> u8 {
             }
         }
     };
-    match load_for(file, &m) {
+    match load_for(cli, file, &m) {
         Ok(p) => {
             println!(
                 "{}: pipeline `{}` is valid: {} stage{}",
@@ -138,8 +127,8 @@ pub fn validate(file: &Path, machine: Option<&Path>) -> u8 {
     }
 }
 
-pub fn types() -> u8 {
-    for (name, doc) in registry().docs() {
+pub fn types(cli: &Cli) -> u8 {
+    for (name, doc) in cli.registry().docs() {
         println!("{name:<16} {doc}");
     }
     println!("\nmodel handlers (RunInference `model_handler.type`):");
@@ -161,8 +150,8 @@ fn dot_id(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-pub fn graph(file: &Path, mermaid: bool) -> u8 {
-    let p = match load(file) {
+pub fn graph(cli: &Cli, file: &Path, mermaid: bool) -> u8 {
+    let p = match load(cli, file) {
         Ok(p) => p,
         Err(c) => return c,
     };
@@ -269,7 +258,7 @@ impl StopSignals {
     }
 }
 
-pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
+pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
     let RunFlags {
         stages,
         listen,
@@ -279,7 +268,7 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
         metrics_addr,
     } = flags;
     let mut signals = StopSignals::register();
-    let pipeline = match load(&file) {
+    let pipeline = match load(cli, &file) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
     };
@@ -302,7 +291,7 @@ pub async fn run(file: PathBuf, flags: RunFlags) -> u8 {
         base_dir: None,
         reset_state,
         keep_state: false,
-        extensions: Default::default(),
+        extensions: cli.extensions.clone(),
     };
     let run = match Run::start(pipeline.clone(), opts).await {
         Ok(r) => r,

@@ -3,24 +3,17 @@
 //! Each stage with `error_handling` keeps its dead letters in
 //! `<state_dir>/<pipeline>/_dlq/<stage>.jsonl` (see `rill_runtime::dlq`).
 //! `replay` runs the chosen letters through the stage again, as it is
-//! configured now (after a fix), and through everything downstream of it:
-//! what succeeds flows to the pipeline's sinks (which add to their files),
-//! what fails again goes back to the queue as a new dead letter, and the
-//! replayed letters leave the queue.
+//! configured now (after a fix), and through everything downstream of it
+//! (`rill_runtime::replay` does it; this reports it).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rill_core::node::{
-    BuildContext, Emitter, Extensions, Node, NodeConfig, NodeError, NodeKind, ReplayRun, Source,
-    SourceStatus,
-};
-use rill_core::spec::{Input, Pipeline, Stage, Timeouts};
-use rill_core::{NodeKind as Kind, Record};
+use rill_core::spec::{Pipeline, Stage};
 use rill_runtime::dlq::{self, Letter};
-use rill_runtime::{RunError, RunOptions};
+use rill_runtime::replay::ReplayError;
 
+use crate::Cli;
 use crate::commands::{BAD_INPUT, FAILED, OK, load};
 
 fn queue(p: &Pipeline, stage: &Stage) -> PathBuf {
@@ -72,8 +65,8 @@ fn shorten(s: &str, n: usize) -> String {
     out
 }
 
-pub fn list(file: &Path, stage: Option<&str>) -> u8 {
-    let p = match load(file) {
+pub fn list(cli: &Cli, file: &Path, stage: Option<&str>) -> u8 {
+    let p = match load(cli, file) {
         Ok(p) => p,
         Err(c) => return c,
     };
@@ -111,8 +104,14 @@ pub fn list(file: &Path, stage: Option<&str>) -> u8 {
     OK
 }
 
-pub fn show(file: &Path, stage: Option<&str>, ids: &[String], limit: Option<usize>) -> u8 {
-    let p = match load(file) {
+pub fn show(
+    cli: &Cli,
+    file: &Path,
+    stage: Option<&str>,
+    ids: &[String],
+    limit: Option<usize>,
+) -> u8 {
+    let p = match load(cli, file) {
         Ok(p) => p,
         Err(c) => return c,
     };
@@ -161,251 +160,39 @@ pub fn show(file: &Path, stage: Option<&str>, ids: &[String], limit: Option<usiz
     OK
 }
 
-/// The source of a replay: the chosen dead letters' records.
-#[derive(Debug, serde::Deserialize)]
-struct DlqReplay {
-    records: Vec<Record>,
-}
-
-impl NodeConfig for DlqReplay {
-    fn kind(&self) -> NodeKind {
-        NodeKind::Source
-    }
-    fn build(&self, _: &BuildContext<'_>) -> Result<Node, NodeError> {
-        Ok(Node::Source(Box::new(ReplaySource(
-            self.records.clone().into_iter(),
-        ))))
-    }
-}
-
-struct ReplaySource(std::vec::IntoIter<Record>);
-
-impl Source for ReplaySource {
-    fn poll(&mut self, max: usize, out: &mut Emitter) -> Result<SourceStatus, NodeError> {
-        for r in self.0.by_ref().take(max) {
-            out.emit(r);
-        }
-        Ok(if self.0.len() == 0 {
-            SourceStatus::Done
-        } else {
-            SourceStatus::More
-        })
-    }
-}
-
-const REPLAY: &str = "dlq-replay";
-
-/// The pipeline of a replay: the letters as a source, the stage, and
-/// everything downstream of it (inputs from elsewhere dropped).
-fn replay_pipeline(p: &Pipeline, stage: &Stage, records: Vec<Record>, state: &Path) -> Pipeline {
-    let down = p.downstream(&stage.name);
-    let source = Stage {
-        name: REPLAY.into(),
-        type_name: "DlqReplay".into(),
-        kind: Kind::Source,
-        node: Arc::new(DlqReplay { records }),
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        error_output: None,
-        retries: Default::default(),
-        error_threshold: None,
-        timeout: Timeouts::default(),
-        restart: stage.restart,
-        resources: Default::default(),
-        mark: stage.mark,
-    };
-    let mut first = stage.clone();
-    first.inputs = vec![Input {
-        stage: REPLAY.into(),
-        output: None,
-        queue: p.options.queue,
-        delivery: None,
-        mark: stage.mark,
-    }];
-    let mut stages = vec![source, first];
-    for s in &p.stages {
-        if down.contains(&s.name) {
-            let mut s = s.clone();
-            s.inputs
-                .retain(|i| i.stage == stage.name || down.contains(&i.stage));
-            stages.push(s);
-        }
-    }
-    let mut options = p.options.clone();
-    options.state_dir = state.to_owned();
-    options.zenoh = Default::default();
-    Pipeline {
-        name: format!("{}-{REPLAY}", p.name),
-        file: p.file.clone(),
-        stages,
-        options,
-    }
-}
-
-pub async fn replay(file: &Path, stage: &str, ids: &[String]) -> u8 {
-    let p = match load(file) {
+/// `rill dlq replay`: [`rill_runtime::replay::replay`], reported.
+pub async fn replay(cli: &Cli, file: &Path, stage: &str, ids: &[String]) -> u8 {
+    let p = match load(cli, file) {
         Ok(p) => p,
         Err(c) => return c,
     };
-    let s = match stages(&p, Some(stage)) {
-        Ok(v) => v[0].clone(),
-        Err(c) => return c,
-    };
-    if s.kind == Kind::Source {
-        eprintln!(
-            "error: `{stage}` is a source: its dead letters are bad input; fix the input and run the pipeline again"
-        );
-        return BAD_INPUT;
-    }
-    let path = queue(&p, &s);
-    let rp_probe = replay_pipeline(&p, &s, Vec::new(), Path::new("."));
-    if let Err(e) = check_idle(&p, &rp_probe) {
-        eprintln!("error: {e}");
-        return BAD_INPUT;
-    }
-    // the replay's own place: the letters it takes, its state, its sinks'
-    // bases; a replay that was cut short is found there and finished
-    let work = replay_dir(&p, &s);
-    let taken = work.join("letters.jsonl");
-    let resumed = taken.exists();
-    let chosen: Vec<Letter> = if resumed {
-        if !ids.is_empty() {
-            eprintln!(
-                "error: an earlier replay of `{stage}` was cut short; run `rill dlq replay {} --stage {stage}` (without --id) to finish it first",
-                file.display()
-            );
-            return BAD_INPUT;
-        }
-        eprintln!("{stage}: finishing the replay that was cut short");
-        match read(&taken) {
-            Ok(l) => l,
-            Err(c) => return c,
-        }
-    } else {
-        let letters = match read(&path) {
-            Ok(l) => l,
-            Err(c) => return c,
-        };
-        let chosen: Vec<Letter> = letters
-            .into_iter()
-            .filter(|l| ids.is_empty() || ids.contains(&l.id))
-            .collect();
-        if let Some(missing) = ids.iter().find(|i| !chosen.iter().any(|l| &l.id == *i)) {
-            eprintln!("error: no dead letter `{missing}` in {}", path.display());
-            return BAD_INPUT;
-        }
-        if chosen.is_empty() {
+    match rill_runtime::replay::replay(&p, stage, ids).await {
+        Ok(r) if r.replayed == 0 => {
             println!("{stage}: no dead letters to replay");
-            return OK;
+            OK
         }
-        // the chosen letters move to the replay first, whole, then leave
-        // the queue: a crash leaves them in one place or both, never none
-        let text: String = chosen.iter().map(|l| l.to_line()).collect();
-        if let Err(e) = dlq::write_atomic(&taken, text.as_bytes()) {
-            eprintln!("error: {e}");
-            return FAILED;
-        }
-        chosen
-    };
-    let drop: HashSet<String> = chosen.iter().map(|l| l.id.clone()).collect();
-    if let Err(e) = dlq::remove(&path, &drop) {
-        eprintln!("error: {e}");
-        return FAILED;
-    }
-    let records: Vec<Record> = chosen.iter().map(|l| l.record.clone()).collect();
-    let state = work.join("state");
-    let rp = replay_pipeline(&p, &s, records, &state);
-    let mut extensions = Extensions::default();
-    extensions.insert(ReplayRun::new(work.join("bases.json")));
-    // the replay keeps its state when it finishes: killed after that, it
-    // is run again and its stages finish at once
-    let opts = RunOptions {
-        extensions,
-        keep_state: true,
-        ..Default::default()
-    };
-    match rill_runtime::run(Arc::new(rp.clone()), opts).await {
-        Ok(_) => {}
-        Err(RunError::BadInput(e)) => {
-            eprintln!("error: {e}");
-            return BAD_INPUT;
-        }
-        Err(e) => {
-            eprintln!(
-                "error: the replay failed: {e}\nthe dead letters wait in {}; run the same command again to finish the replay",
-                taken.display()
+        Ok(r) => {
+            let n = r.replayed;
+            println!(
+                "{stage}: {}replayed {n} dead letter{}: {} succeeded, {} failed again (back in the queue)",
+                if r.resumed {
+                    "finished a replay that was cut short: "
+                } else {
+                    ""
+                },
+                if n == 1 { "" } else { "s" },
+                n.saturating_sub(r.failed_again),
+                r.failed_again
             );
-            return FAILED;
+            OK
+        }
+        Err(ReplayError::BadInput(e)) => {
+            eprintln!("error: {e}");
+            BAD_INPUT
+        }
+        Err(ReplayError::Failed(e)) => {
+            eprintln!("error: {e}");
+            FAILED
         }
     }
-    // what failed again, in any stage of the replay, joins that stage's
-    // queue (once, also when this is done twice)
-    let mut n_again = 0;
-    for rs in rp.stages.iter().filter(|x| x.error_output.is_some()) {
-        let Some(orig) = p.stage(&rs.name) else {
-            continue;
-        };
-        let again = std::fs::read_to_string(dlq::dlq_path(&state, &rp.name, &rs.key_name()))
-            .unwrap_or_default();
-        if rs.name == s.name {
-            n_again = again.lines().count();
-        }
-        if let Err(e) = dlq::add_missing(&queue(&p, orig), &again) {
-            eprintln!(
-                "error: the replay ran, but updating the queue of `{}` failed: {e}",
-                rs.name
-            );
-            return FAILED;
-        }
-    }
-    if let Err(e) = std::fs::remove_dir_all(&work) {
-        eprintln!(
-            "error: the replay ran, but {} cannot be removed: {e}",
-            work.display()
-        );
-        return FAILED;
-    }
-    let n = chosen.len();
-    println!(
-        "{stage}: replayed {n} dead letter{}: {} succeeded, {n_again} failed again (back in the queue)",
-        if n == 1 { "" } else { "s" },
-        n.saturating_sub(n_again)
-    );
-    OK
-}
-
-/// `<state_dir>/<pipeline>/_dlq/<stage>.replay/`: a replay's letters, state
-/// and sink bases, until it has finished.
-fn replay_dir(p: &Pipeline, stage: &Stage) -> PathBuf {
-    let q = queue(p, stage);
-    q.with_extension("replay")
-}
-
-/// A replay writes into the pipeline's sinks and queues: refused while a
-/// stage it runs has state of the pipeline's (the pipeline runs, or was
-/// stopped or killed before its end and would resume over what the replay
-/// wrote).
-fn check_idle(p: &Pipeline, rp: &Pipeline) -> Result<(), String> {
-    for rs in &rp.stages {
-        let Some(s) = p.stage(&rs.name) else {
-            continue;
-        };
-        let dir = rill_runtime::store::stage_dir(&p.options.state_dir, &p.name, &s.key_name());
-        if !dir.exists() {
-            continue;
-        }
-        let store = rill_runtime::store::SledStore::open(&dir, &s.name).map_err(|e| {
-            format!(
-                "stage `{}` of `{}` is in use ({}): is the pipeline running? Replay its dead letters once it has finished",
-                s.name, p.name, e.reason
-            )
-        })?;
-        if store.has_state() {
-            return Err(format!(
-                "stage `{}` of `{}` has the state of a run that has not finished (stopped or killed): a replay would write under what it resumes. Run the pipeline to its end (`rill run`) or discard its state (`--reset-state`), then replay",
-                s.name, p.name
-            ));
-        }
-    }
-    Ok(())
 }

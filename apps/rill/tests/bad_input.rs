@@ -1,8 +1,6 @@
 //! Bad pipeline files: exit 2 and a message with file, line and column.
 
-mod common;
-
-use common::*;
+use rill_testing::*;
 
 /// Writes `yaml` to a file, runs `rill validate` and `rill run` on it, and
 /// checks both exit 2 and print every `needle`.

@@ -1,11 +1,9 @@
 //! Every pipeline under `configs/` is run here and its output checked.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::*;
+use rill_testing::*;
 use serde_json::Value as J;
 
 /// What each config must do; a config missing here fails `every_config_is_tested`.
@@ -31,12 +29,16 @@ const EXPECT: &[(&str, &str)] = &[
         "beam/map_to_fields_with_java_deps.yaml",
         "refused: needs Java",
     ),
+    (
+        "custom/scores.yaml",
+        "run by apps/custom-rill/tests/cli.rs (needs that app's node types)",
+    ),
 ];
 
 #[test]
 fn every_config_is_tested() {
     let mut found = Vec::new();
-    for sub in ["", "beam/"] {
+    for sub in ["", "beam/", "custom/"] {
         for e in std::fs::read_dir(root().join("configs").join(sub)).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {

@@ -2,11 +2,9 @@
 //! kept durably per stage, replaying them unfixed puts them back, and
 //! replaying after a fix empties the queue into the pipeline's output.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use rill_testing::*;
 
 /// `Generate (count) -> MapToFields (inv: expr, dead letters to
 /// work.errors) -> good.jsonl / bad.jsonl`; `more` adds to Generate's config.
@@ -127,10 +125,6 @@ fn dead_letters_are_listed_shown_and_replayed_after_a_fix() {
 
 fn big_pipeline(expr: &str, rate: &str) -> String {
     template("dlqbig", 450_000, expr, rate)
-}
-
-fn lines(path: &std::path::Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
 }
 
 /// A replay SIGKILLed mid-way and run again delivers each letter once: the

@@ -2,13 +2,11 @@
 //! directory, YAML that would exhaust the stack or the memory, and the
 //! permissions of what rill writes.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use rill_testing::*;
 
 fn validate(dir: &Path, yaml: &str) -> std::process::Output {
     std::fs::write(dir.join("p.yaml"), yaml).unwrap();

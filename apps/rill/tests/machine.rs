@@ -2,9 +2,7 @@
 //! pipeline's budgets against a described one, so a GPU box's pipeline can
 //! be checked on a laptop or in CI.
 
-mod common;
-
-use common::*;
+use rill_testing::*;
 
 const GPU_PIPELINE: &str = r#"
 pipeline:

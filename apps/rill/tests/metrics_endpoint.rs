@@ -1,15 +1,13 @@
 //! `rill run --metrics-addr`: a Prometheus scrape of a running pipeline
 //! (a real process, a real model, real HTTP over loopback).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use rill_testing::*;
 
 const PIPELINE: &str = "pipeline:
   name: scrape

@@ -1,11 +1,9 @@
 //! One pipeline split over two `rill run --stages` processes on loopback
 //! delivers exactly what the one-process run delivers.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use rill_testing::*;
 
 const PIPELINE: &str = r#"
 pipeline:

@@ -1,13 +1,11 @@
 //! Crash recovery through the real binary: graceful stop and resume,
 //! SIGKILL and resume with keyed state, a corrupt store, a failing disk.
 
-mod common;
-
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::*;
+use rill_testing::*;
 
 /// An unbounded keyed stream through a running count per key.
 const UNBOUNDED: &str = r#"
@@ -27,20 +25,6 @@ pipeline:
 options:
   checkpoint_interval: 20ms
 "#;
-
-fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
-fn wait_lines(path: &Path, n: usize) {
-    let end = Instant::now() + Duration::from_secs(30);
-    while lines(path) < n {
-        assert!(Instant::now() < end, "fewer than {n} lines in 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Ids 0..n in order, once each, with the right running count; returns n.
 fn check_exact(path: &Path, keys: u64) -> u64 {

@@ -3,13 +3,11 @@
 //! a consumer whose state was reset while its producer's was kept stops
 //! both with exit 2 instead of waiting forever.
 
-mod common;
-
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use rill_testing::*;
 
 const PIPELINE: &str = r#"
 pipeline:
@@ -38,25 +36,19 @@ fn input(n: u64) -> String {
     s
 }
 
-fn out_lines(dir: &Path) -> usize {
-    std::fs::read_to_string(dir.join("out.jsonl"))
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
 /// Runs the pipeline and stops it with SIGTERM once some records are out
 /// (and long before all are): its state is kept.
 fn stop_midway(dir: &Path, args: &[&str]) {
     let child = command(dir, args).spawn().unwrap();
     let end = Instant::now() + Duration::from_secs(60);
-    while out_lines(dir) < 2000 {
+    while lines(&dir.join("out.jsonl")) < 2000 {
         assert!(Instant::now() < end, "no output in 60 s");
         std::thread::sleep(Duration::from_millis(10));
     }
     signal(&child, "-TERM");
     let o = wait(child, Duration::from_secs(20), "rill after SIGTERM");
     assert!(o.status.success(), "{}", stderr(&o));
-    let n = out_lines(dir) as u64;
+    let n = lines(&dir.join("out.jsonl")) as u64;
     assert!(n < N, "the run finished before it was stopped ({n} rows)");
 }
 

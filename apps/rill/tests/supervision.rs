@@ -1,9 +1,7 @@
 //! Stages that fail on purpose (the test-only `TestFault` node), driven by
 //! YAML through the real binary.
 
-mod common;
-
-use common::*;
+use rill_testing::*;
 
 fn pipeline(times: u64, mode: &str) -> String {
     format!(

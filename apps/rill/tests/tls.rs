@@ -17,15 +17,13 @@
 //! The sink must hold every real record once and nothing else. Certificates
 //! are made with the `openssl` command for the test.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
 use rill_core::spec::{TlsOptions, ZenohOptions};
 use rill_core::wire::{DataMsg, ProducerId, encode_data};
+use rill_testing::*;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let o = std::process::Command::new("openssl")
@@ -325,8 +323,4 @@ async fn mutual_tls_and_access_control_keep_forgers_out() {
     for (_, s) in sessions {
         s.close().await.unwrap();
     }
-}
-
-fn lines(p: &Path) -> usize {
-    std::fs::read_to_string(p).map_or(0, |t| t.lines().count())
 }

@@ -1,11 +1,9 @@
 //! Any Zenoh key in and out: `WriteToZenoh`, `ReadFromZenoh` and `rill tap`
 //! across real processes on loopback.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use rill_testing::*;
 
 #[test]
 fn tap_prints_what_write_to_zenoh_publishes() {

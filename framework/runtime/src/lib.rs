@@ -25,6 +25,7 @@ pub mod log;
 pub mod metrics;
 pub mod prometheus;
 pub mod protocol;
+pub mod replay;
 pub mod resume;
 pub mod stage;
 pub mod store;

@@ -14,14 +14,7 @@ use std::time::Duration;
 use rill_core::spec::{Machine, ZenohOptions, parse_str};
 use rill_core::wire::{DataMsg, ProducerId, encode_data};
 use rill_runtime::{RunError, RunOptions, run, transport};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use rill_testing::free_port;
 
 /// A data message from `gen` that says it holds two records, followed by
 /// bytes that are not records.

@@ -1,11 +1,8 @@
-//! A custom model handler registered from Rust: a linear model `y = w·x +
-//! bias` whose weights are a JSON list, run by RunInference in a pipeline.
-//! (docs/inference.md, "Writing a handler in Rust", walks through it.)
-//!
-//!     cargo run -p rill-ml --example linear_handler
+//! `Linear`: a model handler for `RunInference`, a linear model `y = w·x +
+//! bias` whose weights are a JSON list. (docs/inference.md, "Writing a
+//! handler in Rust", walks through it.)
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -15,13 +12,13 @@ use rill_ml::{ExampleError, HandlerConfig, ModelHandler};
 /// `model_handler: {type: Linear, config: {path: models/lin/w.json, bias: 0.5}}`
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LinearConfig {
+pub struct LinearConfig {
     path: PathBuf,
     #[serde(default)]
     bias: f32,
 }
 
-struct Linear {
+pub struct Linear {
     bias: f32,
 }
 
@@ -99,51 +96,4 @@ impl<B: Backend> ModelHandler<B> for Linear {
         let y: Vec<f32> = y.into_data().to_vec().map_err(|e| format!("{e:?}"))?;
         Ok(y.into_iter().map(|v| Value::Float(v as f64)).collect())
     }
-}
-
-#[tokio::main] // multi-threaded: heavy nodes run under `block_in_place`
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // before any pipeline is parsed: validation looks handlers up by name
-    rill_ml::register_handler::<LinearConfig>("Linear", "y = w·x + bias, weights from a JSON list");
-    let mut registry = rill_nodes::registry();
-    rill_ml::register_all(&mut registry); // the RunInference type
-    let machine = rill_ml::detect_machine(); // cores, memory, and CUDA devices
-
-    // a model and a pipeline in a scratch folder
-    let dir = tempfile::tempdir()?;
-    std::fs::write(dir.path().join("w.json"), "[0.5, -1.0, 2.0]")?;
-    let yaml = r#"
-pipeline:
-  transforms:
-    - type: Create
-      name: rows
-      config:
-        elements:
-          - {features: [1.0, 2.0, 3.0]}
-          - {features: [0.0, 0.0, 1.0]}
-    - type: RunInference
-      name: predict
-      input: rows
-      config:
-        model_handler: {type: Linear, config: {path: w.json, bias: 0.5}}
-    - {type: WriteToJson, input: predict, config: {path: out.jsonl}}
-"#;
-    let pipeline = rill_core::spec::parse_str(yaml, "linear", None, &registry, &machine)
-        .map_err(|e| e.to_string())?;
-    let opts = rill_runtime::RunOptions {
-        base_dir: Some(dir.path().to_owned()),
-        ..Default::default()
-    };
-    let report = rill_runtime::run(Arc::new(pipeline), opts).await?;
-    for s in &report.stages {
-        println!(
-            "{}: {} in, {} out, {:?}",
-            s.stage, s.records_in, s.records_out, s.node
-        );
-    }
-    let out = std::fs::read_to_string(dir.path().join("out.jsonl"))?;
-    print!("{out}");
-    // 0.5*1 - 1*2 + 2*3 + 0.5 = 5, and 2 + 0.5 = 2.5
-    assert!(out.contains(r#""inference":5.0"#) && out.contains(r#""inference":2.5"#));
-    Ok(())
 }
