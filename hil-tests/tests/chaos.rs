@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rill_hil_tests::{Proc, one_process, process_per_stage};
+use rill_hil_tests::{Proc, chaos_rng, one_process, process_per_stage};
 
 struct Plan {
     records: u64,
@@ -105,12 +105,7 @@ fn check_sink(path: &Path, plan: &Plan) -> Result<(), String> {
 }
 
 fn chaos(plan: Plan) {
-    let seed: u64 = std::env::var("RILL_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    eprintln!("chaos seed {seed} (RILL_CHAOS_SEED={seed} replays it)");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let (seed, mut rng) = chaos_rng();
     let tmp = tempfile::tempdir().unwrap();
     let calm = tmp.path().join("undisturbed");
     let split = tmp.path().join("split");

@@ -32,7 +32,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rill_hil_tests::{Proc, one_process, process_per_stage};
+use rill_hil_tests::{Proc, chaos_rng, one_process, process_per_stage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Src {
@@ -347,12 +347,7 @@ fn all_logs(run: &Run) -> String {
 }
 
 fn chaos(plan: &Plan, cases: &[Case]) {
-    let seed: u64 = std::env::var("RILL_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    eprintln!("chaos seed {seed} (RILL_CHAOS_SEED={seed} replays it)");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let (seed, mut rng) = chaos_rng();
     let tmp = tempfile::tempdir().unwrap();
     let mut runs: Vec<Run> = cases.iter().map(|c| setup(tmp.path(), *c, plan)).collect();
     let started = Instant::now();

@@ -4,7 +4,7 @@
 //!     cargo run -p custom-rill -- types
 //!     cargo run -p custom-rill -- run configs/custom/scores.yaml
 //!
-//! (README, "Your own node", walks through it.)
+//! (README, "Writing your own node", walks through it.)
 
 mod linear;
 mod scale;

@@ -216,13 +216,28 @@ pub fn graph(cli: &Cli, file: &Path, mermaid: bool) -> u8 {
 }
 
 /// The flags of `rill run`.
+#[derive(clap::Args, Debug)]
 pub struct RunFlags {
-    pub stages: Option<Vec<String>>,
-    pub listen: Vec<String>,
-    pub connect: Vec<String>,
-    pub quiet: bool,
-    pub reset_state: bool,
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Run only these stages (comma separated); run the rest elsewhere.
+    #[arg(long, value_delimiter = ',')]
+    stages: Option<Vec<String>>,
+    /// Zenoh endpoint to listen on (replaces options.zenoh.listen).
+    #[arg(long = "listen", value_name = "ENDPOINT")]
+    listen: Vec<String>,
+    /// Zenoh endpoint to connect to (replaces options.zenoh.connect).
+    #[arg(long = "connect", value_name = "ENDPOINT")]
+    connect: Vec<String>,
+    /// No progress and no summary.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Discard the stored state of the stages this process runs (their
+    /// output logs, positions and node state) and start them over.
+    #[arg(long)]
+    reset_state: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9464; port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// SIGTERM and SIGINT (Ctrl-C), registered before the run starts so a

@@ -48,6 +48,13 @@ fn stages<'a>(p: &'a Pipeline, only: Option<&str>) -> Result<Vec<&'a Stage>, u8>
     }
 }
 
+/// The pipeline in `file` and the stages whose queues to look at.
+fn load_stages(cli: &Cli, file: &Path, only: Option<&str>) -> Result<(Pipeline, Vec<Stage>), u8> {
+    let p = load(cli, file)?;
+    let chosen = stages(&p, only)?.into_iter().cloned().collect();
+    Ok((p, chosen))
+}
+
 fn read(path: &Path) -> Result<Vec<Letter>, u8> {
     dlq::read(path).map_err(|e| {
         eprintln!("error: {e}");
@@ -66,14 +73,11 @@ fn shorten(s: &str, n: usize) -> String {
 }
 
 pub fn list(cli: &Cli, file: &Path, stage: Option<&str>) -> u8 {
-    let p = match load(cli, file) {
-        Ok(p) => p,
+    let (p, stages) = match load_stages(cli, file, stage) {
+        Ok(v) => v,
         Err(c) => return c,
     };
-    let stages = match stages(&p, stage) {
-        Ok(s) => s,
-        Err(c) => return c,
-    };
+    let stages: Vec<&Stage> = stages.iter().collect();
     if stages.is_empty() {
         println!("pipeline `{}` has no stage with `error_handling`", p.name);
         return OK;
@@ -111,14 +115,11 @@ pub fn show(
     ids: &[String],
     limit: Option<usize>,
 ) -> u8 {
-    let p = match load(cli, file) {
-        Ok(p) => p,
+    let (p, stages) = match load_stages(cli, file, stage) {
+        Ok(v) => v,
         Err(c) => return c,
     };
-    let stages = match stages(&p, stage) {
-        Ok(s) => s,
-        Err(c) => return c,
-    };
+    let stages: Vec<&Stage> = stages.iter().collect();
     let mut shown = 0;
     let mut corrupt = 0;
     for s in stages {

@@ -150,26 +150,9 @@ impl Cli {
                         dlq::replay(&self, &file, &stage, &ids).await
                     }),
                 },
-                Command::Run {
-                    file,
-                    stages,
-                    listen,
-                    connect,
-                    quiet,
-                    reset_state,
-                    metrics_addr,
-                } => commands::with_runtime(commands::run(
-                    &self,
-                    file,
-                    commands::RunFlags {
-                        stages,
-                        listen,
-                        connect,
-                        quiet,
-                        reset_state,
-                        metrics_addr,
-                    },
-                )),
+                Command::Run { file, flags } => {
+                    commands::with_runtime(commands::run(&self, file, flags))
+                }
                 Command::Tap {
                     key,
                     listen,
@@ -195,26 +178,8 @@ enum Command {
     Run {
         /// The pipeline YAML file.
         file: PathBuf,
-        /// Run only these stages (comma separated); run the rest elsewhere.
-        #[arg(long, value_delimiter = ',')]
-        stages: Option<Vec<String>>,
-        /// Zenoh endpoint to listen on (replaces options.zenoh.listen).
-        #[arg(long = "listen", value_name = "ENDPOINT")]
-        listen: Vec<String>,
-        /// Zenoh endpoint to connect to (replaces options.zenoh.connect).
-        #[arg(long = "connect", value_name = "ENDPOINT")]
-        connect: Vec<String>,
-        /// No progress and no summary.
-        #[arg(long, short)]
-        quiet: bool,
-        /// Discard the stored state of the stages this process runs (their
-        /// output logs, positions and node state) and start them over.
-        #[arg(long)]
-        reset_state: bool,
-        /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
-        /// 127.0.0.1:9464; port 0 picks a free port).
-        #[arg(long, value_name = "ADDR")]
-        metrics_addr: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        flags: commands::RunFlags,
     },
     /// Check a pipeline without running it: against this machine, or the
     /// one described in a JSON file (`rill machine` prints this one's).

@@ -1,6 +1,8 @@
 //! One pipeline split over two `rill run --stages` processes on loopback
 //! delivers exactly what the one-process run delivers.
 
+use std::path::Path;
+use std::process::Child;
 use std::time::Duration;
 
 use rill_testing::*;
@@ -29,6 +31,18 @@ pipeline:
       config: {path: out.jsonl}
 "#;
 
+/// `rill run -q p.yaml --stages STAGES`, listening on `ep`, or connecting
+/// to it (and listening on a port of its own).
+fn side(dir: &Path, stages: &str, ep: &str, listen: bool) -> Child {
+    let mut args = vec!["run", "-q", "p.yaml", "--stages", stages];
+    if listen {
+        args.extend(["--listen", ep]);
+    } else {
+        args.extend(["--connect", ep, "--listen", "tcp/127.0.0.1:0"]);
+    }
+    command(dir, &args).spawn().unwrap()
+}
+
 #[test]
 fn split_over_two_processes_equals_one_process() {
     let dir = sandbox();
@@ -45,37 +59,9 @@ fn split_over_two_processes_equals_one_process() {
     // the consumer side starts first and listens; the producer side connects
     let port = free_port();
     let ep = format!("tcp/127.0.0.1:{port}");
-    let b = command(
-        dir.path(),
-        &[
-            "run",
-            "-q",
-            "p.yaml",
-            "--stages",
-            "some,sink",
-            "--listen",
-            &ep,
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let b = side(dir.path(), "some,sink", &ep, true);
     std::thread::sleep(Duration::from_millis(300));
-    let a = command(
-        dir.path(),
-        &[
-            "run",
-            "-q",
-            "p.yaml",
-            "--stages",
-            "gen,double",
-            "--connect",
-            &ep,
-            "--listen",
-            "tcp/127.0.0.1:0",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let a = side(dir.path(), "gen,double", &ep, false);
     let a = wait(a, Duration::from_secs(60), "producer process");
     let b = wait(b, Duration::from_secs(60), "consumer process");
     assert!(a.status.success(), "producer: {}", stderr(&a));
@@ -95,37 +81,9 @@ fn producer_started_first_waits_for_its_consumer() {
     let ep = format!("tcp/127.0.0.1:{port}");
     // the producer listens and starts long before the consumer exists: its
     // first messages reach nobody, and must be resent
-    let a = command(
-        dir.path(),
-        &[
-            "run",
-            "-q",
-            "p.yaml",
-            "--stages",
-            "gen,double",
-            "--listen",
-            &ep,
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let a = side(dir.path(), "gen,double", &ep, true);
     std::thread::sleep(Duration::from_millis(1500));
-    let b = command(
-        dir.path(),
-        &[
-            "run",
-            "-q",
-            "p.yaml",
-            "--stages",
-            "some,sink",
-            "--connect",
-            &ep,
-            "--listen",
-            "tcp/127.0.0.1:0",
-        ],
-    )
-    .spawn()
-    .unwrap();
+    let b = side(dir.path(), "some,sink", &ep, false);
     let b = wait(b, Duration::from_secs(60), "consumer process");
     let a = wait(a, Duration::from_secs(60), "producer process");
     assert!(a.status.success(), "producer: {}", stderr(&a));

@@ -38,8 +38,7 @@ fn ids(dir: &std::path::Path) -> Vec<i64> {
 fn a_stage_that_panics_once_is_restarted_and_the_run_completes() {
     for mode in ["panic", "error"] {
         let dir = sandbox();
-        std::fs::write(dir.path().join("p.yaml"), pipeline(1, mode)).unwrap();
-        let out = rill(dir.path(), &["run", "p.yaml"]);
+        let out = run_yaml(dir.path(), &pipeline(1, mode));
         let err = stderr(&out);
         assert!(out.status.success(), "{mode}: {err}");
         assert!(
@@ -61,8 +60,7 @@ fn a_stage_that_panics_once_is_restarted_and_the_run_completes() {
 #[test]
 fn a_stage_that_always_panics_fails_the_pipeline() {
     let dir = sandbox();
-    std::fs::write(dir.path().join("p.yaml"), pipeline(0, "panic")).unwrap();
-    let out = rill(dir.path(), &["run", "p.yaml"]);
+    let out = run_yaml(dir.path(), &pipeline(0, "panic"));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -82,8 +80,8 @@ fn a_stage_that_always_panics_fails_the_pipeline() {
 #[test]
 fn a_record_that_always_fails_without_error_handling_stops_the_pipeline() {
     let dir = sandbox();
-    std::fs::write(
-        dir.path().join("p.yaml"),
+    let out = run_yaml(
+        dir.path(),
         r#"
 pipeline:
   type: chain
@@ -97,9 +95,7 @@ pipeline:
     - type: WriteToJson
       config: {path: out.jsonl}
 "#,
-    )
-    .unwrap();
-    let out = rill(dir.path(), &["run", "p.yaml"]);
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("stage `invert` failed"), "{err}");
@@ -115,8 +111,8 @@ fn a_bad_line_without_error_handling_fails_the_run_and_loses_nothing_silently() 
     let mut lines: Vec<String> = (0..10).map(|i| format!("{{\"n\": {i}}}")).collect();
     lines[6] = "{broken".into();
     std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
-    std::fs::write(
-        dir.path().join("p.yaml"),
+    let out = run_yaml(
+        dir.path(),
         r#"
 pipeline:
   type: chain
@@ -128,9 +124,7 @@ pipeline:
     - type: WriteToJson
       config: {path: out.jsonl}
 "#,
-    )
-    .unwrap();
-    let out = rill(dir.path(), &["run", "p.yaml"]);
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("stage `read` failed"), "{err}");

@@ -22,12 +22,7 @@ fn expressions_match_cpython() {
             failures.push(format!("{src}\n   want {want}\n   got  {got}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    no_mismatches(&failures);
     assert!(cases.lines().count() > 400);
 }
 
@@ -50,12 +45,7 @@ fn errors_match_cpython_kinds() {
             failures.push(format!("{src}\n   want {want}\n   got  {got}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    no_mismatches(&failures);
 }
 
 fn script_row() -> Record {
@@ -90,4 +80,14 @@ fn scripts_match_cpython() {
         n += 1;
     }
     assert_eq!(n, 12);
+}
+
+/// Fails with every mismatch, one after the other.
+fn no_mismatches(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

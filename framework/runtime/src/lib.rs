@@ -69,6 +69,17 @@ pub struct RunOptions {
 }
 
 /// Why a run could not start or did not succeed.
+impl RunOptions {
+    /// The options of a whole run in `dir` (its state, and the paths of its
+    /// pipeline, relative to it).
+    pub fn in_dir(dir: impl Into<PathBuf>) -> RunOptions {
+        RunOptions {
+            base_dir: Some(dir.into()),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {

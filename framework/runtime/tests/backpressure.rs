@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rill_core::spec::{self, Machine};
 use rill_runtime::{RunOptions, run};
+use rill_testing::int_column;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_producer_slow_consumer_stays_bounded() {
@@ -27,17 +28,9 @@ options:
   batch_size: 50
 "#;
     let p = spec::parse_str(yaml, "backpressure", None, &registry, &Machine::detect()).unwrap();
-    let report = run(
-        Arc::new(p),
-        RunOptions {
-            base_dir: Some(dir.path().to_owned()),
-            reset_state: false,
-            extensions: Default::default(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = run(Arc::new(p), RunOptions::in_dir(dir.path()))
+        .await
+        .unwrap();
     let stage = |n: &str| report.stages.iter().find(|s| s.stage == n).unwrap().clone();
     let gen_ = stage("gen");
     let slow = stage("slow");
@@ -59,14 +52,6 @@ options:
         "the consumer never queued anything: the test did not test"
     );
     // and nothing was lost or reordered
-    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
-    let ids: Vec<i64> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let ids = int_column(&dir.path().join("out.jsonl"), "id");
     assert_eq!(ids, (0..3000).collect::<Vec<_>>());
 }

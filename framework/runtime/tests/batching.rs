@@ -47,15 +47,7 @@ options:
     );
     let p = spec::parse_str(&yaml, "batching", None, &registry, &Machine::detect())
         .unwrap_or_else(|e| panic!("{e}"));
-    run(
-        Arc::new(p),
-        RunOptions {
-            base_dir: Some(dir.to_owned()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    run(Arc::new(p), RunOptions::in_dir(dir)).await.unwrap();
     std::fs::read_to_string(dir.join("out.jsonl"))
         .unwrap()
         .lines()

@@ -64,17 +64,9 @@ async fn a_pipeline_built_in_rust_runs() {
         .stage("sink", WriteToJson::new("sums.jsonl"), &["sum"])
         .build()
         .unwrap();
-    let report = run(
-        Arc::new(p),
-        RunOptions {
-            base_dir: Some(dir.path().to_owned()),
-            reset_state: false,
-            extensions: Default::default(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = run(Arc::new(p), RunOptions::in_dir(dir.path()))
+        .await
+        .unwrap();
     assert_eq!(report.stages.len(), 3);
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("sums.jsonl"))
         .unwrap()

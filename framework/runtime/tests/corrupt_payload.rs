@@ -14,7 +14,7 @@ use std::time::Duration;
 use rill_core::spec::{Machine, ZenohOptions, parse_str};
 use rill_core::wire::{DataMsg, ProducerId, encode_data};
 use rill_runtime::{RunError, RunOptions, run, transport};
-use rill_testing::free_port;
+use rill_testing::{free_port, int_column};
 
 /// A data message from `gen` that says it holds two records, followed by
 /// bytes that are not records.
@@ -189,15 +189,7 @@ pipeline:
         }
     };
     report.unwrap();
-    let ids: Vec<i64> = std::fs::read_to_string(dir.path().join("out.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
+    let ids = int_column(&dir.path().join("out.jsonl"), "id");
     assert_eq!(
         ids,
         (0..10).collect::<Vec<_>>(),

@@ -38,15 +38,9 @@ async fn go(
     rill_nodes::testing::register_testing(&mut reg);
     let p =
         parse_str(y, "p.yaml", None, &reg, &Machine::detect()).unwrap_or_else(|e| panic!("{e}"));
-    let r = run(
-        Arc::new(p),
-        RunOptions {
-            base_dir: Some(dir.path().to_owned()),
-            ..Default::default()
-        },
-    )
-    .await
-    .map(|_| ());
+    let r = run(Arc::new(p), RunOptions::in_dir(dir.path()))
+        .await
+        .map(|_| ());
     let read = |f: &str| -> Vec<serde_json::Value> {
         std::fs::read_to_string(dir.path().join(f))
             .unwrap_or_default()

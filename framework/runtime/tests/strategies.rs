@@ -38,15 +38,9 @@ async fn restarts(name: &str, strategy: &str) -> Vec<(String, u64)> {
         &Machine::detect(),
     )
     .unwrap();
-    let report = run(
-        Arc::new(p),
-        RunOptions {
-            base_dir: Some(dir.path().to_owned()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{strategy}: {e}"));
+    let report = run(Arc::new(p), RunOptions::in_dir(dir.path()))
+        .await
+        .unwrap_or_else(|e| panic!("{strategy}: {e}"));
     // every record once, in order, with its running count
     let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = text
@@ -71,39 +65,16 @@ fn of(v: &[(String, u64)], stage: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_strategy_restarts_exactly_its_stages() {
-    let r = restarts("s_one", "one_for_one").await;
-    assert_eq!(
-        [
-            of(&r, "gen"),
-            of(&r, "flaky"),
-            of(&r, "count"),
-            of(&r, "sink")
-        ],
-        [0, 1, 0, 0],
-        "{r:?}"
-    );
-    let r = restarts("s_rest", "rest_for_one").await;
-    assert_eq!(
-        [
-            of(&r, "gen"),
-            of(&r, "flaky"),
-            of(&r, "count"),
-            of(&r, "sink")
-        ],
-        [0, 1, 1, 1],
-        "{r:?}"
-    );
-    let r = restarts("s_all", "one_for_all").await;
-    assert_eq!(
-        [
-            of(&r, "gen"),
-            of(&r, "flaky"),
-            of(&r, "count"),
-            of(&r, "sink")
-        ],
-        [1, 1, 1, 1],
-        "{r:?}"
-    );
+    // restarts of gen, flaky, count and sink when `flaky` fails once
+    for (name, strategy, want) in [
+        ("s_one", "one_for_one", [0, 1, 0, 0]),
+        ("s_rest", "rest_for_one", [0, 1, 1, 1]),
+        ("s_all", "one_for_all", [1, 1, 1, 1]),
+    ] {
+        let r = restarts(name, strategy).await;
+        let got = ["gen", "flaky", "count", "sink"].map(|s| of(&r, s));
+        assert_eq!(got, want, "{strategy}: {r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,15 +86,9 @@ async fn a_stage_that_crashes_every_n_records_restarts_each_time_and_loses_nothi
     let mut reg = rill_nodes::registry();
     rill_nodes::testing::register_testing(&mut reg);
     let p = parse_str(&y, "p.yaml", None, &reg, &Machine::detect()).unwrap();
-    let report = run(
-        Arc::new(p),
-        RunOptions {
-            base_dir: Some(dir.path().to_owned()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = run(Arc::new(p), RunOptions::in_dir(dir.path()))
+        .await
+        .unwrap();
     let flaky = report.stages.iter().find(|s| s.stage == "flaky").unwrap();
     assert_eq!(flaky.restarts, 6, "records 500, 1000, ..., 3000");
     let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();

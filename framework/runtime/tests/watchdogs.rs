@@ -28,14 +28,7 @@ options:
     let p =
         parse_str(&y, "p.yaml", None, &reg, &Machine::detect()).unwrap_or_else(|e| panic!("{e}"));
     let t = Instant::now();
-    let r = run(
-        Arc::new(p),
-        RunOptions {
-            base_dir: Some(dir.path().to_owned()),
-            ..Default::default()
-        },
-    )
-    .await;
+    let r = run(Arc::new(p), RunOptions::in_dir(dir.path())).await;
     let elapsed = t.elapsed();
     let n = std::fs::read_to_string(dir.path().join("out.jsonl"))
         .map(|t| {

@@ -120,6 +120,12 @@ pub fn rill(dir: &Path, args: &[&str]) -> Output {
     run_of(&rill_bin(), dir, args)
 }
 
+/// Writes `yaml` to `dir/p.yaml` and runs `rill run p.yaml` to its end.
+pub fn run_yaml(dir: &Path, yaml: &str) -> Output {
+    std::fs::write(dir.join("p.yaml"), yaml).expect("p.yaml written");
+    rill(dir, &["run", "p.yaml"])
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -133,6 +139,18 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// The int field `field` of every row of a JSON Lines file.
+pub fn int_column(path: &Path, field: &str) -> Vec<i64> {
+    read_jsonl(path)
+        .iter()
+        .map(|r| {
+            r[field]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{}: no int `{field}` in {r}", path.display()))
+        })
         .collect()
 }
 
@@ -161,6 +179,18 @@ pub fn signal(child: &Child, sig: &str) {
         .status()
         .expect("kill");
     assert!(st.success());
+}
+
+/// The random source of a chaos test: seeded from `RILL_CHAOS_SEED` when
+/// set (to replay a failure), else at random; the seed is printed, and
+/// returned for failure messages.
+pub fn chaos_rng() -> (u64, fastrand::Rng) {
+    let seed: u64 = std::env::var("RILL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("chaos seed {seed} (RILL_CHAOS_SEED={seed} replays it)");
+    (seed, fastrand::Rng::with_seed(seed))
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

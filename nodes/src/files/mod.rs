@@ -67,6 +67,14 @@ impl Stamping {
     }
 }
 
+/// A CSV node's `path` and `delimiter`.
+pub(crate) fn check_csv(p: &std::path::Path, delimiter: &str) -> Result<(), ConfigError> {
+    check_path(p)?;
+    delimiter_byte(delimiter)
+        .map(|_| ())
+        .map_err(|m| ConfigError::at("delimiter", m))
+}
+
 pub(crate) fn check_path(p: &std::path::Path) -> Result<(), ConfigError> {
     if p.as_os_str().is_empty() {
         return Err(ConfigError::at("path", "`path` must not be empty"));
@@ -337,10 +345,7 @@ impl NodeConfig for WriteToCsv {
         NodeKind::Sink
     }
     fn validate(&self) -> Result<(), ConfigError> {
-        check_path(&self.path)?;
-        delimiter_byte(&self.delimiter)
-            .map(|_| ())
-            .map_err(|m| ConfigError::at("delimiter", m))
+        check_csv(&self.path, &self.delimiter)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         let (path, file, fresh) = open_for_write(ctx, &self.path, Rows::Csv)?;

@@ -20,7 +20,7 @@ use rill_core::{Fields, Record, Value};
 use serde::Deserialize;
 
 use super::position::FilePos;
-use super::{Stamping, bad_line, check_path, comma, delimiter_byte};
+use super::{Stamping, bad_line, check_csv, check_path, comma, delimiter_byte};
 
 /// Opens a source's file, and the position its last commit left, checked
 /// against the file.
@@ -284,10 +284,7 @@ impl NodeConfig for ReadFromCsv {
         NodeKind::Source
     }
     fn validate(&self) -> Result<(), ConfigError> {
-        check_path(&self.path)?;
-        delimiter_byte(&self.delimiter)
-            .map(|_| ())
-            .map_err(|m| ConfigError::at("delimiter", m))
+        check_csv(&self.path, &self.delimiter)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         let (_, file, restored) = open_resumable(ctx, &self.path)?;
