@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rill_hil_tests::{Proc, chaos_rng, one_process, process_per_stage};
+use rill_hil_tests::{Proc, chaos_rng, counting_pipeline, one_process, process_per_stage};
 
 struct Plan {
     records: u64,
@@ -30,27 +30,13 @@ struct Plan {
 }
 
 fn pipeline(p: &Plan) -> String {
-    format!(
-        r#"
-pipeline:
-  name: chaos
-  transforms:
-    - type: Generate
-      name: gen
-      config: {{count: {n}, keys: {k}, rate: {r}, seed: 11}}
-    - type: TestCountPerKey
-      name: count
-      input: gen
-    - type: WriteToJson
-      name: sink
-      input: count
-      config: {{path: out.jsonl}}
-options:
-  checkpoint_interval: 50ms
-"#,
-        n = p.records,
-        k = p.keys,
-        r = p.rate
+    counting_pipeline(
+        "chaos",
+        &format!(
+            "count: {}, keys: {}, rate: {}, seed: 11",
+            p.records, p.keys, p.rate
+        ),
+        "  checkpoint_interval: 50ms\n",
     )
 }
 

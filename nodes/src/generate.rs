@@ -184,20 +184,16 @@ mod tests {
             ..Default::default()
         };
         let run = |g: &Generate| {
-            let ext = Default::default();
             let state = Default::default();
-            let ctx = BuildContext {
-                pipeline: "t",
-                stage: "g",
-                attempt: 0,
-                base_dir: std::path::Path::new("."),
-                extensions: &ext,
-                state: &state,
-                delivery: Default::default(),
-                resources: Default::default(),
-                metrics: &Default::default(),
-            };
-            let Node::Source(mut s) = g.build(&ctx).unwrap() else {
+            let built = rill_core::testkit::with_context(
+                "g",
+                std::path::Path::new("."),
+                &state,
+                Default::default(),
+                &Default::default(),
+                |ctx| g.build(ctx),
+            );
+            let Node::Source(mut s) = built.unwrap() else {
                 panic!()
             };
             rill_core::testkit::drain_source(s.as_mut(), 1000)

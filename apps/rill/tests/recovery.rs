@@ -8,23 +8,13 @@ use std::time::{Duration, Instant};
 use rill_testing::*;
 
 /// An unbounded keyed stream through a running count per key.
-const UNBOUNDED: &str = r#"
-pipeline:
-  name: resume
-  transforms:
-    - type: Generate
-      name: gen
-      config: {rate: 3000, keys: 7, seed: 5}
-    - type: TestCountPerKey
-      name: count
-      input: gen
-    - type: WriteToJson
-      name: sink
-      input: count
-      config: {path: out.jsonl}
-options:
-  checkpoint_interval: 20ms
-"#;
+fn unbounded() -> String {
+    counting_pipeline(
+        "resume",
+        "rate: 3000, keys: 7, seed: 5",
+        "  checkpoint_interval: 20ms\n",
+    )
+}
 
 /// Ids 0..n in order, once each, with the right running count; returns n.
 fn check_exact(path: &Path, keys: u64) -> u64 {
@@ -52,7 +42,7 @@ fn run_bg(dir: &Path, extra: &[&str]) -> Child {
 fn stop_kill_and_resume_an_unbounded_run_exactly() {
     let dir = sandbox();
     let out = dir.path().join("out.jsonl");
-    std::fs::write(dir.path().join("p.yaml"), UNBOUNDED).unwrap();
+    std::fs::write(dir.path().join("p.yaml"), unbounded()).unwrap();
 
     // 1. SIGTERM: drains, commits, exits 0 well within 10 s
     let child = run_bg(dir.path(), &[]);
@@ -115,23 +105,13 @@ fn stop_kill_and_resume_an_unbounded_run_exactly() {
     assert!(m < n, "the file was started over ({m} records)");
 }
 
-const BOUNDED: &str = r#"
-pipeline:
-  name: bounded
-  transforms:
-    - type: Generate
-      name: gen
-      config: {count: 6000, rate: 3000, keys: 5, seed: 1}
-    - type: TestCountPerKey
-      name: count
-      input: gen
-    - type: WriteToJson
-      name: sink
-      input: count
-      config: {path: out.jsonl}
-options:
-  checkpoint_interval: 20ms
-"#;
+fn bounded() -> String {
+    counting_pipeline(
+        "bounded",
+        "count: 6000, rate: 3000, keys: 5, seed: 1",
+        "  checkpoint_interval: 20ms\n",
+    )
+}
 
 fn store_dir(dir: &Path, stage: &str) -> std::path::PathBuf {
     dir.join(".rill/state/bounded").join(stage)
@@ -142,7 +122,7 @@ fn a_corrupt_or_truncated_store_is_refused_with_exit_2() {
     for damage in ["garbage", "truncate", "foreign"] {
         let dir = sandbox();
         let out = dir.path().join("out.jsonl");
-        std::fs::write(dir.path().join("p.yaml"), BOUNDED).unwrap();
+        std::fs::write(dir.path().join("p.yaml"), bounded()).unwrap();
         let mut child = run_bg(dir.path(), &[]);
         wait_lines(&out, 500);
         child.kill().unwrap();
@@ -200,7 +180,7 @@ fn a_corrupt_or_truncated_store_is_refused_with_exit_2() {
 fn a_failing_disk_stops_acknowledging_and_the_run_resumes_without_loss() {
     let dir = sandbox();
     let out = dir.path().join("out.jsonl");
-    std::fs::write(dir.path().join("p.yaml"), BOUNDED).unwrap();
+    std::fs::write(dir.path().join("p.yaml"), bounded()).unwrap();
     // every store fails its commits after 30: the stages stop, restart,
     // fail again, and the run fails with a message naming the store
     let o = command(dir.path(), &["run", "-q", "p.yaml"])
@@ -240,7 +220,7 @@ fn every_delivery_mode_delivers_a_bounded_run_exactly() {
             "  checkpoint_interval: {records: 100, time: 5ms}\n",
         ),
     ] {
-        let mut yaml = BOUNDED.replace(
+        let mut yaml = bounded().replace(
             "  checkpoint_interval: 20ms\n",
             &format!("  delivery: {mode}\n{extra}"),
         );
@@ -270,7 +250,7 @@ fn every_delivery_mode_delivers_a_bounded_run_exactly() {
         ("  checkpoint_interval: soon\n", "p.yaml:16"),
         ("  delivery: twice\n", "p.yaml:16"),
     ] {
-        let yaml = BOUNDED.replace("  checkpoint_interval: 20ms\n", bad);
+        let yaml = bounded().replace("  checkpoint_interval: 20ms\n", bad);
         std::fs::write(dir.path().join("p.yaml"), &yaml).unwrap();
         let o = rill(dir.path(), &["validate", "p.yaml"]);
         assert_eq!(o.status.code(), Some(2), "{bad}: {}", stdout(&o));

@@ -34,6 +34,22 @@ fn ids(dir: &std::path::Path) -> Vec<i64> {
         .collect()
 }
 
+/// A chain of `transforms` (YAML list items) into `out.jsonl`.
+fn chain_to_out(transforms: &str) -> String {
+    format!(
+        "pipeline:\n  type: chain\n  transforms:\n{}    - type: WriteToJson\n      config: {{path: out.jsonl}}\n",
+        transforms.trim_start_matches('\n')
+    )
+}
+
+/// The stderr of a run that failed (exit 1) because `stage` failed.
+fn failed_in(out: &std::process::Output, stage: &str) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("stage `{stage}` failed")), "{err}");
+    err
+}
+
 #[test]
 fn a_stage_that_panics_once_is_restarted_and_the_run_completes() {
     for mode in ["panic", "error"] {
@@ -82,23 +98,18 @@ fn a_record_that_always_fails_without_error_handling_stops_the_pipeline() {
     let dir = sandbox();
     let out = run_yaml(
         dir.path(),
-        r#"
-pipeline:
-  type: chain
-  transforms:
+        &chain_to_out(
+            r#"
     - type: Create
       config: {elements: [{n: 1}, {n: 0}, {n: 2}]}
     - type: MapToFields
       name: invert
       config: {language: python, fields: {inv: "1 / n"}}
       restart: {max_restarts: 1, backoff: {initial: 10ms}}
-    - type: WriteToJson
-      config: {path: out.jsonl}
 "#,
+        ),
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("stage `invert` failed"), "{err}");
+    let err = failed_in(&out, "invert");
     assert!(
         err.contains(r#"record {"n":0} failed: field `inv`: ZeroDivisionError"#),
         "{err}"
@@ -113,21 +124,16 @@ fn a_bad_line_without_error_handling_fails_the_run_and_loses_nothing_silently() 
     std::fs::write(dir.path().join("in.jsonl"), lines.join("\n")).unwrap();
     let out = run_yaml(
         dir.path(),
-        r#"
-pipeline:
-  type: chain
-  transforms:
+        &chain_to_out(
+            r#"
     - type: ReadFromJson
       name: read
       config: {path: in.jsonl}
       restart: {max_restarts: 2, backoff: {initial: 10ms}}
-    - type: WriteToJson
-      config: {path: out.jsonl}
 "#,
+        ),
     );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("stage `read` failed"), "{err}");
+    let err = failed_in(&out, "read");
     assert!(err.contains("in.jsonl:7: invalid JSON"), "{err}");
 
     // with error_handling the same file flows: 9 records out, 1 dead letter

@@ -38,28 +38,25 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// `openssl req` for a new P-256 key `<name>.key` and `out` (a request,
+/// or with `-x509` among `extra` a self-signed certificate) for `/CN=name`.
+fn new_key(dir: &Path, name: &str, out: &str, extra: &[&str]) {
+    let (key, subj) = (format!("{name}.key"), format!("/CN={name}"));
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ];
+    args.extend(["-nodes", "-keyout", &key, "-out", out, "-subj", &subj]);
+    args.extend(extra);
+    openssl(dir, &args);
+}
+
 /// A CA (`<ca>.pem`, `<ca>.key`).
 fn ca(dir: &Path, ca: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={ca}"),
-        ],
-    );
+    new_key(dir, ca, &format!("{ca}.pem"), &["-x509", "-days", "2"]);
 }
 
 /// A certificate for `name` (its common name), signed by `ca`, valid for
@@ -70,23 +67,7 @@ fn cert(dir: &Path, ca: &str, name: &str) {
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
+    new_key(dir, name, &format!("{name}.csr"), &[]);
     openssl(
         dir,
         &[
@@ -145,11 +126,7 @@ fn scrape(addr: &str) -> String {
 
 fn forged(epoch: u64, first_seq: u64) -> Vec<u8> {
     encode_data(&DataMsg::Batch {
-        producer: ProducerId {
-            stage: "gen".into(),
-            output: None,
-            epoch,
-        },
+        producer: ProducerId::main("gen", epoch),
         first_seq,
         records: (0..10)
             .map(|i| rill_core::record! {"id" => 1_000_000 + i, "forged" => true})

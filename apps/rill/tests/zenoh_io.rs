@@ -5,20 +5,19 @@ use std::time::Duration;
 
 use rill_testing::*;
 
+/// `count` generated records at `rate` a second, written to Zenoh's `key`.
+fn writer(count: u64, rate: u64, key: &str, format: &str) -> String {
+    format!(
+        "pipeline:\n  type: chain\n  transforms:\n    - type: Generate\n      config: {{count: {count}, rate: {rate}, start_time: 0}}\n    - type: WriteToZenoh\n      config: {{key: {key}, format: {format}}}\n"
+    )
+}
+
 #[test]
 fn tap_prints_what_write_to_zenoh_publishes() {
     let dir = sandbox();
     std::fs::write(
         dir.path().join("p.yaml"),
-        r#"
-pipeline:
-  type: chain
-  transforms:
-    - type: Generate
-      config: {count: 400, rate: 200, start_time: 0}
-    - type: WriteToZenoh
-      config: {key: demo/readings, format: json}
-"#,
+        writer(400, 200, "demo/readings", "json"),
     )
     .unwrap();
     let port = free_port();
@@ -66,15 +65,7 @@ pipeline:
     .unwrap();
     std::fs::write(
         dir.path().join("writer.yaml"),
-        r#"
-pipeline:
-  type: chain
-  transforms:
-    - type: Generate
-      config: {count: 2000, rate: 500, start_time: 0}
-    - type: WriteToZenoh
-      config: {key: demo/feed, format: rill}
-"#,
+        writer(2000, 500, "demo/feed", "rill"),
     )
     .unwrap();
     let port = free_port();

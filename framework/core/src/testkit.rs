@@ -22,8 +22,10 @@
 //! ```
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::NodeMetrics;
 use crate::node::{
     BuildContext, Emitter, Extensions, Failure, Node, NodeError, Sink, Source, SourceStatus,
     Transform,
@@ -138,17 +140,39 @@ pub fn build_yaml_with_state(
         .parse(type_name, &node)
         .ok_or_else(|| format!("unknown type `{type_name}`"))?
         .map_err(|e| e.to_string())?;
+    let metrics = Arc::new(NodeMetrics::default());
+    with_context(
+        type_name,
+        base_dir,
+        state,
+        Default::default(),
+        &metrics,
+        |ctx| cfg.build(ctx).map_err(|e| e.to_string()),
+    )
+}
+
+/// Calls `f` with the context a node of stage `stage` is built with on its
+/// first start in a test: pipeline `test`, no extensions, `exactly_once`,
+/// its keyed state, resources and metrics as given.
+pub fn with_context<R>(
+    stage: &str,
+    base_dir: &Path,
+    state: &crate::state::KeyedState,
+    resources: crate::spec::Resources,
+    metrics: &Arc<NodeMetrics>,
+    f: impl FnOnce(&BuildContext<'_>) -> R,
+) -> R {
     let ext = Extensions::default();
     let ctx = BuildContext {
         pipeline: "test",
-        stage: type_name,
+        stage,
         attempt: 0,
         base_dir,
         extensions: &ext,
         state,
         delivery: crate::spec::Delivery::ExactlyOnce,
-        resources: Default::default(),
-        metrics: &Default::default(),
+        resources,
+        metrics,
     };
-    cfg.build(&ctx).map_err(|e| e.to_string())
+    f(&ctx)
 }

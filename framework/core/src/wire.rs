@@ -16,6 +16,17 @@ pub struct ProducerId {
     pub epoch: u64,
 }
 
+impl ProducerId {
+    /// The main output of `stage`, in `epoch`.
+    pub fn main(stage: &str, epoch: u64) -> ProducerId {
+        ProducerId {
+            stage: stage.to_owned(),
+            output: None,
+            epoch,
+        }
+    }
+}
+
 /// A message on a data key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum DataMsg {

@@ -20,11 +20,7 @@ use rill_testing::{free_port, int_column};
 /// bytes that are not records.
 fn corrupt_batch() -> Vec<u8> {
     let mut bytes = encode_data(&DataMsg::Batch {
-        producer: ProducerId {
-            stage: "gen".into(),
-            output: None,
-            epoch: 7,
-        },
+        producer: ProducerId::main("gen", 7),
         first_seq: 0,
         records: vec![],
     })
@@ -122,11 +118,7 @@ options:
 
 fn batch(epoch: u64, first_seq: u64, ids: std::ops::Range<i64>) -> Vec<u8> {
     encode_data(&DataMsg::Batch {
-        producer: ProducerId {
-            stage: "gen".into(),
-            output: None,
-            epoch,
-        },
+        producer: ProducerId::main("gen", epoch),
         first_seq,
         records: ids.map(|i| rill_core::record! {"id" => i}).collect(),
     })
@@ -171,11 +163,7 @@ pipeline:
     publisher.put(batch(99, 5, 1005..1010)).await.unwrap();
     publisher.put(batch(7, 5, 5..10)).await.unwrap();
     let end = encode_data(&DataMsg::End {
-        producer: ProducerId {
-            stage: "gen".into(),
-            output: None,
-            epoch: 7,
-        },
+        producer: ProducerId::main("gen", 7),
         seq: 10,
     })
     .unwrap();

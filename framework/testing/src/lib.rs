@@ -181,6 +181,31 @@ pub fn signal(child: &Child, sig: &str) {
     assert!(st.success());
 }
 
+/// A keyed stream through a running count per key (`TestCountPerKey`)
+/// into `out.jsonl`: the pipeline that the recovery and chaos tests stop,
+/// kill and resume. `generate` is `Generate`'s config (a flow mapping's
+/// inside), `options` the body of `options:`.
+pub fn counting_pipeline(name: &str, generate: &str, options: &str) -> String {
+    format!(
+        r#"
+pipeline:
+  name: {name}
+  transforms:
+    - type: Generate
+      name: gen
+      config: {{{generate}}}
+    - type: TestCountPerKey
+      name: count
+      input: gen
+    - type: WriteToJson
+      name: sink
+      input: count
+      config: {{path: out.jsonl}}
+options:
+{options}"#
+    )
+}
+
 /// The random source of a chaos test: seeded from `RILL_CHAOS_SEED` when
 /// set (to replay a failure), else at random; the seed is printed, and
 /// returned for failure messages.

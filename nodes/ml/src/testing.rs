@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rill_core::metrics::NodeMetrics;
-use rill_core::node::{BuildContext, Emitter, Failure, Node, Transform};
+use rill_core::node::{Emitter, Failure, Node, Transform};
 use rill_core::spec::Resources;
 use rill_core::{Record, yaml};
 
@@ -23,20 +23,12 @@ pub fn build(
         .expect("registered")
         .map_err(|e| e.to_string())?;
     let metrics = Arc::new(NodeMetrics::default());
-    let ext = Default::default();
     let state = Default::default();
-    let ctx = BuildContext {
-        pipeline: "test",
-        stage: "infer",
-        attempt: 0,
-        base_dir,
-        extensions: &ext,
-        state: &state,
-        delivery: Default::default(),
-        resources,
-        metrics: &metrics,
-    };
-    match cfg.build(&ctx).map_err(|e| e.to_string())? {
+    let built =
+        rill_core::testkit::with_context("infer", base_dir, &state, resources, &metrics, |ctx| {
+            cfg.build(ctx)
+        });
+    match built.map_err(|e| e.to_string())? {
         Node::Transform(t) => Ok((t, metrics)),
         _ => Err("RunInference is a transform".into()),
     }
