@@ -137,7 +137,13 @@ pub struct Run {
     started: Instant,
     stores: Vec<Arc<dyn StateStore>>,
     keep_state: bool,
+    /// The local stages' shared state, for the last acknowledgements.
+    shared: Vec<Arc<Mutex<stage::StageShared>>>,
 }
+
+/// How long a finished process keeps acknowledging the end of its input to
+/// a producer in another process that has not finished yet.
+const LINGER: Duration = Duration::from_secs(10);
 
 impl Run {
     /// Opens the Zenoh session, builds every local node (a node that cannot
@@ -240,6 +246,7 @@ impl Run {
         }
         let stores: Vec<Arc<dyn StateStore>> = stages.iter().map(|(_, st, _)| st.clone()).collect();
         let names: Vec<String> = stages.iter().map(|(s, _, _)| s.name.clone()).collect();
+        let shared: Vec<_> = stages.iter().map(|(_, _, sh)| sh.clone()).collect();
         let stages = stages
             .into_iter()
             .zip(metrics.iter().cloned())
@@ -285,7 +292,61 @@ impl Run {
             started,
             stores,
             keep_state: opts.keep_state,
+            shared,
         })
+    }
+
+    /// A consumer's last acknowledgement (of its input's end) can be lost
+    /// on the way, and a producer in another process waits for it: until
+    /// every remote producer of a local stage has left (its liveliness
+    /// token is gone), or for at most [`LINGER`], the acknowledgements are
+    /// sent again. A producer in this process has them already.
+    async fn last_acks(&self) {
+        let local = self.stage_keys_here();
+        let until = Instant::now() + LINGER;
+        for sh in &self.shared {
+            let mut sh = sh.lock().await;
+            for i in 0..sh.inputs.len() {
+                let producer = sh.inputs[i].producer_key.clone();
+                if local.contains(producer.as_str()) {
+                    continue;
+                }
+                let keys = protocol::alive_keys(&self.pipeline.name, &producer);
+                while Instant::now() < until {
+                    if sh.ack(i).await.is_err() {
+                        break;
+                    }
+                    let live = match self.session.liveliness().get(&keys).await {
+                        Ok(replies) => {
+                            let mut any = false;
+                            while let Ok(Ok(r)) = tokio::time::timeout(
+                                Duration::from_millis(500),
+                                replies.recv_async(),
+                            )
+                            .await
+                            {
+                                any |= r.result().is_ok();
+                            }
+                            any
+                        }
+                        Err(_) => false,
+                    };
+                    if !live {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// The key names of the stages this process runs.
+    fn stage_keys_here(&self) -> std::collections::HashSet<String> {
+        self.metrics
+            .iter()
+            .filter_map(|m| self.pipeline.stage(&m.stage))
+            .map(|s| s.key_name())
+            .collect()
     }
 
     /// The live counters of the local stages.
@@ -299,13 +360,16 @@ impl Run {
     }
 
     /// Waits for the end of the run.
-    pub async fn wait(self) -> Result<RunReport, RunError> {
-        let _ = self.join.await;
+    pub async fn wait(mut self) -> Result<RunReport, RunError> {
+        let _ = (&mut self.join).await;
         let report = RunReport {
             pipeline: self.pipeline.name.clone(),
             stages: self.metrics.iter().map(|m| m.snapshot()).collect(),
             elapsed: self.started.elapsed(),
         };
+        if matches!(*self.outcome.lock().unwrap(), Outcome::Completed) {
+            self.last_acks().await;
+        }
         let _ = self.session.close().await;
         let outcome = self.outcome.lock().unwrap().clone();
         match outcome {

@@ -46,6 +46,17 @@ pub fn config_json(opts: &ZenohOptions) -> String {
 /// Opens a session; the error says which endpoint was at fault where Zenoh
 /// tells.
 pub async fn open(opts: &ZenohOptions) -> Result<zenoh::Session, String> {
+    if let Some(e) = opts
+        .listen
+        .iter()
+        .chain(&opts.connect)
+        .find(|e| e.starts_with("tls/"))
+    {
+        tracing::warn!(
+            endpoint = %e,
+            "Zenoh 1.10's TLS-over-TCP links can crash a process under load (a rustls stream shared by a reading and a writing task, eclipse-zenoh/zenoh#2557); use quic/ endpoints, which carry the same mutual TLS"
+        );
+    }
     let config = zenoh::Config::from_json5(&config_json(opts))
         .map_err(|e| format!("bad zenoh options: {e}"))?;
     zenoh::open(config).await.map_err(|e| {

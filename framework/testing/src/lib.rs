@@ -85,6 +85,50 @@ pub fn command(dir: &Path, args: &[&str]) -> Command {
     command_of(&rill_bin(), dir, args)
 }
 
+/// A child process that is killed when dropped, so a test that fails
+/// leaves nothing running (a stray `rill run` holds ports and CPU and can
+/// make the next test fail).
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    /// Waits for it, as [`wait`].
+    pub fn wait(mut self, limit: Duration, what: &str) -> Output {
+        wait(self.0.take().expect("not waited for yet"), limit, what)
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Kills it and returns what it printed (for a failure message).
+    pub fn kill_and_output(mut self) -> Output {
+        let mut c = self.0.take().expect("not waited for yet");
+        let _ = c.kill();
+        c.wait_with_output().expect("output")
+    }
+}
+
+impl From<Child> for Spawned {
+    fn from(c: Child) -> Spawned {
+        Spawned(Some(c))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `rill ARGS` in `dir` (as [`command`]), killed when dropped.
+pub fn spawn(dir: &Path, args: &[&str]) -> Spawned {
+    Spawned(Some(command(dir, args).spawn().expect("spawn rill")))
+}
+
 /// Waits for a child, killing it (and failing the test) after `limit`.
 pub fn wait(mut child: Child, limit: Duration, what: &str) -> Output {
     let end = Instant::now() + limit;

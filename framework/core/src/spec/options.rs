@@ -31,13 +31,13 @@ pub(super) fn check_options(cx: &mut Cx, o: &Options, node: Option<&YNode>) {
         .listen
         .iter()
         .chain(&o.zenoh.connect)
-        .find(|e| e.starts_with("tls/"));
+        .find(|e| e.starts_with("tls/") || e.starts_with("quic/"));
     if let Some(e) = tls_endpoint
         && o.zenoh.tls.is_none()
     {
         cx.err(
             at("zenoh"),
-            format!("the endpoint `{e}` is TLS: it needs `zenoh.tls: {{root_ca, certificate, private_key}}`"),
+            format!("the endpoint `{e}` is TLS (over TCP or QUIC): it needs `zenoh.tls: {{root_ca, certificate, private_key}}`"),
         );
     }
     if let Some(acl) = &o.zenoh.access_control
