@@ -68,7 +68,6 @@ pub struct RunOptions {
     pub extensions: Extensions,
 }
 
-/// Why a run could not start or did not succeed.
 impl RunOptions {
     /// The options of a whole run in `dir` (its state, and the paths of its
     /// pipeline, relative to it).
@@ -80,6 +79,7 @@ impl RunOptions {
     }
 }
 
+/// Why a run could not start or did not succeed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
