@@ -14,6 +14,13 @@
 //! | `MapToFields` | transform | `fields`, `append`, `drop`, `language` |
 //! | `Explode` | transform | `fields`, `cross_product` |
 //! | `LogForTesting` | transform | `level`, `prefix` |
+//! | `AssignTimestamps` | transform | `timestamp`, `language` |
+//! | `WindowInto` | transform | `windowing` |
+//! | `Combine` | transform | `group_by`, `combine`, `language`, `late_output`, `state_cache` |
+//! | `ExtractWindowingInfo` | transform | `fields` |
+//! | `Flatten` | transform | (none) |
+//! | `Partition` | transform | `by`, `outputs`, `unknown_output`, `language` |
+//! | `Reshuffle` | transform | `num_buckets` (no effect) |
 //! | `WriteToJson` | sink | `path` |
 //! | `WriteToCsv` | sink | `path`, `delimiter` |
 //! | `WriteToZenoh` | sink | `key`, `format` |
@@ -21,12 +28,15 @@
 //! Every node that can fail a record takes Beam's
 //! `error_handling: {output: NAME}` in its `config`.
 
+pub mod combine;
 pub mod create;
 pub mod files;
 pub mod generate;
 pub mod log;
 pub mod mapping;
+pub mod routing;
 pub mod testing;
+pub mod windows;
 pub mod zenoh_io;
 
 use rill_core::registry::Registry;
@@ -48,6 +58,22 @@ pub fn register_all(r: &mut Registry) {
     );
     r.register::<zenoh_io::ReadFromZenoh>("ReadFromZenoh", "subscribes to any Zenoh key");
     r.register::<zenoh_io::WriteToZenoh>("WriteToZenoh", "publishes records on any Zenoh key");
+    r.register::<combine::Combine>(
+        "Combine",
+        "aggregates per group and window: sum, count, mean, min, max, top N...",
+    );
+    r.register::<windows::AssignTimestamps>(
+        "AssignTimestamps",
+        "sets each record's event time from a field or expression",
+    );
+    r.register::<windows::WindowInto>("WindowInto", "puts records into windows");
+    r.register::<windows::ExtractWindowingInfo>(
+        "ExtractWindowingInfo",
+        "adds a record's timestamp and window as fields",
+    );
+    r.register::<routing::Flatten>("Flatten", "one stream of the records of all its inputs");
+    r.register::<routing::Partition>("Partition", "sends each record to the output it names");
+    r.register::<routing::Reshuffle>("Reshuffle", "passes records on (a stage boundary)");
 }
 
 /// A registry with every built-in node type.

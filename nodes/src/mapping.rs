@@ -196,6 +196,7 @@ impl Transform for MapNode {
                     key: r.key,
                     event_time: r.event_time,
                     fields,
+                    window: r.window,
                 }),
                 Err(e) => out.fail(r, e),
             }

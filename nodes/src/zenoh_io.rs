@@ -149,7 +149,9 @@ fn decode(format: Format, key: &str, bytes: &[u8]) -> Vec<Result<Record, (Record
     };
     let as_rill = || match decode_data(bytes) {
         Ok(DataMsg::Batch { records, .. }) => Some(records),
-        Ok(DataMsg::End { .. } | DataMsg::Gone { .. }) => Some(Vec::new()),
+        Ok(DataMsg::End { .. } | DataMsg::Gone { .. } | DataMsg::Watermark { .. }) => {
+            Some(Vec::new())
+        }
         Err(_) => rill_core::codec::decode::<Vec<Record>>(bytes).ok(),
     };
     let as_json = || rill_core::json::parse_json_bytes(bytes).map_err(|e| e.to_string());

@@ -442,7 +442,7 @@ pub async fn tap(key: String, listen: Vec<String>, connect: Vec<String>, count: 
             Ok(rill_core::wire::DataMsg::Batch { records, .. }) => {
                 records.iter().map(rill_core::json::record_to_json_line).collect()
             }
-            Ok(rill_core::wire::DataMsg::End { .. } | rill_core::wire::DataMsg::Gone { .. }) => Vec::new(),
+            Ok(_) => Vec::new(),
             Err(_) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(j) => vec![j.to_string()],
                 Err(_) => vec![serde_json::json!({"key_expr": sample.key_expr().as_str(), "bytes": bytes.len()}).to_string()],

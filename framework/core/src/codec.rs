@@ -110,11 +110,13 @@ mod tests {
             proptest::option::of("[a-z0-9]{0,40}"),
             any::<i64>(),
             proptest::collection::vec(("[a-z_]{1,30}", value()), 0..6),
+            proptest::option::of((any::<i64>(), any::<i64>())),
         )
-            .prop_map(|(key, event_time, kv)| Record {
+            .prop_map(|(key, event_time, kv, window)| Record {
                 key: key.map(Into::into),
                 event_time,
                 fields: kv.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+                window: window.map(|(start, end)| crate::window::Window { start, end }),
             })
     }
 

@@ -35,4 +35,5 @@ pub mod spec;
 pub mod state;
 pub mod testkit;
 pub mod units;
+pub mod window;
 pub mod wire;

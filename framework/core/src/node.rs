@@ -234,6 +234,22 @@ pub trait Transform: Send {
         Ok(())
     }
 
+    /// The stage's watermark moved to `watermark` (ms; [`END_OF_TIME`] when
+    /// every input ended): fire what it completes. Called only for nodes
+    /// that say [`NodeConfig::uses_watermarks`], after the records that
+    /// came before the watermark and before those after it.
+    ///
+    /// [`END_OF_TIME`]: crate::window::END_OF_TIME
+    fn on_watermark(&mut self, _watermark: i64, _out: &mut Emitter) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Processing time passed (called about every 25 ms for nodes that
+    /// say [`NodeConfig::uses_watermarks`]): early firings.
+    fn on_timer(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
+        Ok(())
+    }
+
     /// Called before each commit of the stage: put what the node must keep
     /// into its [`KeyedState`] (if it does not write it there as it goes).
     /// It runs on the async worker: keep it short (no I/O).
@@ -387,6 +403,8 @@ pub struct BuildContext<'a> {
     pub resources: Resources,
     /// The node's own metrics, shared by the stage's incarnations.
     pub metrics: &'a Arc<NodeMetrics>,
+    /// The windowing strategy of the stage's input (see [`crate::window`]).
+    pub windowing: crate::window::Windowing,
 }
 
 impl BuildContext<'_> {
@@ -532,6 +550,26 @@ pub trait NodeConfig: DeserializeOwned + fmt::Debug + Send + Sync + 'static {
         false
     }
 
+    /// Whether the node acts on event time: the runtime then gives it the
+    /// stage's watermark ([`Transform::on_watermark`]) and timer ticks
+    /// ([`Transform::on_timer`]), and every stage upstream sends watermarks.
+    fn uses_watermarks(&self) -> bool {
+        false
+    }
+
+    /// Whether the node sets its records' event times (`AssignTimestamps`):
+    /// its stage then derives its output watermark from the event times it
+    /// emits, as a source does, instead of passing its input's on.
+    fn assigns_timestamps(&self) -> bool {
+        false
+    }
+
+    /// The windowing the node gives its output (`WindowInto`); `None`
+    /// keeps its input's.
+    fn windowing(&self) -> Option<crate::window::Windowing> {
+        None
+    }
+
     /// Makes the running node.
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
 }
@@ -550,6 +588,9 @@ pub trait DynNode: fmt::Debug + Send + Sync {
     fn multiple_inputs(&self) -> bool;
     fn batching(&self) -> Option<Batching>;
     fn uses_device(&self) -> bool;
+    fn uses_watermarks(&self) -> bool;
+    fn assigns_timestamps(&self) -> bool;
+    fn windowing(&self) -> Option<crate::window::Windowing>;
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
 }
 
@@ -568,6 +609,15 @@ impl<C: NodeConfig> DynNode for C {
     }
     fn uses_device(&self) -> bool {
         NodeConfig::uses_device(self)
+    }
+    fn uses_watermarks(&self) -> bool {
+        NodeConfig::uses_watermarks(self)
+    }
+    fn assigns_timestamps(&self) -> bool {
+        NodeConfig::assigns_timestamps(self)
+    }
+    fn windowing(&self) -> Option<crate::window::Windowing> {
+        NodeConfig::windowing(self)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         NodeConfig::build(self, ctx)

@@ -77,7 +77,7 @@ impl Registry {
 
 /// Where a validation error points: the deepest key of its path that the
 /// config has (its key's mark; a list item's own mark), else the config.
-fn mark_of_path(config: &YNode, path: &[String]) -> crate::yaml::Mark {
+pub(crate) fn mark_of_path(config: &YNode, path: &[String]) -> crate::yaml::Mark {
     let mut node = config;
     let mut mark = config.mark;
     for seg in path {

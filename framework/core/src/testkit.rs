@@ -75,6 +75,10 @@ pub fn run_transform(
         node.process(b, &mut out)?;
         run.absorb(&mut out);
     }
+    // every input ended: the watermark goes to the end of time, as the
+    // runtime moves it (nodes that do not use watermarks ignore it)
+    node.on_watermark(crate::window::END_OF_TIME, &mut out)?;
+    run.absorb(&mut out);
     node.finish(&mut out)?;
     run.absorb(&mut out);
     node.checkpoint()?;
@@ -135,6 +139,26 @@ pub fn build_yaml_with_state(
     base_dir: &Path,
     state: &crate::state::KeyedState,
 ) -> Result<Node, String> {
+    build_yaml_windowed(
+        registry,
+        type_name,
+        config_yaml,
+        base_dir,
+        state,
+        Default::default(),
+    )
+}
+
+/// As [`build_yaml_with_state`], for a stage whose input is windowed by
+/// `windowing`.
+pub fn build_yaml_windowed(
+    registry: &Registry,
+    type_name: &str,
+    config_yaml: &str,
+    base_dir: &Path,
+    state: &crate::state::KeyedState,
+    windowing: crate::window::Windowing,
+) -> Result<Node, String> {
     let node = yaml::parse(config_yaml).map_err(|e: YamlError| e.to_string())?;
     let cfg = registry
         .parse(type_name, &node)
@@ -147,7 +171,13 @@ pub fn build_yaml_with_state(
         state,
         Default::default(),
         &metrics,
-        |ctx| cfg.build(ctx).map_err(|e| e.to_string()),
+        |ctx| {
+            let ctx = BuildContext {
+                windowing,
+                ..ctx.clone()
+            };
+            cfg.build(&ctx).map_err(|e| e.to_string())
+        },
     )
 }
 
@@ -173,6 +203,7 @@ pub fn with_context<R>(
         delivery: crate::spec::Delivery::ExactlyOnce,
         resources,
         metrics,
+        windowing: Default::default(),
     };
     f(&ctx)
 }

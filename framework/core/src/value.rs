@@ -295,6 +295,10 @@ pub struct Record {
     pub event_time: i64,
     /// Named values, in order.
     pub fields: Fields,
+    /// The window an aggregation computed this record over (`None`: the
+    /// windows its stream's strategy assigns to its event time, or the
+    /// global window). See [`crate::window`].
+    pub window: Option<crate::window::Window>,
 }
 
 impl Record {
@@ -303,6 +307,7 @@ impl Record {
             key: None,
             event_time: 0,
             fields,
+            window: None,
         }
     }
 

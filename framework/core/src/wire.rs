@@ -51,6 +51,15 @@ pub enum DataMsg {
         from: u64,
         low: u64,
     },
+    /// The producer's watermark: no record it sends after this one has an
+    /// event time at or below `time`, except late ones (ms since the epoch;
+    /// see `docs/runtime-semantics.md`). It takes the number `seq`, like a
+    /// record, so it is logged, resent and acknowledged in order with them.
+    Watermark {
+        producer: ProducerId,
+        seq: u64,
+        time: i64,
+    },
 }
 
 impl DataMsg {
@@ -58,7 +67,8 @@ impl DataMsg {
         match self {
             DataMsg::Batch { producer, .. }
             | DataMsg::End { producer, .. }
-            | DataMsg::Gone { producer, .. } => producer,
+            | DataMsg::Gone { producer, .. }
+            | DataMsg::Watermark { producer, .. } => producer,
         }
     }
 }
@@ -114,6 +124,11 @@ pub enum DataHead {
         from: u64,
         low: u64,
     },
+    Watermark {
+        producer: ProducerId,
+        seq: u64,
+        time: i64,
+    },
 }
 
 /// The fields of [`DataMsg`] before the records, in the same layout.
@@ -132,6 +147,11 @@ enum HeadWire {
         consumer: String,
         from: u64,
         low: u64,
+    },
+    Watermark {
+        producer: ProducerId,
+        seq: u64,
+        time: i64,
     },
 }
 
@@ -171,6 +191,15 @@ pub fn decode_data_head(bytes: &[u8]) -> Result<DataHead, CodecError> {
             consumer,
             from,
             low,
+        },
+        HeadWire::Watermark {
+            producer,
+            seq,
+            time,
+        } => DataHead::Watermark {
+            producer,
+            seq,
+            time,
         },
     })
 }
@@ -269,6 +298,19 @@ mod tests {
                 consumer: "sink".into(),
                 from: 0,
                 low: 512
+            }
+        );
+        let wm = DataMsg::Watermark {
+            producer: producer(),
+            seq: 9,
+            time: -5,
+        };
+        assert_eq!(
+            decode_data_head(&encode_data(&wm).unwrap()).unwrap(),
+            DataHead::Watermark {
+                producer: producer(),
+                seq: 9,
+                time: -5
             }
         );
         assert!(matches!(

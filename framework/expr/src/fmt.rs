@@ -31,7 +31,7 @@ fn exp_suffix(e: i32, upper: bool) -> String {
 
 /// Python's `repr(float)` / `str(float)`: the shortest string that round
 /// trips, in fixed notation for exponents -4..16, else scientific.
-pub(crate) fn float_repr(f: f64) -> String {
+pub fn float_repr(f: f64) -> String {
     if f.is_nan() {
         return "nan".into();
     }

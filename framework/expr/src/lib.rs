@@ -71,6 +71,7 @@
 mod builtins;
 mod compile;
 mod fmt;
+pub use fmt::float_repr;
 mod interp;
 mod ir;
 mod pyre;
@@ -222,11 +223,23 @@ impl Program {
 
     /// Evaluates against one record.
     pub fn eval(&self, record: &Record) -> Result<Value, EvalError> {
+        self.run(&record.fields, None)
+    }
+
+    /// Calls a callable with `arg` instead of a row (a `Combine` fn gets
+    /// the list of a group's values: `lambda values: max(values) - min(values)`).
+    /// An expression is evaluated with no fields.
+    pub fn call(&self, arg: &Value) -> Result<Value, EvalError> {
+        self.run(&rill_core::Fields::default(), Some(arg))
+    }
+
+    /// Runs the program over `rec`; a callable gets `arg`, else the row.
+    fn run(&self, rec: &rill_core::Fields, arg: Option<&Value>) -> Result<Value, EvalError> {
         let inner: &Compiled = &self.inner;
         let marker = 0u8;
         let mut it = Interp {
             fields: &inner.fields,
-            rec: &record.fields,
+            rec,
             limits: self.limits,
             steps: 0,
             depth: 0,
@@ -249,7 +262,11 @@ impl Program {
                     it.exec_block(stmts, &mut frame)?;
                 }
                 let f = it.eval(entry, &mut frame)?;
-                it.call_value(&f, &[val::Val::Rec(&record.fields)], &[])?
+                let a = match arg {
+                    Some(v) => val::from_value(v)?,
+                    None => val::Val::Rec(rec),
+                };
+                it.call_value(&f, &[a], &[])?
             }
         };
         val::to_value(&v, self.limits.max_items, self.limits.max_result_bytes)

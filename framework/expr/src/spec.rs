@@ -200,6 +200,12 @@ impl FullSpec {
 }
 
 impl Compiled {
+    /// Calls a callable with `arg` in place of a row (see
+    /// [`Program::call`]).
+    pub fn call(&self, arg: &Value) -> Result<Value, String> {
+        self.program.call(arg).map_err(|e| e.to_string())
+    }
+
     /// Evaluates against a record.
     pub fn eval(&self, r: &Record) -> Result<Value, String> {
         let v = self.program.eval(r).map_err(|e| e.to_string())?;

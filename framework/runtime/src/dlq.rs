@@ -99,6 +99,7 @@ impl Letter {
                 key: o.get("key").and_then(Json::as_str).map(Into::into),
                 event_time: o.get("event_time").and_then(Json::as_i64).unwrap_or(0),
                 fields,
+                window: None,
             },
         })
     }

@@ -23,6 +23,8 @@ use crate::log::OutLog;
 pub const EPOCH_KEY: &[u8] = b"m/epoch";
 pub const SOURCE_KEY: &[u8] = b"m/source";
 pub const FINISHED_KEY: &[u8] = b"m/finished";
+/// A stage's event-time clock (input watermarks, what it sent).
+pub const CLOCK_KEY: &[u8] = b"m/clock";
 
 /// Loads the stage's epoch, or draws one for a new store.
 pub fn load_epoch(store: &dyn StateStore) -> Result<u64, String> {

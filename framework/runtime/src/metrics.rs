@@ -42,6 +42,9 @@ pub struct StageMetrics {
     /// Messages on an input from a producer epoch no live producer
     /// announced (forged, or from a stale process): dropped.
     pub foreign: AtomicU64,
+    /// The stage's event-time watermark (ms since the epoch; `i64::MIN`
+    /// before one is known).
+    pub watermark: AtomicI64,
     /// The node's own metrics (a model's batch sizes, load times...).
     pub node: std::sync::Arc<rill_core::metrics::NodeMetrics>,
 }
@@ -68,6 +71,7 @@ impl StageMetrics {
             commit_us: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             foreign: AtomicU64::new(0),
+            watermark: AtomicI64::new(i64::MIN),
             node: Default::default(),
         }
     }

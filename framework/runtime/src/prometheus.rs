@@ -95,7 +95,7 @@ pub fn render(pipeline: &str, stages: &[Arc<StageMetrics>]) -> String {
         })
         .collect();
     type Read = fn(&StageMetrics) -> f64;
-    let simple: [(&str, &str, &str, Read); 12] = [
+    let simple: [(&str, &str, &str, Read); 13] = [
         (
             "rill_stage_records_in_total",
             "counter",
@@ -137,6 +137,16 @@ pub fn render(pipeline: &str, stages: &[Arc<StageMetrics>]) -> String {
             "counter",
             "messages from a producer epoch no live producer announced (dropped)",
             |m| m.foreign.load(Relaxed) as f64,
+        ),
+        (
+            "rill_stage_watermark_seconds",
+            "gauge",
+            "the stage's event-time watermark, seconds since the epoch (absent before one is known)",
+            |m| match m.watermark.load(Relaxed) {
+                i64::MIN => f64::NAN,
+                i64::MAX => f64::INFINITY,
+                w => w as f64 / 1000.0,
+            },
         ),
         (
             "rill_stage_commits_total",

@@ -73,6 +73,10 @@ fn replay_pipeline(p: &Pipeline, stage: &Stage, records: Vec<Record>, state: &Pa
         timeout: Timeouts::default(),
         restart: stage.restart,
         resources: Default::default(),
+        windowing_key: None,
+        windowing: stage.windowing,
+        watermark: stage.watermark,
+        sends_watermarks: stage.sends_watermarks || stage.node.uses_watermarks(),
         mark: stage.mark,
     };
     let mut first = stage.clone();

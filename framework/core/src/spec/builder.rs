@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use super::{
     Cx, Input, Options, Pipeline, Resources, Retries, SpecErrors, Stage, Timeouts, graph, inputs,
+    windowing,
 };
 use crate::node::DynNode;
+use crate::window::Windowing;
 use crate::yaml::Mark;
 
 /// Builds pipelines in Rust code instead of YAML.
@@ -78,6 +80,10 @@ impl PipelineBuilder {
             timeout: Timeouts::default(),
             restart: self.options.restart,
             resources: Resources::default(),
+            windowing_key: None,
+            windowing: Windowing::default(),
+            watermark: self.options.watermark,
+            sends_watermarks: false,
             mark: Mark::default(),
         });
         self
@@ -107,11 +113,14 @@ impl PipelineBuilder {
         }
         inputs::resolve(&mut cx, &mut stages);
         graph::check_outputs_read(&mut cx, &stages);
-        let stages = if cx.errors.is_empty() {
+        let mut stages = if cx.errors.is_empty() {
             graph::topo_sort(&mut cx, stages)
         } else {
             None
         };
+        if let Some(stages) = &mut stages {
+            windowing::resolve(&mut cx, stages);
+        }
         match stages {
             Some(stages) if cx.errors.is_empty() => Ok(Pipeline {
                 name: self.name,

@@ -17,6 +17,7 @@
 //! | `inputs` | `input:` entries, parsed and then resolved to a stage and output |
 //! | `graph` | every named output is read; the stages in topological order, or the cycle |
 //! | `resources` | the stages' budgets against a [`Machine`] |
+//! | `windowing` | each stream's windowing strategy; which stages send watermarks |
 //!
 //! The data types are in `types` (options and per-stage settings) and
 //! `machine` (what a machine offers); [`PipelineBuilder`] runs the graph
@@ -32,6 +33,7 @@ mod parse;
 mod resources;
 mod transform;
 mod types;
+mod windowing;
 
 #[cfg(test)]
 mod tests;
@@ -43,6 +45,7 @@ use std::sync::Arc;
 
 use crate::node::{DynNode, NodeKind};
 use crate::registry::{Registry, closest};
+use crate::window::{WatermarkSpec, Windowing};
 use crate::yaml::{self, Mark, YNode, YValue, YamlError, from_node};
 
 pub use builder::PipelineBuilder;
@@ -115,6 +118,21 @@ pub struct Stage {
     pub timeout: Timeouts,
     pub restart: RestartPolicy,
     pub resources: Resources,
+    /// `windowing:` as written on the stage: a transform's applies to its
+    /// input (its records are put into windows again), a source's to its
+    /// output.
+    pub windowing_key: Option<Windowing>,
+    /// The windowing strategy of the stage's input (a source's: of its
+    /// output), resolved by the `windowing` pass.
+    pub windowing: Windowing,
+    /// How a source (or a stage that assigns timestamps) derives its
+    /// watermark, and how long an input may be silent before it stops
+    /// holding the stage's watermark back: `options.watermark`, or the
+    /// stage's own `watermark:`.
+    pub watermark: WatermarkSpec,
+    /// The stage sends watermarks on its outputs: a stage downstream of it
+    /// needs them (set by the `windowing` pass).
+    pub sends_watermarks: bool,
     pub mark: Mark,
 }
 
@@ -259,6 +277,9 @@ fn compile(
     cx.ok()?;
     // producers before consumers; a cycle is an error
     p.stages = graph::topo_sort(cx, p.stages)?;
+    // each stream's windowing strategy; who sends watermarks
+    windowing::resolve(cx, &mut p.stages);
+    cx.ok()?;
     Some(p)
 }
 

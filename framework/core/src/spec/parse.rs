@@ -8,6 +8,7 @@ use super::transform::{Raw, apply_hints, parse_transform};
 use super::{Cx, Input, Options, Pipeline, ResourceHints, Resources, Stage, key_safe};
 use crate::node::NodeKind;
 use crate::registry::Registry;
+use crate::window::Windowing;
 use crate::yaml::{Mark, YNode, YValue};
 
 const TOP_KEYS: &[&str] = &["pipeline", "options"];
@@ -273,6 +274,10 @@ pub(super) fn pipeline(
             timeout: r.timeout,
             restart: r.restart,
             resources: r.resources,
+            windowing_key: r.windowing,
+            windowing: Windowing::default(),
+            watermark: r.watermark.unwrap_or(options.watermark),
+            sends_watermarks: false,
             mark: r.node.mark,
         });
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::inputs::parse_inputs;
 use super::options::check_restart;
 use super::*;
+use crate::window::{WatermarkSpec, Windowing, WindowingSpec};
 use crate::yaml::{YValue, YamlError};
 
 const TRANSFORM_KEYS: &[&str] = &[
@@ -15,6 +16,7 @@ const TRANSFORM_KEYS: &[&str] = &[
     "input",
     "config",
     "windowing",
+    "watermark",
     "resources",
     "resource_hints",
     "restart",
@@ -35,6 +37,8 @@ pub(super) struct Raw<'a> {
     pub(super) timeout: Timeouts,
     pub(super) restart: RestartPolicy,
     pub(super) resources: Resources,
+    pub(super) windowing: Option<Windowing>,
+    pub(super) watermark: Option<WatermarkSpec>,
 }
 
 pub(super) fn apply_hints(res: &mut Resources, hints: &ResourceHints) {
@@ -99,14 +103,10 @@ pub(super) fn parse_transform<'a>(
         }
     };
 
-    for k in ["windowing"] {
-        if let Some((kn, _)) = node.entry(k) {
-            cx.err(
-                kn.mark,
-                format!("`{k}` is not supported yet by this version of rill; remove it"),
-            );
-        }
-    }
+    let windowing = node.get("windowing").and_then(|w| parse_windowing(cx, w));
+    let watermark = node
+        .get("watermark")
+        .and_then(|w| cx.parse::<WatermarkSpec>(w));
 
     // `config` minus the generic `error_handling` goes to the node
     let empty = YNode::new(YValue::Map(Vec::new()), node.mark);
@@ -224,5 +224,21 @@ pub(super) fn parse_transform<'a>(
         timeout,
         restart,
         resources,
+        windowing,
+        watermark,
     })
+}
+
+/// A `windowing:` mapping, checked; an error points at the key it is
+/// about (`size: 0` at `size`).
+pub(super) fn parse_windowing(cx: &mut Cx, node: &YNode) -> Option<Windowing> {
+    let spec = cx.parse::<WindowingSpec>(node)?;
+    match spec.check() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            let mark = crate::registry::mark_of_path(node, &e.path);
+            cx.err(mark, format!("bad `windowing`: {}", e.message));
+            None
+        }
+    }
 }

@@ -392,6 +392,10 @@ pub struct Options {
     /// comes first, and whenever its input runs dry.
     #[serde(default)]
     pub checkpoint_interval: CheckpointInterval,
+    /// How sources derive watermarks and how long a silent input holds a
+    /// stage's watermark back (a stage's own `watermark:` overrides it).
+    #[serde(default)]
+    pub watermark: crate::window::WatermarkSpec,
 }
 
 /// `options.checkpoint_interval`: `{records: N, time: T}`, or just a
@@ -468,6 +472,7 @@ impl Default for Options {
             restart: RestartPolicy::default(),
             streaming: None,
             checkpoint_interval: CheckpointInterval::default(),
+            watermark: Default::default(),
         }
     }
 }

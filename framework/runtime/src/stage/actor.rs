@@ -15,6 +15,13 @@ pub enum StageMsg {
     },
     /// The end of input `input`, numbered `seq`.
     End { input: usize, epoch: u64, seq: u64 },
+    /// Input `input`'s watermark, numbered `seq`.
+    Watermark {
+        input: usize,
+        epoch: u64,
+        seq: u64,
+        time: i64,
+    },
     /// A duplicate arrived on `input`: the producer missed our ack.
     Duplicate { input: usize },
     /// Input `input` skipped numbers: ask again from `from`.
@@ -75,6 +82,12 @@ pub(crate) enum Pending {
         input: usize,
         epoch: u64,
         seq: u64,
+    },
+    Watermark {
+        input: usize,
+        epoch: u64,
+        seq: u64,
+        time: i64,
     },
 }
 
@@ -242,6 +255,20 @@ impl Actor for StageActor {
                 st.pending.push_back(Pending::End { input, epoch, seq });
                 drive(&mut sh, st, &myself).await?;
             }
+            StageMsg::Watermark {
+                input,
+                epoch,
+                seq,
+                time,
+            } => {
+                st.pending.push_back(Pending::Watermark {
+                    input,
+                    epoch,
+                    seq,
+                    time,
+                });
+                drive(&mut sh, st, &myself).await?;
+            }
             StageMsg::Duplicate { input } => sh.ack(input).await?,
             StageMsg::Gap { input, from } => sh.request_resend(input, from, false).await?,
             StageMsg::TooLarge { input, size } => {
@@ -337,6 +364,26 @@ impl Actor for StageActor {
                 sh.commit(&mut st.node).await?;
             }
             StageMsg::Tick => {
+                if sh.node_uses_watermarks() && !sh.finished_node {
+                    // an input that went quiet stops holding the watermark
+                    // back; early firings are due on processing time
+                    advance_watermark(&mut sh, st).await?;
+                    let (result, mut out) = call_node(&sh, st, |node| {
+                        let mut out = Emitter::new();
+                        let r = match node {
+                            Node::Transform(t) => t.on_timer(&mut out),
+                            _ => Ok(()),
+                        };
+                        (r, out)
+                    })
+                    .await?;
+                    result.map_err(|e| e.to_string())?;
+                    if !out.is_empty() {
+                        sh.route(&mut out).await?;
+                        sh.mark_dirty(0);
+                    }
+                    after_work(&mut sh, st, &myself).await?;
+                }
                 if sh.commit_due() {
                     sh.commit(&mut st.node).await?;
                 }

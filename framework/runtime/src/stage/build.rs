@@ -40,6 +40,7 @@ pub(crate) async fn build_node(
     let (config, state, delivery) = (sh.stage.node.clone(), sh.state.clone(), sh.delivery);
     let (base_dir, extensions) = (base_dir.to_owned(), extensions.clone());
     let (resources, metrics) = (sh.stage.resources, sh.metrics.node.clone());
+    let windowing = sh.stage.windowing;
     let limit = sh.stage.timeout.startup;
     let build = tokio::task::spawn_blocking(move || {
         let ctx = BuildContext {
@@ -52,6 +53,7 @@ pub(crate) async fn build_node(
             delivery,
             resources,
             metrics: &metrics,
+            windowing,
         };
         config.build(&ctx)
     });

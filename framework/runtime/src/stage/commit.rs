@@ -15,6 +15,15 @@ impl StageShared {
             return Ok(());
         }
         let started = Instant::now();
+        if self.dirty() && self.stage.sends_watermarks {
+            let wm = self
+                .clock
+                .output_watermark(self.own_watermark(), &self.stage.watermark);
+            if wm > self.clock.sent {
+                self.publish_watermark(wm).await?;
+                self.clock.sent = wm;
+            }
+        }
         if self.dirty() {
             // a sink's checkpoint does I/O (flush, fsync): off the worker;
             // a source's or transform's puts a little state
@@ -46,6 +55,9 @@ impl StageShared {
         }
         if self.finished_node && !self.finished_committed {
             batch.put(FINISHED_KEY.to_vec(), vec![1]);
+        }
+        if self.clock != self.clock_committed {
+            batch.put(CLOCK_KEY.to_vec(), durable::encode(&self.clock));
         }
         let mut dlq_len = None;
         if let Some(d) = &mut self.dlq
@@ -111,6 +123,7 @@ impl StageShared {
         }
         self.source_committed = self.source;
         self.finished_committed = self.finished_node;
+        self.clock_committed = self.clock.clone();
         self.dirty_records = 0;
         self.dirty_since = None;
         let mut acks = Vec::new();

@@ -67,7 +67,8 @@ fn queued(pending: &VecDeque<Pending>, oldest: Instant) -> Queued {
     for p in pending {
         match p {
             Pending::Data { records, .. } => q.records += records.len(),
-            Pending::End { .. } => {
+            // the end, or a watermark: what came before goes now
+            Pending::End { .. } | Pending::Watermark { .. } => {
                 q.end = true;
                 break;
             }
@@ -149,6 +150,14 @@ pub(crate) async fn drive(
                 let n = recs.len() as u64;
                 sh.metrics.queue_depth.fetch_sub(n as i64, Relaxed);
                 sh.inputs[input].processed = first_seq + n;
+                sh.last_heard[input] = Instant::now();
+                if sh.stage.windowing_key.is_some() {
+                    // `windowing:` on a transform puts its input into
+                    // windows again (by event time)
+                    for r in &mut recs {
+                        r.window = None;
+                    }
+                }
                 records.extend(recs);
             }
             if records.is_empty() {
@@ -178,6 +187,9 @@ pub(crate) async fn drive(
             {
                 retry_failures(sh, st, &mut out).await?;
             }
+            if sh.own_watermark() {
+                sh.clock.emitted(out.main().iter().map(|r| r.event_time));
+            }
             sh.route(&mut out).await?;
             check_threshold(sh, 100)?;
             sh.mark_dirty(n);
@@ -188,6 +200,21 @@ pub(crate) async fn drive(
         };
         match item {
             Pending::Data { .. } => unreachable!("data is handled above"),
+            Pending::Watermark {
+                input,
+                epoch,
+                seq,
+                time,
+            } => {
+                if !accept(sh, input, epoch, seq) {
+                    continue;
+                }
+                sh.inputs[input].processed = seq + 1;
+                sh.last_heard[input] = Instant::now();
+                sh.clock.arrive(input, time);
+                sh.mark_dirty(0);
+                advance_watermark(sh, st).await?;
+            }
             Pending::End { input, epoch, seq } => {
                 if !accept(sh, input, epoch, seq) {
                     continue;
@@ -196,6 +223,12 @@ pub(crate) async fn drive(
                 port.ended = true;
                 port.processed = seq + 1;
                 sh.mark_dirty(0);
+                // an ended input holds nothing back: when it was the last,
+                // the watermark reaches the end of time before `finish`
+                sh.clock.arrive(input, rill_core::window::END_OF_TIME);
+                if !sh.finished_node {
+                    advance_watermark(sh, st).await?;
+                }
                 if sh.inputs_ended() && !sh.finished_node {
                     let mut out = Emitter::new();
                     let result = match &mut st.node {
@@ -218,4 +251,50 @@ pub(crate) async fn drive(
         }
     }
     after_work(sh, st, myself).await
+}
+
+/// Moves the stage's watermark to the minimum over its inputs that are not
+/// idle; when it moved, a node that acts on event time fires what it
+/// completes ([`Transform::on_watermark`]).
+///
+/// [`Transform::on_watermark`]: rill_core::node::Transform::on_watermark
+pub(crate) async fn advance_watermark(
+    sh: &mut StageShared,
+    st: &mut StageState,
+) -> Result<(), ActorProcessingErr> {
+    let idle_for = Duration::from_millis(sh.stage.watermark.idle_timeout.0.max(0) as u64);
+    let idle: Vec<bool> = clock::idle(&sh.last_heard, idle_for, Instant::now())
+        .into_iter()
+        .zip(&sh.inputs)
+        .map(|(idle, port)| idle && !port.ended)
+        .collect();
+    let wm = sh.clock.input_watermark(&idle);
+    if wm <= sh.clock.given {
+        return Ok(());
+    }
+    sh.clock.given = wm;
+    sh.mark_dirty(0);
+    sh.metrics.watermark.store(wm, Relaxed);
+    if !sh.node_uses_watermarks() {
+        return Ok(());
+    }
+    let (result, mut out) = call_node(sh, st, move |node| {
+        let mut out = Emitter::new();
+        let r = match node {
+            Node::Transform(t) => t.on_watermark(wm, &mut out),
+            _ => Ok(()),
+        };
+        (r, out)
+    })
+    .await?;
+    if let Err(e) = result {
+        *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
+        return Err(e.into());
+    }
+    if sh.own_watermark() {
+        sh.clock.emitted(out.main().iter().map(|r| r.event_time));
+    }
+    sh.route(&mut out).await?;
+    check_threshold(sh, 1)?;
+    Ok(())
 }

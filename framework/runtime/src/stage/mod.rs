@@ -8,6 +8,7 @@
 mod actor;
 mod build;
 mod calls;
+mod clock;
 mod commit;
 mod drive;
 mod gather;
@@ -43,7 +44,7 @@ use zenoh::pubsub::{Publisher, Subscriber};
 use zenoh::qos::CongestionControl;
 
 use crate::durable::{
-    self, Committed, FINISHED_KEY, InputPos, OutputLog, SOURCE_KEY, SourcePos, input_key,
+    self, CLOCK_KEY, Committed, FINISHED_KEY, InputPos, OutputLog, SOURCE_KEY, SourcePos, input_key,
 };
 use crate::log::{Arrival, InCursor};
 use crate::metrics::StageMetrics;
@@ -52,12 +53,13 @@ use crate::protocol::{
     decode_data_head, decode_records, encode_ctl, encode_data, token_of_alive_key,
 };
 use crate::resume::Replay;
+use clock::Clock;
 use gather::{Admission, Gathered, InputState, Queued};
 
 // the parts, for one another (each module `use super::*`)
 use actor::Pending;
 use calls::{Offload, call_node, check_threshold, retry_failures};
-use drive::{after_work, drive, queue_commit};
+use drive::{advance_watermark, after_work, drive, queue_commit};
 use source::poll_source;
 use subscribe::subscribe;
 

@@ -63,6 +63,30 @@ impl StageShared {
         self.mark_dirty(0);
         Ok(())
     }
+    /// Appends the watermark `time` to every output that has not ended,
+    /// and publishes it now or at the next commit.
+    pub(crate) async fn publish_watermark(&mut self, time: i64) -> Result<(), ActorProcessingErr> {
+        let early = self.publish_early();
+        for port in &mut self.outputs {
+            if port.log.log.ended() || !port.log.log.has_consumers() {
+                continue;
+            }
+            let msg = DataMsg::Watermark {
+                producer: port.producer.clone(),
+                seq: port.log.log.next_seq(),
+                time,
+            };
+            let payload = ZBytes::from(encode_data(&msg)?);
+            if port.log.log.unacked() == 0 {
+                port.last_progress = Instant::now();
+            }
+            port.log.log.append(1, payload.clone());
+            if early {
+                port.publisher.put(payload).await?;
+            }
+        }
+        Ok(())
+    }
     /// Sends what a node emitted: main output, named outputs, dead letters.
     /// A failed record without an error output fails the stage.
     pub(crate) async fn route(&mut self, out: &mut Emitter) -> Result<(), ActorProcessingErr> {
@@ -155,6 +179,7 @@ pub fn dead_letter(stage: &str, f: Failure, attempts: u32) -> Record {
         key: f.record.key,
         event_time: f.record.event_time,
         fields,
+        window: f.record.window,
     }
 }
 

@@ -73,6 +73,13 @@ pub struct StageShared {
     pub(crate) dlq: Option<crate::dlq::DlqFile>,
     /// The node is a source that cannot make its records again.
     pub(crate) unrepeatable_source: bool,
+    /// Event time: the inputs' watermarks and what the stage sent, and
+    /// what of it is committed.
+    pub(crate) clock: Clock,
+    pub(crate) clock_committed: Clock,
+    /// When each input last sent something (idle inputs stop holding the
+    /// stage's watermark back).
+    pub(crate) last_heard: Vec<Instant>,
     pub(crate) _alive: Option<LivelinessToken>,
 }
 
@@ -171,6 +178,20 @@ impl StageShared {
             });
         }
         let (source, finished) = (committed.source, committed.finished);
+        let clock = match store.get(CLOCK_KEY) {
+            Ok(Some(b)) => {
+                durable::decode::<Clock>("the stage's clock", &b).map_err(SetupError::Store)?
+            }
+            Ok(None) => Clock::new(stage.inputs.len()),
+            Err(e) => return Err(SetupError::Store(e.to_string())),
+        };
+        if clock.inputs.len() != stage.inputs.len() {
+            return Err(SetupError::Store(format!(
+                "the stage's committed clock has {} inputs, the pipeline gives it {}: the pipeline changed; run with --reset-state",
+                clock.inputs.len(),
+                stage.inputs.len()
+            )));
+        }
         let dlq = match &stage.error_output {
             None => None,
             Some(_) => {
@@ -242,6 +263,9 @@ impl StageShared {
             commit_queued: false,
             dlq,
             unrepeatable_source: false,
+            clock_committed: clock.clone(),
+            clock,
+            last_heard: vec![Instant::now(); stage.inputs.len()],
             _alive: alive,
         })
     }
@@ -258,6 +282,7 @@ impl StageShared {
         }
         self.source = self.source_committed;
         self.finished_node = self.finished_committed;
+        self.clock = self.clock_committed.clone();
         self.state.discard();
         self.dirty_records = 0;
         self.dirty_since = None;
@@ -299,6 +324,15 @@ impl StageShared {
     pub(crate) fn mark_dirty(&mut self, records: u64) {
         self.dirty_records += records;
         self.dirty_since.get_or_insert_with(Instant::now);
+    }
+    /// The stage's outputs carry a watermark derived from the event times
+    /// it emits (a source, or a node that assigns timestamps).
+    pub(crate) fn own_watermark(&self) -> bool {
+        self.stage.kind == rill_core::NodeKind::Source || self.stage.node.assigns_timestamps()
+    }
+    /// The node acts on the stage's watermark.
+    pub(crate) fn node_uses_watermarks(&self) -> bool {
+        self.stage.kind == rill_core::NodeKind::Transform && self.stage.node.uses_watermarks()
     }
     pub(crate) fn inputs_ended(&self) -> bool {
         self.inputs.iter().all(|i| i.ended)

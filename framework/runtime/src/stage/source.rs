@@ -53,6 +53,9 @@ pub(crate) async fn poll_source(
     // incarnation emitted; only the rest is progress
     let replaying = st.replay.pending();
     let (n_main, n_failed) = st.replay.admit(&mut sh.source, &mut main, &mut failures);
+    if sh.stage.sends_watermarks {
+        sh.clock.emitted(main.iter().map(|r| r.event_time));
+    }
     for r in main {
         out.emit(r);
     }

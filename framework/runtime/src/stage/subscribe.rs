@@ -46,9 +46,9 @@ pub(crate) async fn subscribe(
                 // a message with any other (forged, or from a stale
                 // process) could reset this input's position
                 let (from_epoch, gone) = match &head {
-                    DataHead::Batch { producer, .. } | DataHead::End { producer, .. } => {
-                        (producer.epoch, false)
-                    }
+                    DataHead::Batch { producer, .. }
+                    | DataHead::End { producer, .. }
+                    | DataHead::Watermark { producer, .. } => (producer.epoch, false),
                     DataHead::Gone { producer, .. } => (producer.epoch, true),
                 };
                 // (a producer that answers `Gone` stops at once: its
@@ -77,7 +77,9 @@ pub(crate) async fn subscribe(
                         count,
                         ..
                     } => (producer.epoch, *first_seq, *count),
-                    DataHead::End { producer, seq } => (producer.epoch, *seq, 1),
+                    DataHead::End { producer, seq } | DataHead::Watermark { producer, seq, .. } => {
+                        (producer.epoch, *seq, 1)
+                    }
                     DataHead::Gone {
                         consumer,
                         from,
@@ -124,6 +126,14 @@ pub(crate) async fn subscribe(
                         epoch,
                         seq,
                     },
+                    (Arrival::Fresh { .. }, DataHead::Watermark { seq, time, .. }) => {
+                        StageMsg::Watermark {
+                            input: i,
+                            epoch,
+                            seq,
+                            time,
+                        }
+                    }
                     (Arrival::Duplicate, _) => StageMsg::Duplicate { input: i },
                     (Arrival::Gap { from }, _) => StageMsg::Gap { input: i, from },
                     (_, DataHead::Gone { .. }) => unreachable!("answered above"),

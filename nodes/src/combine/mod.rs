@@ -1,0 +1,810 @@
+//! `Combine`: Beam YAML's grouped aggregation, per window.
+//!
+//! ```yaml
+//! - type: Combine
+//!   windowing: {type: fixed, size: 60s}
+//!   config:
+//!     group_by: device
+//!     combine:
+//!       readings: {value: temp, fn: count}
+//!       mean_temp: {value: temp, fn: mean}
+//!       max_temp: max            # shorthand: value = the output's name
+//! ```
+//!
+//! Each (window, group) has one accumulator per output field. They live in
+//! the stage's keyed state, which the runtime commits with the input
+//! positions: a crash at any moment neither loses nor counts twice an
+//! input. The most recently used groups are kept in memory (`state_cache`
+//! of them); the rest are in the store, so a million keys do not need a
+//! million accumulators in RAM.
+//!
+//! A window fires when the stage's watermark passes its end (the global
+//! window when its input ends). With `allowed_lateness` it takes late
+//! records until the watermark passes its end plus that, and fires again
+//! with the updated result for each batch of them; records later than that
+//! go to `late_output` (when set) and are counted. With `trigger.early` it
+//! also fires before the watermark, on processing time. When a window can
+//! fire more than once, each result row carries `pane_timing` (`EARLY`,
+//! `ON_TIME`, `LATE`) and `pane_index`.
+
+mod fns;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use indexmap::IndexMap;
+use rill_core::node::{
+    BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Transform,
+};
+use rill_core::state::KeyedState;
+use rill_core::window::{BEFORE_TIME, END_OF_TIME, Window, WindowFn, Windowing};
+use rill_core::{Fields, Name, Record, Value, codec};
+use rill_expr::spec::{Compiled, ExprSpec, check_language};
+use serde::{Deserialize, Serialize};
+
+pub use fns::{Acc, CombineFn, FnSpec, compare};
+
+/// `group_by`: a field, a list of fields, or `[]` (one group).
+#[derive(Debug, Clone, Default)]
+pub struct GroupBy(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for GroupBy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(GroupBy(match Form::deserialize(d)? {
+            Form::One(s) => vec![s],
+            Form::Many(v) => v,
+        }))
+    }
+}
+
+/// One output of `combine`: a fn name (the value is the field of the
+/// output's name), or `{value, fn}`.
+#[derive(Debug, Clone)]
+pub struct AggSpec {
+    pub value: Option<ExprSpec>,
+    pub fun: FnSpec,
+}
+
+impl<'de> Deserialize<'de> for AggSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Long {
+            value: Option<ExprSpec>,
+            #[serde(rename = "fn")]
+            fun: FnSpec,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Short(String),
+            Long(Long),
+        }
+        Ok(match Form::deserialize(d)? {
+            Form::Short(s) => AggSpec {
+                value: None,
+                fun: FnSpec::Name(s),
+            },
+            Form::Long(l) => AggSpec {
+                value: l.value,
+                fun: l.fun,
+            },
+        })
+    }
+}
+
+/// `Combine`'s config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Combine {
+    #[serde(default)]
+    pub group_by: GroupBy,
+    pub combine: IndexMap<String, AggSpec>,
+    pub language: Option<String>,
+    /// Where records too late for their window go (a named output).
+    pub late_output: Option<String>,
+    /// Groups kept in memory (default 100,000); the rest wait in the store.
+    pub state_cache: Option<usize>,
+}
+
+const DEFAULT_CACHE: usize = 100_000;
+
+impl Combine {
+    fn python(&self) -> bool {
+        self.language.as_deref() == Some("python")
+    }
+
+    fn resolve(&self) -> Result<Vec<(Name, Option<ExprSpec>, CombineFn)>, ConfigError> {
+        self.combine
+            .iter()
+            .map(|(dest, agg)| {
+                let f = agg
+                    .fun
+                    .resolve(self.python())
+                    .map_err(|m| ConfigError::at_path(["combine", dest.as_str(), "fn"], m))?;
+                Ok((Name::from(dest.as_str()), agg.value.clone(), f))
+            })
+            .collect()
+    }
+}
+
+impl NodeConfig for Combine {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Transform
+    }
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_language(&self.language)?;
+        if self.combine.is_empty() {
+            return Err(ConfigError::at(
+                "combine",
+                "`combine` is empty: name at least one output, e.g. `total: {value: amount, fn: sum}`",
+            ));
+        }
+        for (dest, agg) in &self.combine {
+            if self.group_by.0.contains(dest) {
+                return Err(ConfigError::at_path(
+                    ["combine", dest.as_str()],
+                    format!("`{dest}` is also a `group_by` field: name the output otherwise"),
+                ));
+            }
+            if let Some(v) = &agg.value {
+                v.check("value").map_err(|e| {
+                    ConfigError::at_path(["combine", dest.as_str(), "value"], e.message)
+                })?;
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, g) in self.group_by.0.iter().enumerate() {
+            if !seen.insert(g) {
+                return Err(ConfigError::at_path(
+                    ["group_by".to_owned(), i.to_string()],
+                    format!("`{g}` is named twice in `group_by`"),
+                ));
+            }
+        }
+        if self.state_cache == Some(0) {
+            return Err(ConfigError::at(
+                "state_cache",
+                "`state_cache` must be at least 1",
+            ));
+        }
+        if let Some(l) = &self.late_output
+            && (l.is_empty() || l.contains('.'))
+        {
+            return Err(ConfigError::at(
+                "late_output",
+                "`late_output` must be a non-empty name without dots",
+            ));
+        }
+        self.resolve().map(|_| ())
+    }
+    fn outputs(&self) -> Vec<String> {
+        self.late_output.iter().cloned().collect()
+    }
+    fn uses_watermarks(&self) -> bool {
+        true
+    }
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        let aggs = self
+            .resolve()
+            .map_err(|e| NodeError::failed(e.to_string()))?
+            .into_iter()
+            .map(|(dest, value, f)| {
+                let value = match value {
+                    Some(v) => Some(
+                        v.compile("value", ctx.base_dir)
+                            .map_err(NodeError::Failed)?,
+                    ),
+                    None => None,
+                };
+                Ok(Agg { dest, value, f })
+            })
+            .collect::<Result<Vec<_>, NodeError>>()?;
+        let mut node = CombineNode {
+            group_by: self
+                .group_by
+                .0
+                .iter()
+                .map(|g| Name::from(g.as_str()))
+                .collect(),
+            aggs,
+            windowing: ctx.windowing,
+            late_output: self.late_output.clone(),
+            cache: self.state_cache.unwrap_or(DEFAULT_CACHE),
+            state: ctx.state.clone(),
+            metrics: ctx.metrics.clone(),
+            watermark: BEFORE_TIME,
+            hot: BTreeMap::new(),
+            windows: BTreeMap::new(),
+            windows_dirty: false,
+            session_ends: BTreeSet::new(),
+            late_due: BTreeSet::new(),
+            last_early: Instant::now(),
+            assigned: Vec::new(),
+            late: 0,
+        };
+        node.load()?;
+        Ok(Node::Transform(Box::new(node)))
+    }
+}
+
+struct Agg {
+    dest: Name,
+    value: Option<Compiled>,
+    f: CombineFn,
+}
+
+/// One group's accumulators in one window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Group {
+    key: Vec<Value>,
+    window: Window,
+    accs: Vec<Acc>,
+    /// Latest event time added (stamps a global window's result).
+    max_time: i64,
+    /// Results emitted so far.
+    panes: u32,
+    /// New input since the last result.
+    changed: bool,
+}
+
+/// A cached group, and whether the store lacks its latest state.
+struct Hot {
+    group: Group,
+    dirty: bool,
+}
+
+/// The global window, as a key.
+const GLOBAL: Window = Window {
+    start: BEFORE_TIME,
+    end: END_OF_TIME,
+};
+
+/// Keys in the keyed state:
+/// - `w` + window + group: a group of a fixed, sliding or global window;
+/// - `k` + group: the sessions of a group (a list of [`Group`]s);
+/// - `windows`: the open windows and whether each fired on time;
+/// - `wm`: the watermark the node had.
+fn window_prefix(w: Window) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17 + 16);
+    k.push(b'w');
+    // big-endian with the sign flipped sorts as the numbers do
+    k.extend_from_slice(&((w.end as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&((w.start as u64) ^ (1 << 63)).to_be_bytes());
+    k
+}
+
+fn group_bytes(key: &[Value]) -> Result<Vec<u8>, String> {
+    postcard::to_stdvec(key).map_err(|e| format!("cannot encode the group key: {e}"))
+}
+
+struct CombineNode {
+    group_by: Vec<Name>,
+    aggs: Vec<Agg>,
+    windowing: Windowing,
+    late_output: Option<String>,
+    cache: usize,
+    state: KeyedState,
+    metrics: std::sync::Arc<rill_core::metrics::NodeMetrics>,
+    watermark: i64,
+    /// Recently used groups (fixed, sliding, global windows), by state key.
+    hot: BTreeMap<Vec<u8>, Hot>,
+    /// Open windows, and whether each fired on time.
+    windows: BTreeMap<Window, bool>,
+    windows_dirty: bool,
+    /// Sessions: (end, group bytes) of every open session.
+    session_ends: BTreeSet<(i64, Vec<u8>)>,
+    /// State keys of groups that took late records since the last batch.
+    late_due: BTreeSet<Vec<u8>>,
+    last_early: Instant,
+    assigned: Vec<Window>,
+    /// Records too late for their window, in this incarnation.
+    late: u64,
+}
+
+fn state_err(e: impl std::fmt::Display) -> NodeError {
+    NodeError::failed(format!("Combine state: {e}"))
+}
+
+impl CombineNode {
+    fn sessions(&self) -> bool {
+        self.windowing.window_fn.merges()
+    }
+
+    /// Restores the open windows and the watermark from the state.
+    fn load(&mut self) -> Result<(), NodeError> {
+        if let Some(b) = self.state.get(b"windows")? {
+            let v: Vec<(Window, bool)> = codec::decode(&b).map_err(state_err)?;
+            self.windows = v.into_iter().collect();
+        }
+        if let Some(b) = self.state.get(b"wm")? {
+            self.watermark = codec::decode(&b).map_err(state_err)?;
+        }
+        if self.sessions() {
+            for (k, v) in self.state.scan(b"k")? {
+                let groups: Vec<Group> = codec::decode(&v).map_err(state_err)?;
+                for g in groups {
+                    self.session_ends.insert((g.window.end, k[1..].to_vec()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lateness(&self) -> i64 {
+        self.windowing.allowed_lateness
+    }
+
+    /// Whether a window still takes records at the current watermark.
+    fn open(&self, w: Window) -> bool {
+        w.end == END_OF_TIME || w.end.saturating_add(self.lateness()) > self.watermark
+    }
+
+    fn get_group(&mut self, skey: &[u8]) -> Result<Option<&mut Hot>, NodeError> {
+        if !self.hot.contains_key(skey) {
+            let Some(b) = self.state.get(skey)? else {
+                return Ok(None);
+            };
+            let group: Group = codec::decode(&b).map_err(state_err)?;
+            self.hot.insert(
+                skey.to_vec(),
+                Hot {
+                    group,
+                    dirty: false,
+                },
+            );
+        }
+        Ok(self.hot.get_mut(skey))
+    }
+
+    fn add_to(&self, g: &mut Group, values: &[Value], t: i64) -> Result<(), String> {
+        for ((agg, acc), v) in self.aggs.iter().zip(g.accs.iter_mut()).zip(values) {
+            agg.f.add(acc, v.clone())?;
+        }
+        g.max_time = g.max_time.max(t);
+        g.changed = true;
+        Ok(())
+    }
+
+    /// The result row of a group.
+    fn result(&self, g: &Group, timing: &str) -> Result<Record, String> {
+        let mut fields = Fields::default();
+        for (name, v) in self.group_by.iter().zip(&g.key) {
+            fields.insert(name.clone(), v.clone());
+        }
+        for (agg, acc) in self.aggs.iter().zip(&g.accs) {
+            let v = agg
+                .f
+                .extract(acc)
+                .map_err(|e| format!("`{}`: {e}", agg.dest))?;
+            fields.insert(agg.dest.clone(), v);
+        }
+        if self.windowing.has_panes() {
+            fields.insert("pane_timing".into(), Value::from(timing));
+            fields.insert("pane_index".into(), Value::Int(g.panes.into()));
+        }
+        let global = g.window == GLOBAL;
+        Ok(Record {
+            key: None,
+            event_time: if global {
+                g.max_time
+            } else {
+                g.window.max_timestamp()
+            },
+            fields,
+            window: (!global).then_some(g.window),
+        })
+    }
+
+    /// Emits a group's result (a failed extraction is a failed record
+    /// holding the group's key).
+    fn fire(&self, g: &mut Group, timing: &str, out: &mut Emitter) {
+        match self.result(g, timing) {
+            Ok(r) => out.emit(r),
+            Err(e) => {
+                let mut fields = Fields::default();
+                for (name, v) in self.group_by.iter().zip(&g.key) {
+                    fields.insert(name.clone(), v.clone());
+                }
+                out.fail(Record::new(fields).with_time(g.window.max_timestamp()), e)
+            }
+        }
+        g.panes += 1;
+        g.changed = false;
+    }
+
+    fn too_late(&mut self, r: Record, out: &mut Emitter) {
+        self.metrics.count("late_records", 1);
+        self.late += 1;
+        match &self.late_output {
+            Some(o) => out.emit_to(o, r),
+            None => {
+                let n = self.late;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        late_records = n,
+                        "Combine: a record came after its window closed (event time {}, watermark {}); set `late_output` to keep such records, or raise `allowed_lateness`",
+                        rill_core::window::format_time(r.event_time),
+                        rill_core::window::format_time(self.watermark)
+                    );
+                }
+            }
+        }
+    }
+
+    fn add_windowed(
+        &mut self,
+        r: &Record,
+        key: &[Value],
+        values: &[Value],
+        windows: &[Window],
+    ) -> Result<bool, NodeError> {
+        let gk = group_bytes(key).map_err(NodeError::Failed)?;
+        let mut took = false;
+        for &w in windows {
+            if !self.open(w) {
+                continue;
+            }
+            took = true;
+            let mut skey = window_prefix(w);
+            skey.extend_from_slice(&gk);
+            if self.get_group(&skey)?.is_none() {
+                let group = Group {
+                    key: key.to_vec(),
+                    window: w,
+                    accs: self.aggs.iter().map(|a| a.f.zero()).collect(),
+                    max_time: BEFORE_TIME,
+                    panes: 0,
+                    changed: false,
+                };
+                self.hot.insert(skey.clone(), Hot { group, dirty: true });
+                if !self.windows.contains_key(&w) {
+                    self.windows.insert(w, false);
+                    self.windows_dirty = true;
+                }
+            }
+            let mut hot = self.hot.remove(&skey).expect("loaded above");
+            let added = self.add_to(&mut hot.group, values, r.event_time);
+            hot.dirty = true;
+            self.hot.insert(skey.clone(), hot);
+            added.map_err(|e| NodeError::Record {
+                msg: e,
+                record: Some(Box::new(r.clone())),
+            })?;
+            if self.windows.get(&w) == Some(&true) {
+                // the window fired on time already: a late pane follows
+                self.late_due.insert(skey);
+            }
+        }
+        Ok(took)
+    }
+
+    fn add_session(
+        &mut self,
+        r: &Record,
+        key: &[Value],
+        values: &[Value],
+    ) -> Result<bool, NodeError> {
+        let WindowFn::Sessions { gap } = self.windowing.window_fn else {
+            return Ok(false);
+        };
+        let proto = r.window.unwrap_or(Window {
+            start: r.event_time,
+            end: r.event_time.saturating_add(gap),
+        });
+        if !self.open(proto) {
+            return Ok(false);
+        }
+        let gk = group_bytes(key).map_err(NodeError::Failed)?;
+        let mut skey = b"k".to_vec();
+        skey.extend_from_slice(&gk);
+        let mut groups: Vec<Group> = match self.state.get(&skey)? {
+            Some(b) => codec::decode(&b).map_err(state_err)?,
+            None => Vec::new(),
+        };
+        let mut merged = Group {
+            key: key.to_vec(),
+            window: proto,
+            accs: self.aggs.iter().map(|a| a.f.zero()).collect(),
+            max_time: BEFORE_TIME,
+            panes: 0,
+            changed: false,
+        };
+        self.add_to(&mut merged, values, r.event_time)
+            .map_err(|e| NodeError::Record {
+                msg: e,
+                record: Some(Box::new(r.clone())),
+            })?;
+        // sessions that overlap the new one (strictly, as Beam merges) join it
+        let mut keep = Vec::with_capacity(groups.len());
+        for g in groups.drain(..) {
+            if g.window.start < merged.window.end && merged.window.start < g.window.end {
+                self.session_ends.remove(&(g.window.end, gk.clone()));
+                merged.window = Window {
+                    start: merged.window.start.min(g.window.start),
+                    end: merged.window.end.max(g.window.end),
+                };
+                for ((agg, acc), other) in self.aggs.iter().zip(merged.accs.iter_mut()).zip(g.accs)
+                {
+                    agg.f.merge(acc, other).map_err(NodeError::Failed)?;
+                }
+                merged.max_time = merged.max_time.max(g.max_time);
+                merged.panes = merged.panes.max(g.panes);
+            } else {
+                keep.push(g);
+            }
+        }
+        let late = merged.window.end <= self.watermark;
+        self.session_ends.insert((merged.window.end, gk.clone()));
+        keep.push(merged);
+        keep.sort_by_key(|g| g.window);
+        self.state
+            .put(&skey, codec::encode(&keep).map_err(state_err)?);
+        if late {
+            self.late_due.insert(skey);
+        }
+        Ok(true)
+    }
+
+    /// Emits late panes for the groups that took late records.
+    fn fire_late(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
+        for skey in std::mem::take(&mut self.late_due) {
+            if skey.first() == Some(&b'k') {
+                let Some(b) = self.state.get(&skey)? else {
+                    continue;
+                };
+                let mut groups: Vec<Group> = codec::decode(&b).map_err(state_err)?;
+                for g in groups
+                    .iter_mut()
+                    .filter(|g| g.changed && g.window.end <= self.watermark)
+                {
+                    self.fire(g, "LATE", out);
+                }
+                self.state
+                    .put(&skey, codec::encode(&groups).map_err(state_err)?);
+            } else if let Some(mut hot) = self.hot.remove(&skey) {
+                if hot.group.changed {
+                    self.fire(&mut hot.group, "LATE", out);
+                    hot.dirty = true;
+                }
+                self.hot.insert(skey, hot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every group of window `w`: the store's, with the cache's on top.
+    fn groups_of(&mut self, w: Window) -> Result<Vec<(Vec<u8>, Group)>, NodeError> {
+        let prefix = window_prefix(w);
+        let mut all: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
+        for (k, v) in self.state.scan(&prefix)? {
+            all.insert(k, codec::decode(&v).map_err(state_err)?);
+        }
+        for (k, h) in self.hot.range(prefix.clone()..) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            all.insert(k.clone(), h.group.clone());
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// Fires (and drops, once past their lateness) the windows the
+    /// watermark closed; `early`: fires the open ones that changed.
+    fn advance(&mut self, out: &mut Emitter, early: bool) -> Result<(), NodeError> {
+        if self.sessions() {
+            return self.advance_sessions(out, early);
+        }
+        let due: Vec<(Window, bool)> = self
+            .windows
+            .iter()
+            .filter(|(w, fired)| {
+                if early {
+                    !**fired && w.end > self.watermark
+                } else {
+                    w.end <= self.watermark
+                }
+            })
+            .map(|(w, f)| (*w, *f))
+            .collect();
+        for (w, fired) in due {
+            let closed = !self.open(w);
+            let fire = if early { true } else { !fired };
+            if !fire && !closed {
+                continue;
+            }
+            for (skey, mut g) in self.groups_of(w)? {
+                if fire && (!early || g.changed) {
+                    self.fire(&mut g, if early { "EARLY" } else { "ON_TIME" }, out);
+                }
+                if closed {
+                    self.hot.remove(&skey);
+                    self.state.delete(&skey);
+                } else {
+                    self.hot.insert(
+                        skey,
+                        Hot {
+                            group: g,
+                            dirty: true,
+                        },
+                    );
+                }
+            }
+            if closed {
+                self.windows.remove(&w);
+            } else if !early {
+                self.windows.insert(w, true);
+            }
+            self.windows_dirty = true;
+        }
+        Ok(())
+    }
+
+    fn advance_sessions(&mut self, out: &mut Emitter, early: bool) -> Result<(), NodeError> {
+        let due: Vec<(i64, Vec<u8>)> = if early {
+            self.session_ends
+                .iter()
+                .filter(|(end, _)| *end > self.watermark)
+                .cloned()
+                .collect()
+        } else {
+            self.session_ends
+                .range(..(self.watermark.saturating_add(1), Vec::new()))
+                .cloned()
+                .collect()
+        };
+        for (end, gk) in due {
+            let mut skey = b"k".to_vec();
+            skey.extend_from_slice(&gk);
+            let Some(b) = self.state.get(&skey)? else {
+                self.session_ends.remove(&(end, gk));
+                continue;
+            };
+            let mut groups: Vec<Group> = codec::decode(&b).map_err(state_err)?;
+            let mut keep = Vec::with_capacity(groups.len());
+            for mut g in groups.drain(..) {
+                if g.window.end != end {
+                    keep.push(g);
+                    continue;
+                }
+                if early {
+                    if g.changed {
+                        self.fire(&mut g, "EARLY", out);
+                    }
+                } else if g.panes == 0 || g.changed {
+                    let timing = if g.panes == 0 { "ON_TIME" } else { "LATE" };
+                    if g.panes == 0 || self.windowing.has_panes() {
+                        self.fire(&mut g, timing, out);
+                    }
+                }
+                if !early && !self.open(g.window) {
+                    self.session_ends.remove(&(end, gk.clone()));
+                } else {
+                    keep.push(g);
+                }
+            }
+            if keep.is_empty() {
+                self.state.delete(&skey);
+            } else {
+                self.state
+                    .put(&skey, codec::encode(&keep).map_err(state_err)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn group_key(&self, r: &Record) -> Result<Vec<Value>, String> {
+        self.group_by
+            .iter()
+            .map(|g| {
+                r.fields
+                    .get(g)
+                    .cloned()
+                    .ok_or_else(|| format!("group_by: the record has no field `{g}`"))
+            })
+            .collect()
+    }
+
+    fn values(&self, r: &Record) -> Result<Vec<Value>, String> {
+        self.aggs
+            .iter()
+            .map(|a| match &a.value {
+                Some(c) => c.eval(r).map_err(|e| format!("`{}` value: {e}", a.dest)),
+                None => {
+                    r.fields.get(&a.dest).cloned().ok_or_else(|| {
+                        format!("`{}`: the record has no field `{}`", a.dest, a.dest)
+                    })
+                }
+            })
+            .collect()
+    }
+}
+
+impl Transform for CombineNode {
+    fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+        for r in batch {
+            let (key, values) = match self.group_key(&r).and_then(|k| Ok((k, self.values(&r)?))) {
+                Ok(kv) => kv,
+                Err(e) => {
+                    out.fail(r, e);
+                    continue;
+                }
+            };
+            let took = if self.sessions() {
+                self.add_session(&r, &key, &values)
+            } else {
+                let mut windows = std::mem::take(&mut self.assigned);
+                windows.clear();
+                match r.window {
+                    Some(w) => windows.push(w),
+                    None if self.windowing.window_fn.is_global() => windows.push(GLOBAL),
+                    None => self.windowing.window_fn.assign(r.event_time, &mut windows),
+                }
+                let took = self.add_windowed(&r, &key, &values, &windows);
+                self.assigned = windows;
+                took
+            };
+            match took {
+                Ok(true) => {}
+                Ok(false) => self.too_late(r, out),
+                Err(NodeError::Record { msg, record }) => {
+                    out.fail(record.map_or(r, |b| *b), msg);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.fire_late(out)
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut Emitter) -> Result<(), NodeError> {
+        if watermark <= self.watermark {
+            return Ok(());
+        }
+        self.watermark = watermark;
+        self.state
+            .put(b"wm", codec::encode(&watermark).map_err(state_err)?);
+        self.advance(out, false)
+    }
+
+    fn on_timer(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
+        let Some(every) = self.windowing.trigger.early else {
+            return Ok(());
+        };
+        if self.last_early.elapsed() < every {
+            return Ok(());
+        }
+        self.last_early = Instant::now();
+        self.advance(out, true)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), NodeError> {
+        for (k, h) in self.hot.iter_mut() {
+            if h.dirty {
+                self.state
+                    .put(k, codec::encode(&h.group).map_err(state_err)?);
+                h.dirty = false;
+            }
+        }
+        if self.windows_dirty {
+            let v: Vec<(Window, bool)> = self.windows.iter().map(|(w, f)| (*w, *f)).collect();
+            self.state
+                .put(b"windows", codec::encode(&v).map_err(state_err)?);
+            self.windows_dirty = false;
+        }
+        // everything cached is in the store now: past the cache's size,
+        // the store alone holds the groups
+        if self.hot.len() > self.cache {
+            self.hot.clear();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
