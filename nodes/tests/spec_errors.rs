@@ -105,8 +105,11 @@ fn bad_expressions_and_unsupported_fields() {
         &["p.yaml:4:43", "`keep`: line 1, column 10: SyntaxError"],
     );
     refused(
-        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'True'}, windowing: {type: fixed, size: 10s}}\n",
-        &["p.yaml:4:58", "`windowing` is not supported yet"],
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'True'}, windowing: {type: fixed, size: 0}}\n",
+        &[
+            "p.yaml:4:83",
+            "bad `windowing`: `size` must be longer than zero",
+        ],
     );
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'True'}, resources: {memory: 100TiB}}\n",
@@ -115,5 +118,45 @@ fn bad_expressions_and_unsupported_fields() {
     refused(
         "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: Filter, input: src, config: {keep: 'True'}, restart: {within: 10}}\n",
         &["p.yaml:4:76", "`10` has no unit"],
+    );
+}
+
+#[test]
+fn bad_windowing_is_refused_where_it_is_written() {
+    let pipeline = |windowing: &str, combine: &str| {
+        format!(
+            "pipeline:\n  transforms:\n    - {{type: Create, name: src, config: {{elements: [1]}}}}\n    - type: Combine\n      input: src\n      windowing: {windowing}\n      config:\n        combine: {combine}\n"
+        )
+    };
+    refused(
+        &pipeline("{type: fixed, size: 0}", "{element: sum}"),
+        &["p.yaml:6:32", "`size` must be longer than zero"],
+    );
+    refused(
+        &pipeline("{type: sliding, size: 10, period: 20}", "{element: sum}"),
+        &[
+            "p.yaml:6:44",
+            "`period` (20s) must not be longer than its `size` (10s)",
+        ],
+    );
+    refused(
+        &pipeline("{type: fixed, size: 10, gap: 5}", "{element: sum}"),
+        &["p.yaml:6:42", "`gap` does not apply to a `fixed` window"],
+    );
+    refused(
+        &pipeline("{type: fixed, size: 10}", "{element: summ}"),
+        &[
+            "p.yaml:8:19",
+            "unknown combine fn `summ` (did you mean `sum`?)",
+        ],
+    );
+    refused(
+        &pipeline("{type: hourly}", "{element: sum}"),
+        &["p.yaml:6:19", "unknown window type `hourly`"],
+    );
+    // WindowInto takes its `windowing:` beside `config`, as in Beam
+    refused(
+        "pipeline:\n  transforms:\n    - {type: Create, name: src, config: {elements: [1]}}\n    - {type: WindowInto, input: src, windowing: {type: sessions}}\n",
+        &["p.yaml:4", "a `sessions` window needs `gap`"],
     );
 }

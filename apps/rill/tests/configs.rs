@@ -21,6 +21,12 @@ const EXPECT: &[(&str, &str)] = &[
         "expected rows",
     ),
     ("beam/regex_matches.yaml", "expected rows"),
+    ("beam/combine_per_key.yaml", "expected rows"),
+    ("beam/combine_global.yaml", "expected rows"),
+    ("beam/combine_top_n.yaml", "expected rows"),
+    ("beam/combine_sessions.yaml", "expected rows"),
+    ("beam/window_into_fixed.yaml", "expected rows"),
+    ("beam/partition_flatten.yaml", "expected rows"),
     (
         "beam/map_to_fields_with_deps.yaml",
         "refused: needs the `pint` package",
@@ -296,6 +302,36 @@ fn beam_map_to_fields_with_resource_hints() {
 #[test]
 fn beam_regex_matches() {
     run_beam("regex_matches.yaml");
+}
+
+#[test]
+fn beam_combine_per_key() {
+    run_beam("combine_per_key.yaml");
+}
+
+#[test]
+fn beam_combine_global() {
+    run_beam("combine_global.yaml");
+}
+
+#[test]
+fn beam_combine_top_n() {
+    run_beam("combine_top_n.yaml");
+}
+
+#[test]
+fn beam_combine_sessions() {
+    run_beam("combine_sessions.yaml");
+}
+
+#[test]
+fn beam_window_into_fixed() {
+    run_beam("window_into_fixed.yaml");
+}
+
+#[test]
+fn beam_partition_flatten() {
+    run_beam("partition_flatten.yaml");
 }
 
 fn refused(name: &str, at: &str, needle: &str) {

@@ -103,7 +103,12 @@ pub(super) fn parse_transform<'a>(
         }
     };
 
-    let windowing = node.get("windowing").and_then(|w| parse_windowing(cx, w));
+    // `WindowInto`'s own `windowing:` is its config (as Beam moves it)
+    let window_into = type_name == "WindowInto";
+    let windowing = match node.get("windowing") {
+        Some(w) if !window_into => parse_windowing(cx, w),
+        _ => None,
+    };
     let watermark = node
         .get("watermark")
         .and_then(|w| cx.parse::<WatermarkSpec>(w));
@@ -145,6 +150,12 @@ pub(super) fn parse_transform<'a>(
                 } else {
                     rest.push((k.clone(), v.clone()));
                 }
+            }
+            if window_into
+                && let Some((k, w)) = node.entry("windowing")
+                && !rest.iter().any(|(k, _)| k.as_str() == Some("windowing"))
+            {
+                rest.push((k.clone(), w.clone()));
             }
             YNode::new(YValue::Map(rest), config.mark)
         }

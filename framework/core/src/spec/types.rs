@@ -396,6 +396,10 @@ pub struct Options {
     /// stage's watermark back (a stage's own `watermark:` overrides it).
     #[serde(default)]
     pub watermark: crate::window::WatermarkSpec,
+    /// Beam's `yaml_experimental_features` (`Combine`, or a list): every
+    /// feature it names is built in here, so it is accepted and ignored.
+    #[serde(default)]
+    pub yaml_experimental_features: Option<serde_json::Value>,
 }
 
 /// `options.checkpoint_interval`: `{records: N, time: T}`, or just a
@@ -473,6 +477,7 @@ impl Default for Options {
             streaming: None,
             checkpoint_interval: CheckpointInterval::default(),
             watermark: Default::default(),
+            yaml_experimental_features: None,
         }
     }
 }
