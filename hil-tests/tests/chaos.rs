@@ -10,10 +10,16 @@
 //!   every 0–6 s and starts again;
 //! - all in one process, SIGKILLed the same way.
 //!
-//! The short version runs in CI (~30 s). The long one:
+//! The windowed version puts a `Combine` in the middle: per-key count and
+//! sum of ids in fixed 1 s windows of event time, whose accumulators live
+//! in keyed state and whose firings follow the watermarks that travel
+//! between the stages; every window's row must come out once, exact.
+//!
+//! The short versions run in CI (~30 s each). The long one:
 //! `cargo test --release -p rill-hil-tests -- --ignored chaos_long`.
 //! `RILL_CHAOS_SEED=N` replays a kill schedule.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -23,6 +29,10 @@ struct Plan {
     records: u64,
     rate: u64,
     keys: u64,
+    /// A windowed `Combine` in place of the running count.
+    windowed: bool,
+    /// The least number of kills in each disturbed run.
+    min_kills: u32,
     /// Kill for this long, then let the runs finish.
     chaos_for: Duration,
     /// Give up after this long.
@@ -30,6 +40,38 @@ struct Plan {
 }
 
 fn pipeline(p: &Plan) -> String {
+    if p.windowed {
+        return format!(
+            r#"
+pipeline:
+  name: chaos
+  transforms:
+    - type: Generate
+      name: gen
+      config: {{count: {}, keys: {}, rate: {}, seed: 11, start_time: 0}}
+    - type: Combine
+      name: sum
+      input: gen
+      windowing: {{type: fixed, size: 1s}}
+      config:
+        group_by: key
+        combine:
+          n: {{value: id, fn: count}}
+          ids: {{value: id, fn: sum}}
+    - type: ExtractWindowingInfo
+      name: info
+      input: sum
+      config: {{fields: {{start: window_start}}}}
+    - type: WriteToJson
+      name: sink
+      input: info
+      config: {{path: out.jsonl}}
+options:
+  checkpoint_interval: 50ms
+"#,
+            p.records, p.keys, p.rate
+        );
+    }
     counting_pipeline(
         "chaos",
         &format!(
@@ -43,16 +85,67 @@ fn pipeline(p: &Plan) -> String {
 fn scenario(dir: &Path, plan: &Plan, split: bool) -> Vec<Proc> {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("p.yaml"), pipeline(plan)).unwrap();
-    if split {
+    if split && plan.windowed {
+        process_per_stage(dir, &["gen", "sum", "info", "sink"])
+    } else if split {
         process_per_stage(dir, &["gen", "count", "sink"])
     } else {
         vec![one_process(dir, "all")]
     }
 }
 
+/// Checks the sink of a windowed run: one row per (window, key), with the
+/// exact count and sum of the ids `Generate` put in it.
+fn check_windows(path: &Path, plan: &Plan) -> Result<(), String> {
+    let mut want: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
+    for id in 0..plan.records {
+        let t = (id as f64 * 1000.0 / plan.rate as f64) as i64;
+        let e = want
+            .entry((t - t.rem_euclid(1000), format!("k{}", id % plan.keys)))
+            .or_default();
+        e.0 += 1;
+        e.1 += id;
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut got: BTreeMap<(i64, String), (u64, u64)> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| format!("{}:{}: not JSON ({e}): {line}", path.display(), i + 1))?;
+        let start = (v["start"].as_f64().ok_or(format!("line {}: no start", i + 1))? * 1000.0)
+            as i64;
+        let key = v["key"].as_str().ok_or(format!("line {}: no key", i + 1))?;
+        let row = (v["n"].as_u64().unwrap_or(0), v["ids"].as_u64().unwrap_or(0));
+        if got.insert((start, key.to_owned()), row).is_some() {
+            return Err(format!(
+                "{}:{}: window {start} key {key} fired twice",
+                path.display(),
+                i + 1
+            ));
+        }
+    }
+    if got != want {
+        let wrong: Vec<_> = want
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .take(5)
+            .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", got.get(k)))
+            .collect();
+        return Err(format!(
+            "{}: {} rows, {} expected; first differences: {wrong:?}",
+            path.display(),
+            got.len(),
+            want.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the sink of a run: ids 0..n in order, each once, and each count
 /// is the record's per-key sequence number + 1.
 fn check_sink(path: &Path, plan: &Plan) -> Result<(), String> {
+    if plan.windowed {
+        return check_windows(path, plan);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut expect = 0u64;
     for (i, line) in text.lines().enumerate() {
@@ -108,7 +201,8 @@ fn chaos(plan: Plan) {
         }
     }
     let started = Instant::now();
-    let mut next_kill = Instant::now() + Duration::from_millis(rng.u64(0..6000));
+    let gap = if plan.windowed { 500..3000 } else { 0..6000 };
+    let mut next_kill = Instant::now() + Duration::from_millis(rng.u64(gap.clone()));
     let mut kills = Vec::new();
     loop {
         std::thread::sleep(Duration::from_millis(20));
@@ -160,7 +254,7 @@ fn chaos(plan: Plan) {
                 g[i].kill();
                 g[i].start();
             }
-            next_kill = Instant::now() + Duration::from_millis(rng.u64(0..6000));
+            next_kill = Instant::now() + Duration::from_millis(rng.u64(gap.clone()));
         }
     }
     eprintln!("kills: {kills:?}");
@@ -188,9 +282,21 @@ fn chaos(plan: Plan) {
         );
         let n_kills: u32 = g.iter().map(|p| p.kills).sum();
         assert!(
-            n_kills > 0,
-            "the driver killed nothing in {}",
-            dir.display()
+            n_kills >= plan.min_kills,
+            "the driver killed {n_kills} times in {}, fewer than {}",
+            dir.display(),
+            plan.min_kills
+        );
+    }
+    // every kill landed mid-stream: `Generate` paces its records (and a
+    // restarted one resumes its pace), so its input lasts at least
+    // records / rate seconds from the start
+    let input_lasts = plan.records as f64 / plan.rate as f64;
+    for k in &kills {
+        let at: f64 = k.split('s').next().unwrap().parse().unwrap();
+        assert!(
+            at < input_lasts,
+            "kill `{k}` came after the input's end ({input_lasts} s)"
         );
     }
 }
@@ -201,7 +307,22 @@ fn chaos_short() {
         records: 100_000,
         rate: 5_000,
         keys: 100,
+        windowed: false,
+        min_kills: 1,
         chaos_for: Duration::from_secs(20),
+        limit: Duration::from_secs(120),
+    });
+}
+
+#[test]
+fn chaos_windowed_short() {
+    chaos(Plan {
+        records: 60_000,
+        rate: 3_000,
+        keys: 50,
+        windowed: true,
+        min_kills: 3,
+        chaos_for: Duration::from_secs(15),
         limit: Duration::from_secs(120),
     });
 }
@@ -213,6 +334,8 @@ fn chaos_long() {
         records: 1_000_000,
         rate: 5_000,
         keys: 1000,
+        windowed: false,
+        min_kills: 10,
         chaos_for: Duration::from_secs(190),
         limit: Duration::from_secs(600),
     });
