@@ -111,8 +111,10 @@ fn check_windows(path: &Path, plan: &Plan) -> Result<(), String> {
     for (i, line) in text.lines().enumerate() {
         let v: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| format!("{}:{}: not JSON ({e}): {line}", path.display(), i + 1))?;
-        let start = (v["start"].as_f64().ok_or(format!("line {}: no start", i + 1))? * 1000.0)
-            as i64;
+        let start = (v["start"]
+            .as_f64()
+            .ok_or(format!("line {}: no start", i + 1))?
+            * 1000.0) as i64;
         let key = v["key"].as_str().ok_or(format!("line {}: no key", i + 1))?;
         let row = (v["n"].as_u64().unwrap_or(0), v["ids"].as_u64().unwrap_or(0));
         if got.insert((start, key.to_owned()), row).is_some() {

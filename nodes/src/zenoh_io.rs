@@ -233,6 +233,10 @@ pub struct WriteToZenoh {
     /// with sequence numbers a consumer can deduplicate by).
     #[serde(default = "json_format")]
     pub format: Format,
+    /// Wait at start (up to this long) until some subscriber matches the
+    /// key, so a feed does not publish into the void before its reader is
+    /// connected; it goes on after that with a warning.
+    pub wait_for_subscriber: Option<rill_core::units::Dur>,
 }
 
 fn json_format() -> Format {
@@ -269,6 +273,23 @@ impl NodeConfig for WriteToZenoh {
             .congestion_control(zenoh::qos::CongestionControl::Block)
             .wait()
             .map_err(|e| NodeError::failed(format!("cannot publish on {}: {e}", self.key)))?;
+        if let Some(limit) = self.wait_for_subscriber {
+            let until = std::time::Instant::now() + limit.0;
+            loop {
+                let matched = publisher
+                    .matching_status()
+                    .wait()
+                    .is_ok_and(|m| m.matching());
+                if matched {
+                    break;
+                }
+                if std::time::Instant::now() >= until {
+                    warn!(key = %self.key, "no subscriber after {:?}: publishing anyway", limit.0);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         // the stream's identity and numbering are committed with the
         // stage: a restarted sink sends again what followed its last commit
         // under the same numbers, so a consumer can drop what it has seen

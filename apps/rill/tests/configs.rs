@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use rill_testing::*;
 use serde_json::Value as J;
@@ -11,6 +12,18 @@ const EXPECT: &[(&str, &str)] = &[
     ("quickstart.yaml", "checked by quickstart_output"),
     ("generate.yaml", "checked by generate_output"),
     ("csv.yaml", "checked by csv_output"),
+    (
+        "device-stats.yaml",
+        "checked by device_stats_bounded_and_live",
+    ),
+    (
+        "device-stats-live.yaml",
+        "checked by device_stats_bounded_and_live",
+    ),
+    (
+        "readings-feed.yaml",
+        "checked by device_stats_bounded_and_live",
+    ),
     ("classify.yaml", "checked by classify_accuracy"),
     ("beam/explode.yaml", "expected rows"),
     ("beam/filter_callable.yaml", "expected rows"),
@@ -129,6 +142,75 @@ fn generate_output() {
         assert!(id > last, "order kept");
         last = id;
     }
+}
+
+/// The same windowed pipeline over the readings file and over the same
+/// readings published on Zenoh: equal rows for every window the stream
+/// closed; the file's end closes the last minute too.
+#[test]
+fn device_stats_bounded_and_live() {
+    let dir = sandbox();
+    let out = rill(dir.path(), &["run", "-q", "configs/device-stats.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bounded = read_jsonl(&dir.path().join("out/device-stats/minutes.jsonl"));
+    // expected from the input itself: per device and minute
+    let mut want: BTreeMap<(i64, String), (u64, f64, f64)> = BTreeMap::new();
+    for r in read_jsonl(&root().join("configs/data/readings.jsonl")) {
+        let Some(t) = r["temp_c"].as_f64() else {
+            continue;
+        };
+        let ts = r["ts"].as_i64().unwrap();
+        let e = want
+            .entry((ts - ts % 60_000, r["device"].as_str().unwrap().to_owned()))
+            .or_insert((0, 0.0, f64::MIN));
+        e.0 += 1;
+        e.1 += t;
+        e.2 = e.2.max(t);
+    }
+    assert_eq!(bounded.len(), want.len());
+    assert_eq!(want.len(), 8, "two minutes of four devices");
+    for row in &bounded {
+        let minute = (row["minute"].as_f64().unwrap() * 1000.0) as i64;
+        let (n, sum, max) = want[&(minute, row["device"].as_str().unwrap().to_owned())];
+        assert_eq!(row["readings"].as_u64(), Some(n), "{row}");
+        assert!((row["mean_temp"].as_f64().unwrap() - sum / n as f64).abs() < 1e-9);
+        assert_eq!(row["max_temp"].as_f64(), Some(max), "{row}");
+    }
+    // the same pipeline over an unbounded Zenoh stream
+    let ep = format!("tcp/127.0.0.1:{}", free_port());
+    let live = spawn(
+        dir.path(),
+        &[
+            "run",
+            "-q",
+            "configs/device-stats-live.yaml",
+            "--listen",
+            &ep,
+        ],
+    );
+    let feed = command(
+        dir.path(),
+        &["run", "-q", "configs/readings-feed.yaml", "--connect", &ep],
+    )
+    .spawn()
+    .unwrap();
+    let feed = wait(feed, Duration::from_secs(60), "the feed");
+    assert!(feed.status.success(), "{}", stderr(&feed));
+    // the first minute closes when readings of the second pass its end;
+    // the second stays open while the stream goes on
+    let minutes = dir.path().join("out/device-stats-live/minutes.jsonl");
+    wait_lines(&minutes, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    live.signal("-TERM");
+    let live = live.wait(Duration::from_secs(30), "the live pipeline");
+    assert!(live.status.success(), "{}", stderr(&live));
+    let streamed = read_jsonl(&minutes);
+    assert_eq!(streamed.len(), 4, "only the closed minute: {streamed:?}");
+    let first: Vec<&J> = bounded
+        .iter()
+        .filter(|r| r["minute"] == streamed[0]["minute"])
+        .collect();
+    assert_eq!(streamed.iter().collect::<Vec<_>>(), first);
 }
 
 /// The example of RunInference: the MLP apps/train-classify trained labels

@@ -101,6 +101,15 @@ impl Spawned {
         self.0.as_ref().map_or(0, Child::id)
     }
 
+    /// Sends it `sig` (`-TERM`, `-INT`, ...).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
     /// Kills it and returns what it printed (for a failure message).
     pub fn kill_and_output(mut self) -> Output {
         let mut c = self.0.take().expect("not waited for yet");
