@@ -10,7 +10,7 @@ use serde::{Serialize, de::DeserializeOwned};
 /// First byte of every rill payload.
 pub const MAGIC: u8 = 0xB7;
 /// Version of the payload layout; bumped on any incompatible change.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -211,6 +211,22 @@ impl CombineFn {
         Ok(())
     }
 
+    /// Whether [`Self::add`] would take `v`, without changing `acc` (a
+    /// record is added to all of a group's outputs or to none).
+    pub fn check(&self, acc: &Acc, v: &Value) -> Result<(), String> {
+        match self {
+            CombineFn::Group | CombineFn::Callable(_) | CombineFn::Count => Ok(()),
+            CombineFn::Concat => match v {
+                Value::List(_) => Ok(()),
+                other => Err(format!(
+                    "concat: {} {other} is not a list",
+                    other.type_name()
+                )),
+            },
+            _ => self.add(&mut acc.clone(), v.clone()),
+        }
+    }
+
     /// Merges `other` into `acc` (session windows that meet).
     pub fn merge(&self, acc: &mut Acc, other: Acc) -> Result<(), String> {
         match (acc, other) {

@@ -364,6 +364,12 @@ impl CombineNode {
     }
 
     fn add_to(&self, g: &mut Group, values: &[Value], t: i64) -> Result<(), String> {
+        if self.aggs.len() > 1 {
+            // all outputs take the record, or none does
+            for ((agg, acc), v) in self.aggs.iter().zip(&g.accs).zip(values) {
+                agg.f.check(acc, v)?;
+            }
+        }
         for ((agg, acc), v) in self.aggs.iter().zip(g.accs.iter_mut()).zip(values) {
             agg.f.add(acc, v.clone())?;
         }
@@ -464,8 +470,8 @@ impl CombineNode {
                     changed: false,
                 };
                 self.hot.insert(skey.clone(), Hot { group, dirty: true });
-                if !self.windows.contains_key(&w) {
-                    self.windows.insert(w, false);
+                if let std::collections::btree_map::Entry::Vacant(e) = self.windows.entry(w) {
+                    e.insert(false);
                     self.windows_dirty = true;
                 }
             }

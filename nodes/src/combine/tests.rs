@@ -73,6 +73,22 @@ fn beams_shapes_group_and_aggregate() {
     );
     let run = run_transform(c.as_mut(), vec![produce()]).unwrap();
     assert_eq!(rows(&run.main), [r#"{"n":6}"#]);
+    // a record one output cannot take is in none of them
+    let mut c = combine(
+        "{group_by: [], combine: {n: {value: amount, fn: count}, total: {value: amount, fn: sum}}}",
+        Windowing::global(),
+        &KeyedState::default(),
+    );
+    let run = run_transform(
+        c.as_mut(),
+        vec![vec![
+            Record::default().with("amount", 2),
+            Record::default().with("amount", "x"),
+        ]],
+    )
+    .unwrap();
+    assert_eq!(rows(&run.main), [r#"{"n":1,"total":2}"#]);
+    assert_eq!(run.failures.len(), 1);
     // a record without the field fails alone
     let mut c = combine(
         "{group_by: produce, combine: {amount: sum}}",
