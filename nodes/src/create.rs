@@ -17,15 +17,26 @@ pub struct Create {
     /// Beam's `reshuffle` (a no-op here: elements are emitted in order).
     #[serde(default)]
     pub reshuffle: Option<bool>,
+    /// A JSON Schema the elements must satisfy (see [`crate::schema`]);
+    /// its `properties` also name fields an element may leave out (they
+    /// are null) and make ints floats where it says `number`.
+    pub output_schema: Option<serde_json::Value>,
 }
 
 impl Create {
     /// The elements as records; an error names the element's index.
     fn records(&self) -> Result<Vec<Record>, (usize, String)> {
+        let schema =
+            match &self.output_schema {
+                None => None,
+                Some(j) => Some(crate::schema::Schema::compile(j).map_err(|(p, m)| {
+                    (usize::MAX, format!("output_schema.{}: {m}", p.join(".")))
+                })?),
+            };
         let mut rows = Vec::with_capacity(self.elements.len());
         for (i, e) in self.elements.iter().enumerate() {
             let v = json_to_value(e).map_err(|err| (i, format!("element {i}: {err}")))?;
-            let fields = match v {
+            let mut fields = match v {
                 Value::Map(f) => f,
                 other => {
                     let mut f = Fields::default();
@@ -33,10 +44,22 @@ impl Create {
                     f
                 }
             };
+            if let Some(s) = &schema {
+                s.check_record(&Record::new(fields.clone()))
+                    .map_err(|m| (i, format!("element {i} does not fit `output_schema`: {m}")))?;
+                s.coerce(&mut fields);
+            }
             rows.push(fields);
         }
-        // pad to the union of field names, in first-seen order
-        let mut all: Vec<rill_core::Name> = Vec::new();
+        // pad to the union of field names (the schema's first), in
+        // first-seen order
+        let mut all: Vec<rill_core::Name> = match &self.output_schema {
+            Some(serde_json::Value::Object(o)) => match o.get("properties") {
+                Some(serde_json::Value::Object(p)) => p.keys().map(|k| k.as_str().into()).collect(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
         for r in &rows {
             for k in r.keys() {
                 if !all.contains(k) {
@@ -66,9 +89,10 @@ impl NodeConfig for Create {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.records()
-            .map(|_| ())
-            .map_err(|(i, msg)| ConfigError::at_path(["elements".to_owned(), i.to_string()], msg))
+        self.records().map(|_| ()).map_err(|(i, msg)| match i {
+            usize::MAX => ConfigError::at("output_schema", msg),
+            i => ConfigError::at_path(["elements".to_owned(), i.to_string()], msg),
+        })
     }
 
     fn build(&self, _ctx: &BuildContext<'_>) -> Result<Node, NodeError> {

@@ -5,7 +5,7 @@
 //!
 //! | type | kind | config |
 //! |------|------|--------|
-//! | `Create` | source | `elements` (rows or bare values, which become `{element: v}`) |
+//! | `Create` | source | `elements` (rows or bare values, which become `{element: v}`), `output_schema` |
 //! | `Generate` | source | `count`, `rate`, `keys`, `start_time`, `payload_bytes` |
 //! | `ReadFromJson` | source | `path`, `key`, `event_time` |
 //! | `ReadFromCsv` | source | `path`, `delimiter`, `key`, `event_time` |
@@ -21,6 +21,7 @@
 //! | `Flatten` | transform | (none) |
 //! | `Partition` | transform | `by`, `outputs`, `unknown_output`, `language` |
 //! | `Reshuffle` | transform | `num_buckets` (no effect) |
+//! | `ValidateWithSchema` | transform | `schema` (JSON Schema) |
 //! | `WriteToJson` | sink | `path` |
 //! | `WriteToCsv` | sink | `path`, `delimiter` |
 //! | `WriteToZenoh` | sink | `key`, `format` |
@@ -35,6 +36,7 @@ pub mod generate;
 pub mod log;
 pub mod mapping;
 pub mod routing;
+pub mod schema;
 pub mod testing;
 pub mod windows;
 pub mod zenoh_io;
@@ -74,6 +76,10 @@ pub fn register_all(r: &mut Registry) {
     r.register::<routing::Flatten>("Flatten", "one stream of the records of all its inputs");
     r.register::<routing::Partition>("Partition", "sends each record to the output it names");
     r.register::<routing::Reshuffle>("Reshuffle", "passes records on (a stage boundary)");
+    r.register::<schema::ValidateWithSchema>(
+        "ValidateWithSchema",
+        "passes rows that satisfy a JSON Schema; the others fail",
+    );
 }
 
 /// A registry with every built-in node type.

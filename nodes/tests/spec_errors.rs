@@ -29,7 +29,7 @@ fn unknown_keys_of_configs_and_options() {
         &[
             "p.yaml:5:9",
             "unknown field `elemnts`",
-            "expected `elements`",
+            "expected one of `elements`",
         ],
     );
     refused(

@@ -23,6 +23,10 @@
 //!    GB gigabytes (default 5) into a file, against reading the file up to
 //!    there (see `resume.rs`).
 //!
+//! 5. Windows: `rill-bench windows [RECORDS] [KEYS]`: a keyed windowed
+//!    `Combine` against `MapToFields` in the same pipeline, a million keys
+//!    with the peak RSS, and the watermark lag (see `windows.rs`).
+//!
 //! `cargo run --release -p rill-bench [-- RECORDS [BATCH]]`; one delivery
 //! mode alone (for a profiler): `rill-bench pipeline MODE [RECORDS]`, with
 //! `RILL_BENCH_STAGES=1` to print each stage's commits (count, records per
@@ -369,6 +373,7 @@ fn recovery() -> anyhow::Result<Vec<Duration>> {
 
 mod inference;
 mod resume;
+mod windows;
 
 /// The allocator of the `rill` binary, so the figures are what it does.
 #[global_allocator]
@@ -382,6 +387,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("inference") {
         return tokio::task::block_in_place(|| inference::main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some("windows") {
+        return windows::main(&args[2..]).await;
+    }
+    if args.get(1).map(String::as_str) == Some("windows-child") {
+        return windows::child(&args[2..]).await;
     }
     if args.get(1).map(String::as_str) == Some("resume") {
         return tokio::task::block_in_place(|| resume::main(&args[2..]));

@@ -40,6 +40,7 @@ const EXPECT: &[(&str, &str)] = &[
     ("beam/combine_sessions.yaml", "expected rows"),
     ("beam/window_into_fixed.yaml", "expected rows"),
     ("beam/partition_flatten.yaml", "expected rows"),
+    ("beam/yaml_shapes.yaml", "expected rows"),
     (
         "beam/map_to_fields_with_deps.yaml",
         "refused: needs the `pint` package",
@@ -414,6 +415,11 @@ fn beam_window_into_fixed() {
 #[test]
 fn beam_partition_flatten() {
     run_beam("partition_flatten.yaml");
+}
+
+#[test]
+fn beam_yaml_shapes() {
+    run_beam("yaml_shapes.yaml");
 }
 
 fn refused(name: &str, at: &str, needle: &str) {

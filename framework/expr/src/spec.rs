@@ -37,13 +37,34 @@ impl<'de> Deserialize<'de> for ExprSpec {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = ExprSpec;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an expression string, or a mapping with `expression` or `callable`")
+                f.write_str("an expression string, a constant, or a mapping with `expression` or `callable`")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ExprSpec, E> {
                 Ok(ExprSpec::Text(s.to_owned()))
             }
             fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<ExprSpec, E> {
                 Ok(ExprSpec::Text(if b { "True" } else { "False" }.to_owned()))
+            }
+            // a constant (`n: 10`, `ratio: 0.5`, `none: null`) is its literal
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ExprSpec, E> {
+                Ok(ExprSpec::Text(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ExprSpec, E> {
+                Ok(ExprSpec::Text(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ExprSpec, E> {
+                Ok(ExprSpec::Text(if v.is_finite() {
+                    format!("{v:?}")
+                } else if v.is_nan() {
+                    "float('nan')".to_owned()
+                } else if v > 0.0 {
+                    "float('inf')".to_owned()
+                } else {
+                    "float('-inf')".to_owned()
+                }))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<ExprSpec, E> {
+                Ok(ExprSpec::Text("None".to_owned()))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<ExprSpec, A::Error> {
                 FullSpec::deserialize(serde::de::value::MapAccessDeserializer::new(m))
@@ -161,11 +182,11 @@ fn check_output_type(what: &str, t: &Option<String>) -> Result<(), String> {
     if let Some(t) = t
         && !matches!(
             t.as_str(),
-            "string" | "integer" | "number" | "boolean" | "array" | "object"
+            "string" | "integer" | "number" | "boolean" | "array" | "object" | "bytes"
         )
     {
         return Err(format!(
-            "`{what}`: unknown output_type `{t}`: expected string, integer, number, boolean, array or object"
+            "`{what}`: unknown output_type `{t}`: expected string, integer, number, boolean, array, object or bytes"
         ));
     }
     Ok(())
@@ -217,6 +238,7 @@ impl Compiled {
                     | ("integer", Value::Int(_))
                     | ("number", Value::Int(_) | Value::Float(_))
                     | ("boolean", Value::Bool(_))
+                    | ("bytes", Value::Bytes(_))
                     | ("array", Value::List(_))
                     | ("object", Value::Map(_))
             );

@@ -211,6 +211,19 @@ fn sessions_merge_when_they_overlap() {
     );
 }
 
+/// (v, pane_timing, pane_index) of each result.
+fn panes(main: &[Record]) -> Vec<(i64, &str, i64)> {
+    main.iter()
+        .map(|r| {
+            (
+                r.get("v").unwrap().as_i64().unwrap(),
+                r.get("pane_timing").unwrap().as_str().unwrap(),
+                r.get("pane_index").unwrap().as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn allowed_lateness_fires_again_and_later_records_go_to_the_late_output() {
     let mut c = combine(
@@ -225,16 +238,7 @@ fn allowed_lateness_fires_again_and_later_records_go_to_the_late_output() {
     c.on_watermark(15_000, &mut out).unwrap(); // the window closes
     c.process(vec![at("a", 3.0, 100)], &mut out).unwrap(); // too late
     let (main, named, _) = out.take();
-    let panes: Vec<(i64, &str, i64)> = main
-        .iter()
-        .map(|r| {
-            (
-                r.get("v").unwrap().as_i64().unwrap(),
-                r.get("pane_timing").unwrap().as_str().unwrap(),
-                r.get("pane_index").unwrap().as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let panes = panes(&main);
     assert_eq!(panes, [(1, "ON_TIME", 0), (11, "LATE", 1)]);
     assert_eq!(named.len(), 1);
     assert_eq!(named[0].0, "late");
@@ -312,4 +316,30 @@ fn bad_configs_name_their_key() {
         let e = rill_core::testkit::build_yaml(&reg, "Combine", config, dir).unwrap_err();
         assert!(e.contains(needle), "{config}: {e}");
     }
+}
+
+#[test]
+fn early_firings_come_on_processing_time_before_the_watermark() {
+    let mut c = combine(
+        "{group_by: device, combine: {v: sum}}",
+        windowing("{type: fixed, size: 10, trigger: {early: 50ms}}"),
+        &KeyedState::default(),
+    );
+    let mut out = Emitter::new();
+    c.process(vec![at("a", 1.0, 1), at("a", 2.0, 2)], &mut out)
+        .unwrap();
+    c.on_timer(&mut out).unwrap();
+    assert!(out.is_empty(), "not yet 50 ms");
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    c.on_timer(&mut out).unwrap();
+    c.process(vec![at("a", 3.0, 4)], &mut out).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    c.on_timer(&mut out).unwrap();
+    // nothing new since: no pane
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    c.on_timer(&mut out).unwrap();
+    c.on_watermark(10_000, &mut out).unwrap();
+    let (main, _, _) = out.take();
+    let panes = panes(&main);
+    assert_eq!(panes, [(3, "EARLY", 0), (7, "EARLY", 1), (7, "ON_TIME", 2)]);
 }

@@ -68,6 +68,22 @@ pub(super) fn parse_inputs(
             let v: Vec<Input> = items.iter().filter_map(|i| one(cx, i)).collect();
             (v.len() == items.len()).then_some(v)
         }
+        // Beam's named inputs (`{left: a, right: b}`; `{}` is none): rill
+        // reads them as one stream, as it reads a list
+        YValue::Map(entries) if entries.iter().all(|(k, _)| k.as_str() != Some("stage")) => {
+            let mut v = Vec::new();
+            for (_, inp) in entries {
+                match &inp.value {
+                    YValue::Seq(items) => {
+                        for i in items {
+                            v.push(one(cx, i)?);
+                        }
+                    }
+                    _ => v.push(one(cx, inp)?),
+                }
+            }
+            Some(v)
+        }
         _ => one(cx, node).map(|i| vec![i]),
     }
 }

@@ -12,6 +12,7 @@
 //! | Module | Pass |
 //! |---|---|
 //! | `parse` | the file's shape: top-level keys, `options`, the transform list, names, chain inputs |
+//! | `nested` | a `type: chain` among a composite's transforms, spliced in its place |
 //! | `transform` | one transform entry: its keys, `config` (parsed and validated by its node type), `error_handling`, `timeout`, `restart`, `resources` |
 //! | `options` | `options:` values (queues, restart policies, Zenoh) |
 //! | `inputs` | `input:` entries, parsed and then resolved to a stage and output |
@@ -28,6 +29,7 @@ mod builder;
 mod graph;
 mod inputs;
 mod machine;
+mod nested;
 mod options;
 mod parse;
 mod resources;

@@ -127,6 +127,29 @@ pub(super) fn pipeline(
         return None;
     };
 
+    // a composite's nested chains, spliced in
+    let spliced;
+    let items: &[YNode] = if !chain
+        && items
+            .iter()
+            .any(|i| i.get("type").and_then(YNode::as_str) == Some("chain"))
+    {
+        spliced = super::nested::expand(cx, items);
+        &spliced
+    } else {
+        items
+    };
+    if chain
+        && let Some(n) = items
+            .iter()
+            .find(|i| i.get("type").and_then(YNode::as_str) == Some("chain"))
+    {
+        cx.err(
+            n.mark,
+            "a `type: chain` inside a chain pipeline: write its transforms in the chain itself",
+        );
+        return None;
+    }
     // In a chain: [source] + transforms + [sink], then extra_transforms.
     let mut entries: Vec<(&YNode, bool)> = Vec::new();
     if chain && let Some(s) = pnode.get("source") {

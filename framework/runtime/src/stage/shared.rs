@@ -131,6 +131,16 @@ impl StageShared {
                 ZBytes::from(b.to_vec())
             })
             .map_err(SetupError::Store)?;
+            // a log written by a build with another payload layout cannot
+            // be sent: say so now, not as undecodable messages downstream
+            if let Some((seq, _, p)) = log.log.entries_from(0).next()
+                && let Err(e) = rill_core::codec::body(&p.to_bytes())
+            {
+                return Err(SetupError::Store(format!(
+                    "the committed output log of `{}` holds message {seq} that this build cannot read ({e}): the state was written by another version of rill; run again with --reset-state",
+                    stage.name
+                )));
+            }
             let publisher = session
                 .declare_publisher(data_key(&pipeline.name, &key, name.as_deref()))
                 .congestion_control(CongestionControl::Block)
