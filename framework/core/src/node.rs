@@ -244,6 +244,19 @@ pub trait Transform: Send {
         Ok(())
     }
 
+    /// Whether the node has more to emit for the watermark it was given (a
+    /// window too large to fire in one call): the runtime calls
+    /// [`Transform::resume`] as the stage's outputs have room, and hands
+    /// the node no more input until this is false.
+    fn pending(&self) -> bool {
+        false
+    }
+
+    /// Emits the next part of what is [`Transform::pending`].
+    fn resume(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {
+        Ok(())
+    }
+
     /// Processing time passed (called about every 25 ms for nodes that
     /// say [`NodeConfig::uses_watermarks`]): early firings.
     fn on_timer(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {

@@ -65,6 +65,17 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// Every entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> StoreResult<Entries>;
 
+    /// At most `limit` entries whose key starts with `prefix` and is at or
+    /// after `from`, in key order (a page of a long scan).
+    fn scan_from(&self, prefix: &[u8], from: &[u8], limit: usize) -> StoreResult<Entries> {
+        Ok(self
+            .scan_prefix(prefix)?
+            .into_iter()
+            .filter(|(k, _)| k.as_slice() >= from)
+            .take(limit)
+            .collect())
+    }
+
     /// Applies `batch` atomically. It is durable only after [`Self::flush`].
     fn commit(&self, batch: WriteBatch) -> StoreResult<()>;
 
@@ -102,6 +113,19 @@ impl StateStore for MemStore {
             .unwrap()
             .range(prefix.to_vec()..)
             .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn scan_from(&self, prefix: &[u8], from: &[u8], limit: usize) -> StoreResult<Entries> {
+        let start = if from > prefix { from } else { prefix };
+        Ok(self
+            .map
+            .lock()
+            .unwrap()
+            .range(start.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
@@ -249,6 +273,54 @@ impl KeyedState {
             .collect())
     }
 
+    /// A page of [`Self::scan`]: entries under `prefix` at or after `from`
+    /// (keys without the internal prefix), about `limit` of them, and
+    /// where the next page starts (`None`: this was the last). A page may
+    /// hold fewer than `limit` (uncommitted deletes), even none, and still
+    /// have a next.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_page(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<(Entries, Option<Vec<u8>>), NodeError> {
+        let p = full_key(prefix);
+        let f = full_key(from);
+        let stored = self
+            .store
+            .scan_from(&p, &f, limit.max(1))
+            .map_err(store_err)?;
+        // a full page ends at its last key; the overlay fills in up to it
+        let next = (stored.len() >= limit.max(1)).then(|| {
+            let mut n = stored.last().expect("a full page").0.clone();
+            n.push(0);
+            n
+        });
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
+        let start = if f > p { f } else { p.clone() };
+        for (k, v) in self
+            .overlay
+            .lock()
+            .unwrap()
+            .range(start..)
+            .take_while(|(k, _)| k.starts_with(&p) && next.as_ref().is_none_or(|n| *k < n))
+        {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        let cut = NODE_STATE_PREFIX.len();
+        Ok((
+            merged
+                .into_iter()
+                .map(|(k, v)| (k[cut..].to_vec(), v))
+                .collect(),
+            next.map(|n| n[cut..].to_vec()),
+        ))
+    }
+
     /// Reads a [`Value`] stored with [`Self::put_value`].
     pub fn get_value(&self, key: &str) -> Result<Option<Value>, NodeError> {
         match self.get(key.as_bytes())? {
@@ -314,6 +386,27 @@ mod tests {
         st.discard();
         assert_eq!(st.get(b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(st.get(b"c").unwrap(), None);
+        // pages: the store's entries with the overlay's changes, in order
+        store
+            .commit(WriteBatch {
+                ops: (0..5u8)
+                    .map(|i| (full_key(&[b'p', i]), Some(vec![i])))
+                    .collect(),
+            })
+            .unwrap();
+        st.delete(&[b'p', 1]);
+        st.put(&[b'p', 9], vec![9]);
+        let (page, next) = st.scan_page(b"p", b"p", 3).unwrap();
+        let keys: Vec<u8> = page.iter().map(|(k, _)| k[1]).collect();
+        assert_eq!(
+            keys,
+            [0, 2],
+            "1 is deleted; the page ends at the store's third"
+        );
+        let (page, next) = st.scan_page(b"p", &next.unwrap(), 3).unwrap();
+        let keys: Vec<u8> = page.iter().map(|(k, _)| k[1]).collect();
+        assert_eq!(keys, [3, 4, 9]);
+        assert!(next.is_none());
         st.put_value("n", &Value::Int(7)).unwrap();
         assert_eq!(st.get_value("n").unwrap(), Some(Value::Int(7)));
 

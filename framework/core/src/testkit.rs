@@ -79,6 +79,10 @@ pub fn run_transform(
     // runtime moves it (nodes that do not use watermarks ignore it)
     node.on_watermark(crate::window::END_OF_TIME, &mut out)?;
     run.absorb(&mut out);
+    while node.pending() {
+        node.resume(&mut out)?;
+        run.absorb(&mut out);
+    }
     node.finish(&mut out)?;
     run.absorb(&mut out);
     node.checkpoint()?;

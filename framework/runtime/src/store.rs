@@ -225,6 +225,19 @@ impl StateStore for SledStore {
             .collect()
     }
 
+    fn scan_from(&self, prefix: &[u8], from: &[u8], limit: usize) -> StoreResult<Entries> {
+        let start = if from > prefix { from } else { prefix };
+        self.db
+            .range(start..)
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(err)?;
+                Ok((k.to_vec(), unseal(&k, &v)?))
+            })
+            .collect()
+    }
+
     fn commit(&self, batch: WriteBatch) -> StoreResult<()> {
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {
@@ -290,6 +303,9 @@ impl StateStore for FailingStore {
     }
     fn scan_prefix(&self, prefix: &[u8]) -> StoreResult<Entries> {
         self.inner.scan_prefix(prefix)
+    }
+    fn scan_from(&self, prefix: &[u8], from: &[u8], limit: usize) -> StoreResult<Entries> {
+        self.inner.scan_from(prefix, from, limit)
     }
     fn commit(&self, batch: WriteBatch) -> StoreResult<()> {
         self.spend()?;

@@ -214,15 +214,20 @@ impl CombineFn {
     /// Whether [`Self::add`] would take `v`, without changing `acc` (a
     /// record is added to all of a group's outputs or to none).
     pub fn check(&self, acc: &Acc, v: &Value) -> Result<(), String> {
-        match self {
-            CombineFn::Group | CombineFn::Callable(_) | CombineFn::Count => Ok(()),
-            CombineFn::Concat => match v {
-                Value::List(_) => Ok(()),
-                other => Err(format!(
-                    "concat: {} {other} is not a list",
-                    other.type_name()
-                )),
-            },
+        let number = matches!(v, Value::Int(_) | Value::Float(_) | Value::Bool(_));
+        match (self, acc) {
+            (CombineFn::Group | CombineFn::Callable(_) | CombineFn::Count, _)
+            | (CombineFn::Any | CombineFn::All, _) => Ok(()),
+            (CombineFn::Sum, Acc::Sum(s)) if number => add_numbers(s, v).map(|_| ()),
+            (CombineFn::Mean, _) if number => Ok(()),
+            (CombineFn::Min | CombineFn::Max, Acc::Extreme(Some(cur))) => {
+                compare(v, cur).map(|_| ())
+            }
+            (CombineFn::Min | CombineFn::Max, Acc::Extreme(None)) => Ok(()),
+            (CombineFn::Top { .. }, Acc::List(items)) => {
+                items.iter().try_for_each(|i| compare(v, i).map(|_| ()))
+            }
+            (CombineFn::Concat, _) if matches!(v, Value::List(_)) => Ok(()),
             _ => self.add(&mut acc.clone(), v.clone()),
         }
     }

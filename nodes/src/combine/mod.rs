@@ -196,14 +196,23 @@ impl NodeConfig for Combine {
             .map_err(|e| NodeError::failed(e.to_string()))?
             .into_iter()
             .map(|(dest, value, f)| {
-                let value = match value {
-                    Some(v) => Some(
+                let field = match &value {
+                    None => Some(dest.clone()),
+                    Some(v) => bare_field(v),
+                };
+                let value = match (value, &field) {
+                    (Some(v), None) => Some(
                         v.compile("value", ctx.base_dir)
                             .map_err(NodeError::Failed)?,
                     ),
-                    None => None,
+                    _ => None,
                 };
-                Ok(Agg { dest, value, f })
+                Ok(Agg {
+                    dest,
+                    value,
+                    field,
+                    f,
+                })
             })
             .collect::<Result<Vec<_>, NodeError>>()?;
         let mut node = CombineNode {
@@ -228,6 +237,7 @@ impl NodeConfig for Combine {
             last_early: Instant::now(),
             assigned: Vec::new(),
             late: 0,
+            firing: None,
         };
         node.load()?;
         Ok(Node::Transform(Box::new(node)))
@@ -237,7 +247,40 @@ impl NodeConfig for Combine {
 struct Agg {
     dest: Name,
     value: Option<Compiled>,
+    /// The value is a field, read without the evaluator (no `value`, or
+    /// a `value` that is a bare field name).
+    field: Option<Name>,
     f: CombineFn,
+}
+
+/// Adds one record's values to a group: to all of its outputs, or (when
+/// one cannot take its value) to none.
+fn add_values(aggs: &[Agg], g: &mut Group, values: &[Value], t: i64) -> Result<(), String> {
+    if aggs.len() > 1 {
+        for ((agg, acc), v) in aggs.iter().zip(&g.accs).zip(values) {
+            agg.f.check(acc, v)?;
+        }
+    }
+    for ((agg, acc), v) in aggs.iter().zip(g.accs.iter_mut()).zip(values) {
+        agg.f.add(acc, v.clone())?;
+    }
+    g.max_time = g.max_time.max(t);
+    g.changed = true;
+    Ok(())
+}
+
+/// A `value` that is just a field name.
+fn bare_field(spec: &ExprSpec) -> Option<Name> {
+    let ExprSpec::Text(s) = spec else {
+        return None;
+    };
+    let s = s.trim();
+    let ident = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_alphanumeric() || c == '_');
+    (ident && !matches!(s, "True" | "False" | "None")).then(|| Name::from(s))
 }
 
 /// One group's accumulators in one window.
@@ -252,6 +295,9 @@ struct Group {
     panes: u32,
     /// New input since the last result.
     changed: bool,
+    /// Its on-time result is out (a window fired in parts, then restarted,
+    /// does not fire it again).
+    on_time: bool,
 }
 
 /// A cached group, and whether the store lacks its latest state.
@@ -306,7 +352,13 @@ struct CombineNode {
     assigned: Vec<Window>,
     /// Records too late for their window, in this incarnation.
     late: u64,
+    /// A window being fired: where its next page of groups starts.
+    firing: Option<(Window, Vec<u8>)>,
 }
+
+/// Most groups [`CombineNode::advance`] fires (or drops) in one call: what
+/// a window's firing holds in memory at once, however many keys it has.
+const FIRE_CHUNK: usize = 4096;
 
 fn state_err(e: impl std::fmt::Display) -> NodeError {
     NodeError::failed(format!("Combine state: {e}"))
@@ -364,18 +416,7 @@ impl CombineNode {
     }
 
     fn add_to(&self, g: &mut Group, values: &[Value], t: i64) -> Result<(), String> {
-        if self.aggs.len() > 1 {
-            // all outputs take the record, or none does
-            for ((agg, acc), v) in self.aggs.iter().zip(&g.accs).zip(values) {
-                agg.f.check(acc, v)?;
-            }
-        }
-        for ((agg, acc), v) in self.aggs.iter().zip(g.accs.iter_mut()).zip(values) {
-            agg.f.add(acc, v.clone())?;
-        }
-        g.max_time = g.max_time.max(t);
-        g.changed = true;
-        Ok(())
+        add_values(&self.aggs, g, values, t)
     }
 
     /// The result row of a group.
@@ -468,6 +509,7 @@ impl CombineNode {
                     max_time: BEFORE_TIME,
                     panes: 0,
                     changed: false,
+                    on_time: false,
                 };
                 self.hot.insert(skey.clone(), Hot { group, dirty: true });
                 if let std::collections::btree_map::Entry::Vacant(e) = self.windows.entry(w) {
@@ -475,13 +517,13 @@ impl CombineNode {
                     self.windows_dirty = true;
                 }
             }
-            let mut hot = self.hot.remove(&skey).expect("loaded above");
-            let added = self.add_to(&mut hot.group, values, r.event_time);
+            let hot = self.hot.get_mut(&skey).expect("loaded above");
             hot.dirty = true;
-            self.hot.insert(skey.clone(), hot);
-            added.map_err(|e| NodeError::Record {
-                msg: e,
-                record: Some(Box::new(r.clone())),
+            add_values(&self.aggs, &mut hot.group, values, r.event_time).map_err(|e| {
+                NodeError::Record {
+                    msg: e,
+                    record: Some(Box::new(r.clone())),
+                }
             })?;
             if self.windows.get(&w) == Some(&true) {
                 // the window fired on time already: a late pane follows
@@ -521,6 +563,7 @@ impl CombineNode {
             max_time: BEFORE_TIME,
             panes: 0,
             changed: false,
+            on_time: false,
         };
         self.add_to(&mut merged, values, r.event_time)
             .map_err(|e| NodeError::Record {
@@ -602,37 +645,102 @@ impl CombineNode {
     }
 
     /// Fires (and drops, once past their lateness) the windows the
-    /// watermark closed; `early`: fires the open ones that changed.
+    /// watermark closed, at most [`FIRE_CHUNK`] groups a call (the runtime
+    /// calls again while [`Transform::pending`], as the outputs have room);
+    /// `early`: fires the open ones that changed.
     fn advance(&mut self, out: &mut Emitter, early: bool) -> Result<(), NodeError> {
         if self.sessions() {
             return self.advance_sessions(out, early);
         }
-        let due: Vec<(Window, bool)> = self
-            .windows
-            .iter()
-            .filter(|(w, fired)| {
-                if early {
-                    !**fired && w.end > self.watermark
-                } else {
-                    w.end <= self.watermark
-                }
-            })
-            .map(|(w, f)| (*w, *f))
-            .collect();
-        for (w, fired) in due {
+        if early {
+            return self.fire_early(out);
+        }
+        let mut budget = FIRE_CHUNK;
+        while budget > 0 {
+            let (w, from) = match self.firing.take() {
+                Some(f) => f,
+                None => match self.next_due() {
+                    Some(w) => {
+                        self.spill_window(w)?;
+                        (w, window_prefix(w))
+                    }
+                    None => break,
+                },
+            };
             let closed = !self.open(w);
-            let fire = if early { true } else { !fired };
-            if !fire && !closed {
-                continue;
-            }
-            for (skey, mut g) in self.groups_of(w)? {
-                if fire && (!early || g.changed) {
-                    self.fire(&mut g, if early { "EARLY" } else { "ON_TIME" }, out);
+            let fired = self.windows.get(&w).copied().unwrap_or(true);
+            let (page, next) = self.state.scan_page(&window_prefix(w), &from, budget)?;
+            for (skey, bytes) in page {
+                budget = budget.saturating_sub(1);
+                let mut g: Group = codec::decode(&bytes).map_err(state_err)?;
+                // a group fired before a restart, mid-window, is not again
+                if !fired && !g.on_time {
+                    self.fire(&mut g, "ON_TIME", out);
+                    g.on_time = true;
                 }
+                self.hot.remove(&skey);
                 if closed {
-                    self.hot.remove(&skey);
                     self.state.delete(&skey);
                 } else {
+                    self.state.put(&skey, codec::encode(&g).map_err(state_err)?);
+                }
+            }
+            match next {
+                Some(n) => self.firing = Some((w, n)),
+                None => {
+                    if closed {
+                        self.windows.remove(&w);
+                    } else {
+                        self.windows.insert(w, true);
+                    }
+                    self.windows_dirty = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next window the watermark closed that has to fire or go.
+    fn next_due(&self) -> Option<Window> {
+        self.windows
+            .iter()
+            .find(|(w, fired)| w.end <= self.watermark && (!**fired || !self.open(**w)))
+            .map(|(w, _)| *w)
+    }
+
+    /// Puts the cached groups of `w` into the state, so a scan of the
+    /// state sees the window whole.
+    fn spill_window(&mut self, w: Window) -> Result<(), NodeError> {
+        let prefix = window_prefix(w);
+        let keys: Vec<Vec<u8>> = self
+            .hot
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if let Some(h) = self.hot.remove(&k)
+                && h.dirty
+            {
+                self.state
+                    .put(&k, codec::encode(&h.group).map_err(state_err)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Early panes: every open window's groups that changed.
+    fn fire_early(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
+        let open: Vec<Window> = self
+            .windows
+            .iter()
+            .filter(|(w, fired)| !**fired && w.end > self.watermark)
+            .map(|(w, _)| *w)
+            .collect();
+        for w in open {
+            for (skey, mut g) in self.groups_of(w)? {
+                if g.changed {
+                    self.fire(&mut g, "EARLY", out);
                     self.hot.insert(
                         skey,
                         Hot {
@@ -642,12 +750,6 @@ impl CombineNode {
                     );
                 }
             }
-            if closed {
-                self.windows.remove(&w);
-            } else if !early {
-                self.windows.insert(w, true);
-            }
-            self.windows_dirty = true;
         }
         Ok(())
     }
@@ -720,13 +822,14 @@ impl CombineNode {
     fn values(&self, r: &Record) -> Result<Vec<Value>, String> {
         self.aggs
             .iter()
-            .map(|a| match &a.value {
-                Some(c) => c.eval(r).map_err(|e| format!("`{}` value: {e}", a.dest)),
-                None => {
-                    r.fields.get(&a.dest).cloned().ok_or_else(|| {
-                        format!("`{}`: the record has no field `{}`", a.dest, a.dest)
-                    })
-                }
+            .map(|a| match (&a.field, &a.value) {
+                (Some(f), _) => r
+                    .fields
+                    .get(f)
+                    .cloned()
+                    .ok_or_else(|| format!("`{}`: the record has no field `{f}`", a.dest)),
+                (None, Some(c)) => c.eval(r).map_err(|e| format!("`{}` value: {e}", a.dest)),
+                (None, None) => Err(format!("`{}`: no value", a.dest)),
             })
             .collect()
     }
@@ -775,6 +878,14 @@ impl Transform for CombineNode {
         self.watermark = watermark;
         self.state
             .put(b"wm", codec::encode(&watermark).map_err(state_err)?);
+        self.advance(out, false)
+    }
+
+    fn pending(&self) -> bool {
+        !self.sessions() && (self.firing.is_some() || self.next_due().is_some())
+    }
+
+    fn resume(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
         self.advance(out, false)
     }
 

@@ -343,3 +343,54 @@ fn early_firings_come_on_processing_time_before_the_watermark() {
     let panes = panes(&main);
     assert_eq!(panes, [(3, "EARLY", 0), (7, "EARLY", 1), (7, "ON_TIME", 2)]);
 }
+
+#[test]
+fn a_large_window_fires_in_parts_and_a_restart_goes_on_where_it_was() {
+    let store: Arc<dyn StateStore> = Arc::new(MemStore::new());
+    let commit = |st: &KeyedState| {
+        store
+            .commit(WriteBatch {
+                ops: st.take_changes(),
+            })
+            .unwrap()
+    };
+    let w = windowing("{type: fixed, size: 10}");
+    let config = "{group_by: device, combine: {v: sum}, state_cache: 1000}";
+    let st = KeyedState::new(store.clone());
+    let mut c = combine(config, w, &st);
+    let mut out = Emitter::new();
+    let rows: Vec<Record> = (0..10_000).map(|i| at(&format!("d{i}"), 1.0, i)).collect();
+    for chunk in rows.chunks(1000) {
+        c.process(chunk.to_vec(), &mut out).unwrap();
+        c.checkpoint().unwrap();
+    }
+    commit(&st);
+    c.on_watermark(10_000, &mut out).unwrap();
+    assert_eq!(out.len(), 4096, "one part");
+    assert!(c.pending());
+    c.resume(&mut out).unwrap();
+    assert_eq!(out.len(), 8192);
+    // the first two parts are committed with their outputs, then a crash
+    c.checkpoint().unwrap();
+    commit(&st);
+    let (first, _, _) = out.take();
+    c.resume(&mut out).unwrap();
+    drop(c);
+    let st = KeyedState::new(store.clone());
+    let mut c = combine(config, w, &st);
+    let mut out = Emitter::new();
+    assert!(c.pending(), "a restart goes on with the window");
+    while c.pending() {
+        c.resume(&mut out).unwrap();
+    }
+    let (rest, _, _) = out.take();
+    assert_eq!(rest.len(), 10_000 - 8192);
+    let mut devices: Vec<String> = first
+        .iter()
+        .chain(&rest)
+        .map(|r| r.get("device").unwrap().as_str().unwrap().to_owned())
+        .collect();
+    devices.sort();
+    devices.dedup();
+    assert_eq!(devices.len(), 10_000, "each group once");
+}

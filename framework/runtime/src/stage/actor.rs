@@ -114,6 +114,9 @@ pub struct StageState {
     /// When a `Flush` is scheduled for a batch that is still gathering.
     pub(crate) flush_at: Option<Instant>,
     pub(crate) draining: bool,
+    /// Every input ended while the node still had output pending: it
+    /// finishes once that is out.
+    pub(crate) finish_due: bool,
     pub(crate) _subs: Vec<Subscriber<()>>,
 }
 
@@ -192,6 +195,12 @@ impl Actor for StageActor {
         if matches!(node, Node::Source(_)) {
             myself.cast(StageMsg::Poll)?;
         }
+        // a restart in the middle of a large firing, or between the last
+        // input's end and the finish it waited for, goes on from there
+        let finish_due = sh_kind_finishes(&args.shared).await && !matches!(node, Node::Source(_));
+        if finish_due || matches!(&node, Node::Transform(t) if t.pending()) {
+            myself.cast(StageMsg::Flush)?;
+        }
         Ok(StageState {
             shared: args.shared,
             node,
@@ -201,6 +210,7 @@ impl Actor for StageActor {
             offload: Offload { avg_us: 0.0, pool },
             flush_at: None,
             draining: false,
+            finish_due,
             _subs: subs,
         })
     }
@@ -384,6 +394,9 @@ impl Actor for StageActor {
                     }
                     after_work(&mut sh, st, &myself).await?;
                 }
+                if node_pending(&sh, st) || st.finish_due {
+                    drive(&mut sh, st, &myself).await?;
+                }
                 if sh.commit_due() {
                     sh.commit(&mut st.node).await?;
                 }
@@ -427,4 +440,11 @@ impl Actor for StageActor {
         }
         Ok(())
     }
+}
+
+/// Whether every input of the stage ended and its node has not finished
+/// (committed that way: a restart must finish it).
+async fn sh_kind_finishes(shared: &Arc<Mutex<StageShared>>) -> bool {
+    let sh = shared.lock().await;
+    !sh.inputs.is_empty() && sh.inputs_ended() && !sh.finished_node
 }

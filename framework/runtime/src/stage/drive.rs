@@ -91,6 +91,31 @@ pub(crate) async fn drive(
             }
             break;
         }
+        // what the last watermark fires comes first, a part at a time as
+        // the outputs have room; no input is taken before it is out
+        if node_pending(sh, st) {
+            let (result, mut out) = call_node(sh, st, |node| {
+                let mut out = Emitter::new();
+                let r = match node {
+                    Node::Transform(t) => t.resume(&mut out),
+                    _ => Ok(()),
+                };
+                (r, out)
+            })
+            .await?;
+            if let Err(e) = result {
+                *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
+                return Err(e.into());
+            }
+            sh.route(&mut out).await?;
+            check_threshold(sh, 1)?;
+            sh.mark_dirty(0);
+            continue;
+        }
+        if st.finish_due {
+            finish_node(sh, st).await?;
+            continue;
+        }
         let Some(front) = st.pending.front() else {
             break;
         };
@@ -230,27 +255,48 @@ pub(crate) async fn drive(
                     advance_watermark(sh, st).await?;
                 }
                 if sh.inputs_ended() && !sh.finished_node {
-                    let mut out = Emitter::new();
-                    let result = match &mut st.node {
-                        Node::Transform(t) => tokio::task::block_in_place(|| t.finish(&mut out)),
-                        Node::Sink(s) => tokio::task::block_in_place(|| s.finish()),
-                        Node::Source(_) => Ok(()),
-                    };
-                    if let Err(e) = result {
-                        *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
-                        return Err(e.into());
+                    // (after what the last watermark fires, when that
+                    // takes more than one call)
+                    if node_pending(sh, st) {
+                        st.finish_due = true;
+                    } else {
+                        finish_node(sh, st).await?;
                     }
-                    sh.route(&mut out).await?;
-                    check_threshold(sh, 1)?;
-                    sh.publish_end().await?;
-                    sh.finished_node = true;
-                    // the end goes out at once
-                    sh.commit(&mut st.node).await?;
                 }
             }
         }
     }
     after_work(sh, st, myself).await
+}
+
+/// Whether the node has output left for the watermark it was given.
+pub(crate) fn node_pending(sh: &StageShared, st: &StageState) -> bool {
+    sh.node_uses_watermarks() && matches!(&st.node, Node::Transform(t) if t.pending())
+}
+
+/// Every input ended: the node finishes, the end goes out, and all of it
+/// is committed at once.
+pub(crate) async fn finish_node(
+    sh: &mut StageShared,
+    st: &mut StageState,
+) -> Result<(), ActorProcessingErr> {
+    st.finish_due = false;
+    let mut out = Emitter::new();
+    let result = match &mut st.node {
+        Node::Transform(t) => tokio::task::block_in_place(|| t.finish(&mut out)),
+        Node::Sink(s) => tokio::task::block_in_place(|| s.finish()),
+        Node::Source(_) => Ok(()),
+    };
+    if let Err(e) = result {
+        *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
+        return Err(e.into());
+    }
+    sh.route(&mut out).await?;
+    check_threshold(sh, 1)?;
+    sh.publish_end().await?;
+    sh.finished_node = true;
+    // the end goes out at once
+    sh.commit(&mut st.node).await
 }
 
 /// Moves the stage's watermark to the minimum over its inputs that are not

@@ -59,7 +59,7 @@ use gather::{Admission, Gathered, InputState, Queued};
 // the parts, for one another (each module `use super::*`)
 use actor::Pending;
 use calls::{Offload, call_node, check_threshold, retry_failures};
-use drive::{advance_watermark, after_work, drive, queue_commit};
+use drive::{advance_watermark, after_work, drive, node_pending, queue_commit};
 use source::poll_source;
 use subscribe::subscribe;
 
