@@ -218,8 +218,8 @@ impl CombineFn {
         match (self, acc) {
             (CombineFn::Group | CombineFn::Callable(_) | CombineFn::Count, _)
             | (CombineFn::Any | CombineFn::All, _) => Ok(()),
-            (CombineFn::Sum, Acc::Sum(s)) if number => add_numbers(s, v).map(|_| ()),
-            (CombineFn::Mean, _) if number => Ok(()),
+            // numbers always add (past i64, in floats)
+            (CombineFn::Sum | CombineFn::Mean, _) if number => Ok(()),
             (CombineFn::Min | CombineFn::Max, Acc::Extreme(Some(cur))) => {
                 compare(v, cur).map(|_| ())
             }

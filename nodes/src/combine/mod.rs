@@ -30,6 +30,9 @@
 mod fns;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Hash maps with a fast hasher (keys are the node's own encodings).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::time::Instant;
 
 use indexmap::IndexMap;
@@ -229,7 +232,8 @@ impl NodeConfig for Combine {
             state: ctx.state.clone(),
             metrics: ctx.metrics.clone(),
             watermark: BEFORE_TIME,
-            hot: BTreeMap::new(),
+            hot: HashMap::default(),
+            hot_len: 0,
             windows: BTreeMap::new(),
             windows_dirty: false,
             session_ends: BTreeSet::new(),
@@ -326,6 +330,25 @@ fn window_prefix(w: Window) -> Vec<u8> {
     k
 }
 
+/// The state key of group `gk` of window `w`.
+fn state_key(w: Window, gk: &[u8]) -> Vec<u8> {
+    let mut k = window_prefix(w);
+    k.extend_from_slice(gk);
+    k
+}
+
+/// The window and group of a state key made by [`state_key`].
+fn split_state_key(k: &[u8]) -> (Window, &[u8]) {
+    let num = |b: &[u8]| (u64::from_be_bytes(b.try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+    (
+        Window {
+            end: num(&k[1..9]),
+            start: num(&k[9..17]),
+        },
+        &k[17..],
+    )
+}
+
 fn group_bytes(key: &[Value]) -> Result<Vec<u8>, String> {
     postcard::to_stdvec(key).map_err(|e| format!("cannot encode the group key: {e}"))
 }
@@ -339,8 +362,11 @@ struct CombineNode {
     state: KeyedState,
     metrics: std::sync::Arc<rill_core::metrics::NodeMetrics>,
     watermark: i64,
-    /// Recently used groups (fixed, sliding, global windows), by state key.
-    hot: BTreeMap<Vec<u8>, Hot>,
+    /// Recently used groups (fixed, sliding, global windows), by window
+    /// and encoded group key.
+    hot: HashMap<Window, HashMap<Vec<u8>, Hot>>,
+    /// Groups in `hot`.
+    hot_len: usize,
     /// Open windows, and whether each fired on time.
     windows: BTreeMap<Window, bool>,
     windows_dirty: bool,
@@ -398,21 +424,46 @@ impl CombineNode {
         w.end == END_OF_TIME || w.end.saturating_add(self.lateness()) > self.watermark
     }
 
-    fn get_group(&mut self, skey: &[u8]) -> Result<Option<&mut Hot>, NodeError> {
-        if !self.hot.contains_key(skey) {
-            let Some(b) = self.state.get(skey)? else {
+    /// The cached group `gk` of window `w`, loaded from the state when it
+    /// is there (`None`: a new group).
+    fn get_group(&mut self, w: Window, gk: &[u8]) -> Result<Option<&mut Hot>, NodeError> {
+        let cached = self.hot.get(&w).is_some_and(|m| m.contains_key(gk));
+        if !cached {
+            let Some(b) = self.state.get(&state_key(w, gk))? else {
                 return Ok(None);
             };
             let group: Group = codec::decode(&b).map_err(state_err)?;
-            self.hot.insert(
-                skey.to_vec(),
+            self.hot.entry(w).or_default().insert(
+                gk.to_vec(),
                 Hot {
                     group,
                     dirty: false,
                 },
             );
+            self.hot_len += 1;
         }
-        Ok(self.hot.get_mut(skey))
+        Ok(self.hot.get_mut(&w).and_then(|m| m.get_mut(gk)))
+    }
+
+    /// Writes the cached groups that changed into the state; with `all`,
+    /// empties the cache too.
+    fn spill(&mut self, all: bool) -> Result<(), NodeError> {
+        for (w, m) in self.hot.iter_mut() {
+            for (gk, h) in m.iter_mut() {
+                if h.dirty {
+                    self.state.put(
+                        &state_key(*w, gk),
+                        codec::encode(&h.group).map_err(state_err)?,
+                    );
+                    h.dirty = false;
+                }
+            }
+        }
+        if all {
+            self.hot.clear();
+            self.hot_len = 0;
+        }
+        Ok(())
     }
 
     fn add_to(&self, g: &mut Group, values: &[Value], t: i64) -> Result<(), String> {
@@ -499,9 +550,7 @@ impl CombineNode {
                 continue;
             }
             took = true;
-            let mut skey = window_prefix(w);
-            skey.extend_from_slice(&gk);
-            if self.get_group(&skey)?.is_none() {
+            if self.get_group(w, &gk)?.is_none() {
                 let group = Group {
                     key: key.to_vec(),
                     window: w,
@@ -511,13 +560,21 @@ impl CombineNode {
                     changed: false,
                     on_time: false,
                 };
-                self.hot.insert(skey.clone(), Hot { group, dirty: true });
+                self.hot
+                    .entry(w)
+                    .or_default()
+                    .insert(gk.clone(), Hot { group, dirty: true });
+                self.hot_len += 1;
                 if let std::collections::btree_map::Entry::Vacant(e) = self.windows.entry(w) {
                     e.insert(false);
                     self.windows_dirty = true;
                 }
             }
-            let hot = self.hot.get_mut(&skey).expect("loaded above");
+            let hot = self
+                .hot
+                .get_mut(&w)
+                .and_then(|m| m.get_mut(&gk))
+                .expect("loaded above");
             hot.dirty = true;
             add_values(&self.aggs, &mut hot.group, values, r.event_time).map_err(|e| {
                 NodeError::Record {
@@ -527,7 +584,7 @@ impl CombineNode {
             })?;
             if self.windows.get(&w) == Some(&true) {
                 // the window fired on time already: a late pane follows
-                self.late_due.insert(skey);
+                self.late_due.insert(state_key(w, &gk));
             }
         }
         Ok(took)
@@ -617,12 +674,16 @@ impl CombineNode {
                 }
                 self.state
                     .put(&skey, codec::encode(&groups).map_err(state_err)?);
-            } else if let Some(mut hot) = self.hot.remove(&skey) {
+            } else {
+                let (w, gk) = split_state_key(&skey);
+                let Some(mut hot) = self.hot.get_mut(&w).and_then(|m| m.remove(gk)) else {
+                    continue;
+                };
                 if hot.group.changed {
                     self.fire(&mut hot.group, "LATE", out);
                     hot.dirty = true;
                 }
-                self.hot.insert(skey, hot);
+                self.hot.entry(w).or_default().insert(gk.to_vec(), hot);
             }
         }
         Ok(())
@@ -635,11 +696,8 @@ impl CombineNode {
         for (k, v) in self.state.scan(&prefix)? {
             all.insert(k, codec::decode(&v).map_err(state_err)?);
         }
-        for (k, h) in self.hot.range(prefix.clone()..) {
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            all.insert(k.clone(), h.group.clone());
+        for (gk, h) in self.hot.get(&w).into_iter().flatten() {
+            all.insert(state_key(w, gk), h.group.clone());
         }
         Ok(all.into_iter().collect())
     }
@@ -678,7 +736,6 @@ impl CombineNode {
                     self.fire(&mut g, "ON_TIME", out);
                     g.on_time = true;
                 }
-                self.hot.remove(&skey);
                 if closed {
                     self.state.delete(&skey);
                 } else {
@@ -711,19 +768,16 @@ impl CombineNode {
     /// Puts the cached groups of `w` into the state, so a scan of the
     /// state sees the window whole.
     fn spill_window(&mut self, w: Window) -> Result<(), NodeError> {
-        let prefix = window_prefix(w);
-        let keys: Vec<Vec<u8>> = self
-            .hot
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            if let Some(h) = self.hot.remove(&k)
-                && h.dirty
-            {
-                self.state
-                    .put(&k, codec::encode(&h.group).map_err(state_err)?);
+        let Some(m) = self.hot.remove(&w) else {
+            return Ok(());
+        };
+        self.hot_len -= m.len();
+        for (gk, h) in m {
+            if h.dirty {
+                self.state.put(
+                    &state_key(w, &gk),
+                    codec::encode(&h.group).map_err(state_err)?,
+                );
             }
         }
         Ok(())
@@ -741,13 +795,20 @@ impl CombineNode {
             for (skey, mut g) in self.groups_of(w)? {
                 if g.changed {
                     self.fire(&mut g, "EARLY", out);
-                    self.hot.insert(
-                        skey,
-                        Hot {
-                            group: g,
-                            dirty: true,
-                        },
-                    );
+                    let (w, gk) = split_state_key(&skey);
+                    let fresh = self
+                        .hot
+                        .entry(w)
+                        .or_default()
+                        .insert(
+                            gk.to_vec(),
+                            Hot {
+                                group: g,
+                                dirty: true,
+                            },
+                        )
+                        .is_none();
+                    self.hot_len += usize::from(fresh);
                 }
             }
         }
@@ -901,23 +962,18 @@ impl Transform for CombineNode {
     }
 
     fn checkpoint(&mut self) -> Result<(), NodeError> {
-        for (k, h) in self.hot.iter_mut() {
-            if h.dirty {
-                self.state
-                    .put(k, codec::encode(&h.group).map_err(state_err)?);
-                h.dirty = false;
-            }
+        // a durable store gets every change at each commit; one in memory
+        // (`best_effort`: lost with the process anyway) only what the
+        // cache lets go of
+        let over = self.hot_len > self.cache;
+        if self.state.durable() || over {
+            self.spill(over)?;
         }
         if self.windows_dirty {
             let v: Vec<(Window, bool)> = self.windows.iter().map(|(w, f)| (*w, *f)).collect();
             self.state
                 .put(b"windows", codec::encode(&v).map_err(state_err)?);
             self.windows_dirty = false;
-        }
-        // everything cached is in the store now: past the cache's size,
-        // the store alone holds the groups
-        if self.hot.len() > self.cache {
-            self.hot.clear();
         }
         Ok(())
     }
