@@ -242,6 +242,12 @@ impl NodeConfig for Combine {
             assigned: Vec::new(),
             late: 0,
             firing: None,
+            partial: BTreeSet::new(),
+            gk_buf: Vec::new(),
+            key_buf: Vec::new(),
+            val_buf: Vec::new(),
+            deltas: HashMap::default(),
+            delta_seq: 0,
         };
         node.load()?;
         Ok(Node::Transform(Box::new(node)))
@@ -307,8 +313,29 @@ struct Group {
 /// A cached group, and whether the store lacks its latest state.
 struct Hot {
     group: Group,
+    /// Changed since it was last written.
     dirty: bool,
+    /// Its last written version is in a delta record, not under its own
+    /// key.
+    in_delta: bool,
+    /// It may have a key of its own in the state.
+    stored: bool,
 }
+
+impl Hot {
+    fn new(group: Group) -> Hot {
+        Hot {
+            group,
+            dirty: true,
+            in_delta: false,
+            stored: false,
+        }
+    }
+}
+
+/// Delta records a window may have before its groups are written under
+/// their own keys (compaction).
+const MAX_DELTAS: usize = 16;
 
 /// The global window, as a key.
 const GLOBAL: Window = Window {
@@ -319,8 +346,10 @@ const GLOBAL: Window = Window {
 /// Keys in the keyed state:
 /// - `w` + window + group: a group of a fixed, sliding or global window;
 /// - `k` + group: the sessions of a group (a list of [`Group`]s);
-/// - `windows`: the open windows and whether each fired on time;
-/// - `wm`: the watermark the node had.
+/// - `m/windows`: the open windows and whether each fired on time;
+/// - `m/wm`: the watermark the node had;
+/// - `d` + window + number: a delta record (the groups of a window that
+///   changed in one commit, newest last).
 fn window_prefix(w: Window) -> Vec<u8> {
     let mut k = Vec::with_capacity(17 + 16);
     k.push(b'w');
@@ -334,6 +363,14 @@ fn window_prefix(w: Window) -> Vec<u8> {
 fn state_key(w: Window, gk: &[u8]) -> Vec<u8> {
     let mut k = window_prefix(w);
     k.extend_from_slice(gk);
+    k
+}
+
+/// The key of delta record `seq` of window `w`: `d` + window + number.
+fn delta_key(w: Window, seq: u64) -> Vec<u8> {
+    let mut k = window_prefix(w);
+    k[0] = b'd';
+    k.extend_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -378,8 +415,20 @@ struct CombineNode {
     assigned: Vec<Window>,
     /// Records too late for their window, in this incarnation.
     late: u64,
-    /// A window being fired: where its next page of groups starts.
-    firing: Option<(Window, Vec<u8>)>,
+    /// A window being fired: where its next page of groups in the state
+    /// starts (`None`: it fires from the cache, which holds it whole).
+    firing: Option<(Window, Option<Vec<u8>>)>,
+    /// Windows some of whose groups may be only in the state (the cache
+    /// let them go, or the node was rebuilt): they fire from the state.
+    partial: BTreeSet<Window>,
+    /// The encoded group key, the key and the values of the record at
+    /// hand (kept to save allocations).
+    gk_buf: Vec<u8>,
+    key_buf: Vec<Value>,
+    val_buf: Vec<Value>,
+    /// Each window's delta records (their numbers), and the last number.
+    deltas: HashMap<Window, Vec<u64>>,
+    delta_seq: u64,
 }
 
 /// Most groups [`CombineNode::advance`] fires (or drops) in one call: what
@@ -397,12 +446,41 @@ impl CombineNode {
 
     /// Restores the open windows and the watermark from the state.
     fn load(&mut self) -> Result<(), NodeError> {
-        if let Some(b) = self.state.get(b"windows")? {
+        if let Some(b) = self.state.get(b"m/windows")? {
             let v: Vec<(Window, bool)> = codec::decode(&b).map_err(state_err)?;
             self.windows = v.into_iter().collect();
+            // a rebuilt node's cache is empty: its windows are in the state
+            self.partial = self.windows.keys().copied().collect();
         }
-        if let Some(b) = self.state.get(b"wm")? {
+        if let Some(b) = self.state.get(b"m/wm")? {
             self.watermark = codec::decode(&b).map_err(state_err)?;
+        }
+        // the groups written in delta records since their window's last
+        // compaction: in key order, so the last seen is the newest
+        for (k, v) in self.state.scan(b"d")? {
+            let (w, rest) = split_state_key(&k);
+            let seq = u64::from_be_bytes(
+                rest.try_into()
+                    .map_err(|_| state_err("a malformed delta key"))?,
+            );
+            let groups: Vec<(Vec<u8>, Group)> = codec::decode(&v).map_err(state_err)?;
+            let m = self.hot.entry(w).or_default();
+            for (gk, group) in groups {
+                let fresh = m
+                    .insert(
+                        gk,
+                        Hot {
+                            group,
+                            dirty: false,
+                            in_delta: true,
+                            stored: true,
+                        },
+                    )
+                    .is_none();
+                self.hot_len += usize::from(fresh);
+            }
+            self.deltas.entry(w).or_default().push(seq);
+            self.delta_seq = self.delta_seq.max(seq);
         }
         if self.sessions() {
             for (k, v) in self.state.scan(b"k")? {
@@ -424,45 +502,78 @@ impl CombineNode {
         w.end == END_OF_TIME || w.end.saturating_add(self.lateness()) > self.watermark
     }
 
-    /// The cached group `gk` of window `w`, loaded from the state when it
-    /// is there (`None`: a new group).
-    fn get_group(&mut self, w: Window, gk: &[u8]) -> Result<Option<&mut Hot>, NodeError> {
-        let cached = self.hot.get(&w).is_some_and(|m| m.contains_key(gk));
-        if !cached {
-            let Some(b) = self.state.get(&state_key(w, gk))? else {
-                return Ok(None);
-            };
-            let group: Group = codec::decode(&b).map_err(state_err)?;
-            self.hot.entry(w).or_default().insert(
-                gk.to_vec(),
-                Hot {
-                    group,
-                    dirty: false,
-                },
-            );
-            self.hot_len += 1;
-        }
-        Ok(self.hot.get_mut(&w).and_then(|m| m.get_mut(gk)))
-    }
-
-    /// Writes the cached groups that changed into the state; with `all`,
-    /// empties the cache too.
-    fn spill(&mut self, all: bool) -> Result<(), NodeError> {
-        for (w, m) in self.hot.iter_mut() {
+    /// Writes the cached groups of `w` whose latest version is not under
+    /// their own key there, and drops the window's delta records.
+    fn persist_window(&mut self, w: Window) -> Result<(), NodeError> {
+        if let Some(m) = self.hot.get_mut(&w) {
             for (gk, h) in m.iter_mut() {
-                if h.dirty {
+                if h.dirty || h.in_delta {
                     self.state.put(
-                        &state_key(*w, gk),
+                        &state_key(w, gk),
                         codec::encode(&h.group).map_err(state_err)?,
                     );
                     h.dirty = false;
+                    h.in_delta = false;
+                    h.stored = true;
                 }
             }
         }
-        if all {
-            self.hot.clear();
-            self.hot_len = 0;
+        self.drop_deltas(w);
+        Ok(())
+    }
+
+    fn drop_deltas(&mut self, w: Window) {
+        for seq in self.deltas.remove(&w).unwrap_or_default() {
+            self.state.delete(&delta_key(w, seq));
         }
+    }
+
+    /// A durable commit: the groups of each window that changed since the
+    /// last go into one delta record (one write, however many groups), and
+    /// a window with many deltas has its groups written under their own
+    /// keys (compaction).
+    fn write_deltas(&mut self) -> Result<(), NodeError> {
+        let windows: Vec<Window> = self.hot.keys().copied().collect();
+        for w in windows {
+            let Some(m) = self.hot.get_mut(&w) else {
+                continue;
+            };
+            let changed: Vec<(&Vec<u8>, &Group)> = m
+                .iter()
+                .filter(|(_, h)| h.dirty)
+                .map(|(gk, h)| (gk, &h.group))
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            let bytes = codec::encode(&changed).map_err(state_err)?;
+            for h in m.values_mut() {
+                if h.dirty {
+                    h.dirty = false;
+                    h.in_delta = true;
+                }
+            }
+            self.delta_seq += 1;
+            self.state.put(&delta_key(w, self.delta_seq), bytes);
+            let d = self.deltas.entry(w).or_default();
+            d.push(self.delta_seq);
+            if d.len() > MAX_DELTAS {
+                self.persist_window(w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cache past its size: every group written under its own key,
+    /// and the cache emptied.
+    fn evict(&mut self) -> Result<(), NodeError> {
+        let windows: Vec<Window> = self.hot.keys().copied().collect();
+        for w in windows {
+            self.persist_window(w)?;
+        }
+        self.partial.extend(self.hot.keys().copied());
+        self.hot.clear();
+        self.hot_len = 0;
         Ok(())
     }
 
@@ -543,50 +654,64 @@ impl CombineNode {
         values: &[Value],
         windows: &[Window],
     ) -> Result<bool, NodeError> {
-        let gk = group_bytes(key).map_err(NodeError::Failed)?;
+        let mut gk = std::mem::take(&mut self.gk_buf);
+        gk.clear();
+        let gk = postcard::to_extend(key, gk)
+            .map_err(|e| NodeError::failed(format!("cannot encode the group key: {e}")))?;
         let mut took = false;
+        let record_err = |e: String| NodeError::Record {
+            msg: e,
+            record: Some(Box::new(r.clone())),
+        };
         for &w in windows {
             if !self.open(w) {
                 continue;
             }
             took = true;
-            if self.get_group(w, &gk)?.is_none() {
-                let group = Group {
-                    key: key.to_vec(),
-                    window: w,
-                    accs: self.aggs.iter().map(|a| a.f.zero()).collect(),
-                    max_time: BEFORE_TIME,
-                    panes: 0,
-                    changed: false,
-                    on_time: false,
+            // one lookup for a cached group; the state, then a new group
+            let m = self.hot.entry(w).or_default();
+            if let Some(h) = m.get_mut(gk.as_slice()) {
+                h.dirty = true;
+                add_values(&self.aggs, &mut h.group, values, r.event_time).map_err(record_err)?;
+            } else {
+                let (mut group, stored) = match self.state.get(&state_key(w, &gk))? {
+                    Some(b) => (codec::decode(&b).map_err(state_err)?, true),
+                    None => {
+                        if let std::collections::btree_map::Entry::Vacant(e) = self.windows.entry(w)
+                        {
+                            e.insert(false);
+                            self.windows_dirty = true;
+                        }
+                        let group = Group {
+                            key: key.to_vec(),
+                            window: w,
+                            accs: self.aggs.iter().map(|a| a.f.zero()).collect(),
+                            max_time: BEFORE_TIME,
+                            panes: 0,
+                            changed: false,
+                            on_time: false,
+                        };
+                        (group, false)
+                    }
                 };
-                self.hot
-                    .entry(w)
-                    .or_default()
-                    .insert(gk.clone(), Hot { group, dirty: true });
+                let added = add_values(&self.aggs, &mut group, values, r.event_time);
+                m.insert(
+                    gk.clone(),
+                    Hot {
+                        stored,
+                        ..Hot::new(group)
+                    },
+                );
                 self.hot_len += 1;
-                if let std::collections::btree_map::Entry::Vacant(e) = self.windows.entry(w) {
-                    e.insert(false);
-                    self.windows_dirty = true;
-                }
+                added.map_err(record_err)?;
             }
-            let hot = self
-                .hot
-                .get_mut(&w)
-                .and_then(|m| m.get_mut(&gk))
-                .expect("loaded above");
-            hot.dirty = true;
-            add_values(&self.aggs, &mut hot.group, values, r.event_time).map_err(|e| {
-                NodeError::Record {
-                    msg: e,
-                    record: Some(Box::new(r.clone())),
-                }
-            })?;
-            if self.windows.get(&w) == Some(&true) {
-                // the window fired on time already: a late pane follows
+            // (a window that fired on time ended at or before the watermark)
+            if w.end <= self.watermark && self.windows.get(&w) == Some(&true) {
+                // a late pane follows
                 self.late_due.insert(state_key(w, &gk));
             }
         }
+        self.gk_buf = gk;
         Ok(took)
     }
 
@@ -718,15 +843,22 @@ impl CombineNode {
             let (w, from) = match self.firing.take() {
                 Some(f) => f,
                 None => match self.next_due() {
+                    // a window the cache holds whole, closing: from there
+                    Some(w) if !self.partial.contains(&w) && !self.open(w) => (w, None),
                     Some(w) => {
                         self.spill_window(w)?;
-                        (w, window_prefix(w))
+                        self.partial.insert(w);
+                        (w, Some(window_prefix(w)))
                     }
                     None => break,
                 },
             };
             let closed = !self.open(w);
             let fired = self.windows.get(&w).copied().unwrap_or(true);
+            let Some(from) = from else {
+                budget = self.fire_cached(w, fired, budget, out)?;
+                continue;
+            };
             let (page, next) = self.state.scan_page(&window_prefix(w), &from, budget)?;
             for (skey, bytes) in page {
                 budget = budget.saturating_sub(1);
@@ -743,18 +875,56 @@ impl CombineNode {
                 }
             }
             match next {
-                Some(n) => self.firing = Some((w, n)),
-                None => {
-                    if closed {
-                        self.windows.remove(&w);
-                    } else {
-                        self.windows.insert(w, true);
-                    }
-                    self.windows_dirty = true;
-                }
+                Some(n) => self.firing = Some((w, Some(n))),
+                None => self.fired_whole(w, closed),
             }
         }
         Ok(())
+    }
+
+    /// Window `w` fired all its groups.
+    fn fired_whole(&mut self, w: Window, closed: bool) {
+        if closed {
+            self.windows.remove(&w);
+            self.partial.remove(&w);
+        } else {
+            self.windows.insert(w, true);
+        }
+        self.windows_dirty = true;
+    }
+
+    /// Fires (and drops) up to `budget` groups of a closing window the
+    /// cache holds whole; returns the budget left.
+    fn fire_cached(
+        &mut self,
+        w: Window,
+        fired: bool,
+        mut budget: usize,
+        out: &mut Emitter,
+    ) -> Result<usize, NodeError> {
+        let durable = self.state.durable();
+        let mut m = self.hot.remove(&w).unwrap_or_default();
+        let keys: Vec<Vec<u8>> = m.keys().take(budget).cloned().collect();
+        for gk in keys {
+            budget = budget.saturating_sub(1);
+            let Some(mut h) = m.remove(&gk) else { continue };
+            self.hot_len -= 1;
+            if !fired && !h.group.on_time {
+                self.fire(&mut h.group, "ON_TIME", out);
+            }
+            // a durable store may hold it from an earlier compaction
+            if durable && h.stored {
+                self.state.delete(&state_key(w, &gk));
+            }
+        }
+        if m.is_empty() {
+            self.drop_deltas(w);
+            self.fired_whole(w, true);
+        } else {
+            self.hot.insert(w, m);
+            self.firing = Some((w, None));
+        }
+        Ok(budget)
     }
 
     /// The next window the watermark closed that has to fire or go.
@@ -768,17 +938,9 @@ impl CombineNode {
     /// Puts the cached groups of `w` into the state, so a scan of the
     /// state sees the window whole.
     fn spill_window(&mut self, w: Window) -> Result<(), NodeError> {
-        let Some(m) = self.hot.remove(&w) else {
-            return Ok(());
-        };
-        self.hot_len -= m.len();
-        for (gk, h) in m {
-            if h.dirty {
-                self.state.put(
-                    &state_key(w, &gk),
-                    codec::encode(&h.group).map_err(state_err)?,
-                );
-            }
+        self.persist_window(w)?;
+        if let Some(m) = self.hot.remove(&w) {
+            self.hot_len -= m.len();
         }
         Ok(())
     }
@@ -803,8 +965,8 @@ impl CombineNode {
                         .insert(
                             gk.to_vec(),
                             Hot {
-                                group: g,
-                                dirty: true,
+                                stored: true,
+                                ..Hot::new(g)
                             },
                         )
                         .is_none();
@@ -868,44 +1030,46 @@ impl CombineNode {
         Ok(())
     }
 
-    fn group_key(&self, r: &Record) -> Result<Vec<Value>, String> {
-        self.group_by
-            .iter()
-            .map(|g| {
-                r.fields
-                    .get(g)
-                    .cloned()
-                    .ok_or_else(|| format!("group_by: the record has no field `{g}`"))
-            })
-            .collect()
+    fn group_key(&self, r: &Record, key: &mut Vec<Value>) -> Result<(), String> {
+        key.clear();
+        for g in &self.group_by {
+            match r.fields.get(g) {
+                Some(v) => key.push(v.clone()),
+                None => return Err(format!("group_by: the record has no field `{g}`")),
+            }
+        }
+        Ok(())
     }
 
-    fn values(&self, r: &Record) -> Result<Vec<Value>, String> {
-        self.aggs
-            .iter()
-            .map(|a| match (&a.field, &a.value) {
+    fn values(&self, r: &Record, values: &mut Vec<Value>) -> Result<(), String> {
+        values.clear();
+        for a in &self.aggs {
+            values.push(match (&a.field, &a.value) {
                 (Some(f), _) => r
                     .fields
                     .get(f)
                     .cloned()
-                    .ok_or_else(|| format!("`{}`: the record has no field `{f}`", a.dest)),
-                (None, Some(c)) => c.eval(r).map_err(|e| format!("`{}` value: {e}", a.dest)),
-                (None, None) => Err(format!("`{}`: no value", a.dest)),
-            })
-            .collect()
+                    .ok_or_else(|| format!("`{}`: the record has no field `{f}`", a.dest))?,
+                (None, Some(c)) => c.eval(r).map_err(|e| format!("`{}` value: {e}", a.dest))?,
+                (None, None) => return Err(format!("`{}`: no value", a.dest)),
+            });
+        }
+        Ok(())
     }
 }
 
 impl Transform for CombineNode {
     fn process(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+        let mut key = std::mem::take(&mut self.key_buf);
+        let mut values = std::mem::take(&mut self.val_buf);
         for r in batch {
-            let (key, values) = match self.group_key(&r).and_then(|k| Ok((k, self.values(&r)?))) {
-                Ok(kv) => kv,
-                Err(e) => {
-                    out.fail(r, e);
-                    continue;
-                }
-            };
+            if let Err(e) = self
+                .group_key(&r, &mut key)
+                .and_then(|_| self.values(&r, &mut values))
+            {
+                out.fail(r, e);
+                continue;
+            }
             let took = if self.sessions() {
                 self.add_session(&r, &key, &values)
             } else {
@@ -929,6 +1093,8 @@ impl Transform for CombineNode {
                 Err(e) => return Err(e),
             }
         }
+        self.key_buf = key;
+        self.val_buf = values;
         self.fire_late(out)
     }
 
@@ -938,7 +1104,7 @@ impl Transform for CombineNode {
         }
         self.watermark = watermark;
         self.state
-            .put(b"wm", codec::encode(&watermark).map_err(state_err)?);
+            .put(b"m/wm", codec::encode(&watermark).map_err(state_err)?);
         self.advance(out, false)
     }
 
@@ -965,14 +1131,16 @@ impl Transform for CombineNode {
         // a durable store gets every change at each commit; one in memory
         // (`best_effort`: lost with the process anyway) only what the
         // cache lets go of
-        let over = self.hot_len > self.cache;
-        if self.state.durable() || over {
-            self.spill(over)?;
+        if self.state.durable() {
+            self.write_deltas()?;
+        }
+        if self.hot_len > self.cache {
+            self.evict()?;
         }
         if self.windows_dirty {
             let v: Vec<(Window, bool)> = self.windows.iter().map(|(w, f)| (*w, *f)).collect();
             self.state
-                .put(b"windows", codec::encode(&v).map_err(state_err)?);
+                .put(b"m/windows", codec::encode(&v).map_err(state_err)?);
             self.windows_dirty = false;
         }
         Ok(())
