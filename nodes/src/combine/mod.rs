@@ -112,11 +112,11 @@ pub struct Combine {
     pub language: Option<String>,
     /// Where records too late for their window go (a named output).
     pub late_output: Option<String>,
-    /// Groups kept in memory (default 100,000); the rest wait in the store.
+    /// Groups kept in memory (default 50,000); the rest wait in the store.
     pub state_cache: Option<usize>,
 }
 
-const DEFAULT_CACHE: usize = 100_000;
+const DEFAULT_CACHE: usize = 50_000;
 
 impl Combine {
     fn python(&self) -> bool {
@@ -531,10 +531,18 @@ impl CombineNode {
     /// A durable commit: the groups of each window that changed since the
     /// last go into one delta record (one write, however many groups), and
     /// a window with many deltas has its groups written under their own
-    /// keys (compaction).
+    /// keys (compaction). A window too large for deltas to pay writes its
+    /// changed groups under their own keys at once.
     fn write_deltas(&mut self) -> Result<(), NodeError> {
         let windows: Vec<Window> = self.hot.keys().copied().collect();
         for w in windows {
+            // a window with more groups than a quarter of the cache churns
+            // through it: its groups go under their own keys, as deltas
+            // would be compacted before they were read twice
+            if self.hot.get(&w).is_some_and(|m| m.len() > self.cache / 4) {
+                self.persist_window(w)?;
+                continue;
+            }
             let Some(m) = self.hot.get_mut(&w) else {
                 continue;
             };

@@ -374,7 +374,7 @@ impl Actor for StageActor {
                 sh.commit(&mut st.node).await?;
             }
             StageMsg::Tick => {
-                if sh.node_uses_watermarks() && !sh.finished_node {
+                if sh.node_uses_watermarks() && !sh.finished_node && !node_pending(&sh, st) {
                     // an input that went quiet stops holding the watermark
                     // back; early firings are due on processing time
                     advance_watermark(&mut sh, st).await?;
