@@ -243,6 +243,7 @@ impl NodeConfig for Combine {
             late: 0,
             firing: None,
             partial: BTreeSet::new(),
+            firing_keys: Vec::new(),
             gk_buf: Vec::new(),
             key_buf: Vec::new(),
             val_buf: Vec::new(),
@@ -421,6 +422,9 @@ struct CombineNode {
     /// Windows some of whose groups may be only in the state (the cache
     /// let them go, or the node was rebuilt): they fire from the state.
     partial: BTreeSet<Window>,
+    /// The keys of the groups a firing from the cache has still to fire,
+    /// last first.
+    firing_keys: Vec<Vec<u8>>,
     /// The encoded group key, the key and the values of the record at
     /// hand (kept to save allocations).
     gk_buf: Vec<u8>,
@@ -912,9 +916,19 @@ impl CombineNode {
     ) -> Result<usize, NodeError> {
         let durable = self.state.durable();
         let mut m = self.hot.remove(&w).unwrap_or_default();
-        let keys: Vec<Vec<u8>> = m.keys().take(budget).cloned().collect();
-        for gk in keys {
-            budget = budget.saturating_sub(1);
+        if self.firing_keys.is_empty() {
+            // in key order, as a scan of the state gives them: a run fires
+            // its groups in the same order whether it restarted or not
+            self.firing_keys = m.keys().cloned().collect();
+            self.firing_keys.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        while budget > 0 {
+            let Some(gk) = self.firing_keys.pop() else {
+                break;
+            };
+            budget -= 1;
+            // (the groups not fired yet stay cached, so a commit in the
+            // middle of the firing still writes what changed in them)
             let Some(mut h) = m.remove(&gk) else { continue };
             self.hot_len -= 1;
             if !fired && !h.group.on_time {
@@ -925,7 +939,7 @@ impl CombineNode {
                 self.state.delete(&state_key(w, &gk));
             }
         }
-        if m.is_empty() {
+        if self.firing_keys.is_empty() {
             self.drop_deltas(w);
             self.fired_whole(w, true);
         } else {
