@@ -73,11 +73,15 @@ pub struct MapToFields {
     pub dependencies: Option<Vec<String>>,
 }
 
-/// `drop`: a field name or a list of them.
+/// Field names written as one name or a list of them (`drop`, and
+/// `Combine`'s `group_by`).
 #[derive(Debug, Default, Clone)]
-pub struct Drop(pub Vec<String>);
+pub struct Names(pub Vec<String>);
 
-impl<'de> Deserialize<'de> for Drop {
+/// `drop`: a field name or a list of them.
+pub type Drop = Names;
+
+impl<'de> Deserialize<'de> for Names {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
@@ -86,8 +90,8 @@ impl<'de> Deserialize<'de> for Drop {
             Many(Vec<String>),
         }
         Ok(match OneOrMany::deserialize(d)? {
-            OneOrMany::One(s) => Drop(vec![s]),
-            OneOrMany::Many(v) => Drop(v),
+            OneOrMany::One(s) => Names(vec![s]),
+            OneOrMany::Many(v) => Names(v),
         })
     }
 }

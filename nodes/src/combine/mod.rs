@@ -48,23 +48,7 @@ use serde::{Deserialize, Serialize};
 pub use fns::{Acc, CombineFn, FnSpec, compare};
 
 /// `group_by`: a field, a list of fields, or `[]` (one group).
-#[derive(Debug, Clone, Default)]
-pub struct GroupBy(pub Vec<String>);
-
-impl<'de> Deserialize<'de> for GroupBy {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Form {
-            One(String),
-            Many(Vec<String>),
-        }
-        Ok(GroupBy(match Form::deserialize(d)? {
-            Form::One(s) => vec![s],
-            Form::Many(v) => v,
-        }))
-    }
-}
+pub type GroupBy = crate::mapping::Names;
 
 /// One output of `combine`: a fn name (the value is the field of the
 /// output's name), or `{value, fn}`.

@@ -25,6 +25,15 @@ fn combine(config: &str, w: Windowing, state: &KeyedState) -> Box<dyn Transform>
     }
 }
 
+/// Commits what `st` changed to `store`, as the runtime does.
+fn commit_to(store: &Arc<dyn StateStore>, st: &KeyedState) {
+    store
+        .commit(WriteBatch {
+            ops: st.take_changes(),
+        })
+        .unwrap()
+}
+
 fn rows(run: &[Record]) -> Vec<String> {
     let mut v: Vec<String> = run
         .iter()
@@ -248,13 +257,7 @@ fn allowed_lateness_fires_again_and_later_records_go_to_the_late_output() {
 #[test]
 fn a_restarted_combine_goes_on_from_its_committed_state() {
     let store: Arc<dyn StateStore> = Arc::new(MemStore::new());
-    let commit = |st: &KeyedState| {
-        store
-            .commit(WriteBatch {
-                ops: st.take_changes(),
-            })
-            .unwrap()
-    };
+    let commit = |st: &KeyedState| commit_to(&store, st);
     let w = windowing("{type: fixed, size: 10}");
     let config = "{group_by: device, combine: {v: sum}, state_cache: 1}";
     let st = KeyedState::new(store.clone());
@@ -347,13 +350,7 @@ fn early_firings_come_on_processing_time_before_the_watermark() {
 #[test]
 fn a_large_window_fires_in_parts_and_a_restart_goes_on_where_it_was() {
     let store: Arc<dyn StateStore> = Arc::new(MemStore::new());
-    let commit = |st: &KeyedState| {
-        store
-            .commit(WriteBatch {
-                ops: st.take_changes(),
-            })
-            .unwrap()
-    };
+    let commit = |st: &KeyedState| commit_to(&store, st);
     let w = windowing("{type: fixed, size: 10}");
     let config = "{group_by: device, combine: {v: sum}, state_cache: 1000}";
     let st = KeyedState::new(store.clone());
@@ -435,13 +432,7 @@ impl StateStore for DurableMem {
 #[test]
 fn delta_records_and_compaction_survive_restarts() {
     let store: Arc<dyn StateStore> = Arc::new(DurableMem::default());
-    let commit = |st: &KeyedState| {
-        store
-            .commit(WriteBatch {
-                ops: st.take_changes(),
-            })
-            .unwrap()
-    };
+    let commit = |st: &KeyedState| commit_to(&store, st);
     let w = windowing("{type: fixed, size: 10}");
     let config = "{group_by: device, combine: {v: sum, n: {value: v, fn: count}}}";
     let mut want: std::collections::BTreeMap<(i64, String), (i64, i64)> = Default::default();

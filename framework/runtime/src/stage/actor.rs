@@ -189,15 +189,19 @@ impl Actor for StageActor {
             let from = sh.outputs[o].log.log.min_acked();
             sh.resend(o, from).await?;
         }
+        // a restart between the last input's end and the finish that
+        // waited for a large firing finishes when that is out
+        let finish_due = !sh.inputs.is_empty()
+            && sh.inputs_ended()
+            && !sh.finished_node
+            && !matches!(node, Node::Source(_));
         let pool = sh.pool.clone();
         drop(sh);
         myself.send_interval(TICK, || StageMsg::Tick);
         if matches!(node, Node::Source(_)) {
             myself.cast(StageMsg::Poll)?;
         }
-        // a restart in the middle of a large firing, or between the last
-        // input's end and the finish it waited for, goes on from there
-        let finish_due = sh_kind_finishes(&args.shared).await && !matches!(node, Node::Source(_));
+        // a restart in the middle of a large firing goes on from there
         if finish_due || matches!(&node, Node::Transform(t) if t.pending()) {
             myself.cast(StageMsg::Flush)?;
         }
@@ -378,18 +382,7 @@ impl Actor for StageActor {
                     // an input that went quiet stops holding the watermark
                     // back; early firings are due on processing time
                     advance_watermark(&mut sh, st).await?;
-                    let (result, mut out) = call_node(&sh, st, |node| {
-                        let mut out = Emitter::new();
-                        let r = match node {
-                            Node::Transform(t) => t.on_timer(&mut out),
-                            _ => Ok(()),
-                        };
-                        (r, out)
-                    })
-                    .await?;
-                    result.map_err(|e| e.to_string())?;
-                    if !out.is_empty() {
-                        sh.route(&mut out).await?;
+                    if call_hook(&mut sh, st, |t, out| t.on_timer(out)).await? {
                         sh.mark_dirty(0);
                     }
                     after_work(&mut sh, st, &myself).await?;
@@ -440,11 +433,4 @@ impl Actor for StageActor {
         }
         Ok(())
     }
-}
-
-/// Whether every input of the stage ended and its node has not finished
-/// (committed that way: a restart must finish it).
-async fn sh_kind_finishes(shared: &Arc<Mutex<StageShared>>) -> bool {
-    let sh = shared.lock().await;
-    !sh.inputs.is_empty() && sh.inputs_ended() && !sh.finished_node
 }

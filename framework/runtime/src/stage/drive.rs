@@ -94,21 +94,7 @@ pub(crate) async fn drive(
         // what the last watermark fires comes first, a part at a time as
         // the outputs have room; no input is taken before it is out
         if node_pending(sh, st) {
-            let (result, mut out) = call_node(sh, st, |node| {
-                let mut out = Emitter::new();
-                let r = match node {
-                    Node::Transform(t) => t.resume(&mut out),
-                    _ => Ok(()),
-                };
-                (r, out)
-            })
-            .await?;
-            if let Err(e) = result {
-                *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
-                return Err(e.into());
-            }
-            sh.route(&mut out).await?;
-            check_threshold(sh, 1)?;
+            call_hook(sh, st, |t, out| t.resume(out)).await?;
             sh.mark_dirty(0);
             continue;
         }
@@ -324,10 +310,21 @@ pub(crate) async fn advance_watermark(
     if !sh.node_uses_watermarks() {
         return Ok(());
     }
+    call_hook(sh, st, move |t, out| t.on_watermark(wm, out)).await?;
+    Ok(())
+}
+
+/// Calls one of a transform's event-time hooks (`on_watermark`, `resume`,
+/// `on_timer`) and routes what it emits; true when it emitted anything.
+pub(crate) async fn call_hook(
+    sh: &mut StageShared,
+    st: &mut StageState,
+    hook: impl FnOnce(&mut dyn Transform, &mut Emitter) -> Result<(), NodeError> + Send + 'static,
+) -> Result<bool, ActorProcessingErr> {
     let (result, mut out) = call_node(sh, st, move |node| {
         let mut out = Emitter::new();
         let r = match node {
-            Node::Transform(t) => t.on_watermark(wm, &mut out),
+            Node::Transform(t) => hook(t.as_mut(), &mut out),
             _ => Ok(()),
         };
         (r, out)
@@ -337,10 +334,13 @@ pub(crate) async fn advance_watermark(
         *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
         return Err(e.into());
     }
+    if out.is_empty() {
+        return Ok(false);
+    }
     if sh.own_watermark() {
         sh.clock.emitted(out.main().iter().map(|r| r.event_time));
     }
     sh.route(&mut out).await?;
     check_threshold(sh, 1)?;
-    Ok(())
+    Ok(true)
 }

@@ -31,7 +31,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rill_core::codec::CodecError;
-use rill_core::node::{BuildContext, Emitter, Extensions, Failure, Node, NodeError, SourceStatus};
+use rill_core::node::{
+    BuildContext, Emitter, Extensions, Failure, Node, NodeError, SourceStatus, Transform,
+};
 use rill_core::spec::{CheckpointInterval, Delivery, Stage};
 use rill_core::state::{KeyedState, StateStore, WriteBatch};
 use rill_core::{Fields, Record, Value};
@@ -59,7 +61,7 @@ use gather::{Admission, Gathered, InputState, Queued};
 // the parts, for one another (each module `use super::*`)
 use actor::Pending;
 use calls::{Offload, call_node, check_threshold, retry_failures};
-use drive::{advance_watermark, after_work, drive, node_pending, queue_commit};
+use drive::{advance_watermark, after_work, call_hook, drive, node_pending, queue_commit};
 use source::poll_source;
 use subscribe::subscribe;
 
