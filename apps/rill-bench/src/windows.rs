@@ -195,8 +195,9 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// `rill-bench windows-child RECORDS KEYS MODE`: one Combine run, then its
-/// rate, rows and peak RSS on one line.
+/// `rill-bench windows-child RECORDS KEYS MODE [map]`: one Combine run (or
+/// with `map`, the `MapToFields` baseline), then its rate, rows and peak
+/// RSS on one line.
 pub async fn child(args: &[String]) -> anyhow::Result<()> {
     let records: u64 = args
         .first()
@@ -207,7 +208,11 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let mode = args.get(2).map_or("exactly_once", String::as_str);
-    let (rate, rows) = run(&source(records, keys), COMBINE, mode, records).await?;
+    let middle = match args.get(3).map(String::as_str) {
+        Some("map") => MAP,
+        _ => COMBINE,
+    };
+    let (rate, rows) = run(&source(records, keys), middle, mode, records).await?;
     println!("{rate:.0} {rows} {:.0}", peak_rss_mb().unwrap_or(f64::NAN));
     Ok(())
 }

@@ -295,6 +295,60 @@ struct Group {
     on_time: bool,
 }
 
+/// A group of a fixed, sliding or global window as the state holds it:
+/// its key and window are in the state key, so not again in the value.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    accs: &'a [Acc],
+    max_time: i64,
+    panes: u32,
+    changed: bool,
+    on_time: bool,
+}
+
+/// [`StoredRef`], read back.
+#[derive(Deserialize)]
+struct Stored {
+    accs: Vec<Acc>,
+    max_time: i64,
+    panes: u32,
+    changed: bool,
+    on_time: bool,
+}
+
+impl Group {
+    fn stored(&self) -> StoredRef<'_> {
+        StoredRef {
+            accs: &self.accs,
+            max_time: self.max_time,
+            panes: self.panes,
+            changed: self.changed,
+            on_time: self.on_time,
+        }
+    }
+
+    fn encode_stored(&self) -> Result<Vec<u8>, NodeError> {
+        codec::encode(&self.stored()).map_err(state_err)
+    }
+
+    /// Group `gk` of window `w` from what [`StoredRef`] wrote.
+    fn from_stored(s: Stored, w: Window, gk: &[u8]) -> Result<Group, NodeError> {
+        Ok(Group {
+            key: postcard::from_bytes(gk).map_err(state_err)?,
+            window: w,
+            accs: s.accs,
+            max_time: s.max_time,
+            panes: s.panes,
+            changed: s.changed,
+            on_time: s.on_time,
+        })
+    }
+
+    fn decode_stored(bytes: &[u8], w: Window, gk: &[u8]) -> Result<Group, NodeError> {
+        Group::from_stored(codec::decode(bytes).map_err(state_err)?, w, gk)
+    }
+}
+
 /// A cached group, and whether the store lacks its latest state.
 struct Hot {
     group: Group,
@@ -318,9 +372,14 @@ impl Hot {
     }
 }
 
-/// Delta records a window may have before its groups are written under
-/// their own keys (compaction).
+/// Delta records a window may have before the next takes the place of
+/// them all (compaction: it holds every group whose latest version is in
+/// one of them, so a restart reads at most this many per window).
 const MAX_DELTAS: usize = 16;
+
+/// The layout of the node's state: 2 stores a group's accumulators
+/// without its key and window ([`StoredRef`]).
+const STATE_FORMAT: u8 = 2;
 
 /// The global window, as a key.
 const GLOBAL: Window = Window {
@@ -333,6 +392,7 @@ const GLOBAL: Window = Window {
 /// - `k` + group: the sessions of a group (a list of [`Group`]s);
 /// - `m/windows`: the open windows and whether each fired on time;
 /// - `m/wm`: the watermark the node had;
+/// - `m/format`: [`STATE_FORMAT`], with `m/windows`;
 /// - `d` + window + number: a delta record (the groups of a window that
 ///   changed in one commit, newest last).
 fn window_prefix(w: Window) -> Vec<u8> {
@@ -435,6 +495,13 @@ impl CombineNode {
     /// Restores the open windows and the watermark from the state.
     fn load(&mut self) -> Result<(), NodeError> {
         if let Some(b) = self.state.get(b"m/windows")? {
+            let format = self.state.get(b"m/format")?;
+            if format.as_deref() != Some(&[STATE_FORMAT][..]) {
+                return Err(NodeError::failed(format!(
+                    "Combine state: written by another version of rill (format {:?}, this one reads {STATE_FORMAT}); run again with --reset-state",
+                    format.as_deref().and_then(|f| f.first())
+                )));
+            }
             let v: Vec<(Window, bool)> = codec::decode(&b).map_err(state_err)?;
             self.windows = v.into_iter().collect();
             // a rebuilt node's cache is empty: its windows are in the state
@@ -451,9 +518,10 @@ impl CombineNode {
                 rest.try_into()
                     .map_err(|_| state_err("a malformed delta key"))?,
             );
-            let groups: Vec<(Vec<u8>, Group)> = codec::decode(&v).map_err(state_err)?;
+            let groups: Vec<(Vec<u8>, Stored)> = codec::decode(&v).map_err(state_err)?;
             let m = self.hot.entry(w).or_default();
-            for (gk, group) in groups {
+            for (gk, s) in groups {
+                let group = Group::from_stored(s, w, &gk)?;
                 let fresh = m
                     .insert(
                         gk,
@@ -496,10 +564,7 @@ impl CombineNode {
         if let Some(m) = self.hot.get_mut(&w) {
             for (gk, h) in m.iter_mut() {
                 if h.dirty || h.in_delta {
-                    self.state.put(
-                        &state_key(w, gk),
-                        codec::encode(&h.group).map_err(state_err)?,
-                    );
+                    self.state.put(&state_key(w, gk), h.group.encode_stored()?);
                     h.dirty = false;
                     h.in_delta = false;
                     h.stored = true;
@@ -517,10 +582,11 @@ impl CombineNode {
     }
 
     /// A durable commit: the groups of each window that changed since the
-    /// last go into one delta record (one write, however many groups), and
-    /// a window with many deltas has its groups written under their own
-    /// keys (compaction). A window too large for deltas to pay writes its
-    /// changed groups under their own keys at once.
+    /// last go into one delta record (one write, however many groups); a
+    /// window's delta after [`MAX_DELTAS`] others replaces them, holding
+    /// every group they held (compaction, still one write). A window too
+    /// large for deltas to pay writes its changed groups under their own
+    /// keys at once.
     fn write_deltas(&mut self) -> Result<(), NodeError> {
         let windows: Vec<Window> = self.hot.keys().copied().collect();
         for w in windows {
@@ -534,14 +600,19 @@ impl CombineNode {
             let Some(m) = self.hot.get_mut(&w) else {
                 continue;
             };
-            let changed: Vec<(&Vec<u8>, &Group)> = m
+            // past MAX_DELTAS, one record takes the place of them all:
+            // every group whose latest version is in a delta, or changed
+            let merge = self.deltas.get(&w).is_some_and(|d| d.len() >= MAX_DELTAS);
+            let mut changed: Vec<(&Vec<u8>, StoredRef<'_>)> = m
                 .iter()
-                .filter(|(_, h)| h.dirty)
-                .map(|(gk, h)| (gk, &h.group))
+                .filter(|(_, h)| h.dirty || (merge && h.in_delta))
+                .map(|(gk, h)| (gk, h.group.stored()))
                 .collect();
             if changed.is_empty() {
                 continue;
             }
+            // in key order: a run writes the same bytes however it hashed
+            changed.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let bytes = codec::encode(&changed).map_err(state_err)?;
             for h in m.values_mut() {
                 if h.dirty {
@@ -549,13 +620,12 @@ impl CombineNode {
                     h.in_delta = true;
                 }
             }
+            if merge {
+                self.drop_deltas(w);
+            }
             self.delta_seq += 1;
             self.state.put(&delta_key(w, self.delta_seq), bytes);
-            let d = self.deltas.entry(w).or_default();
-            d.push(self.delta_seq);
-            if d.len() > MAX_DELTAS {
-                self.persist_window(w)?;
-            }
+            self.deltas.entry(w).or_default().push(self.delta_seq);
         }
         Ok(())
     }
@@ -671,7 +741,7 @@ impl CombineNode {
                 add_values(&self.aggs, &mut h.group, values, r.event_time).map_err(record_err)?;
             } else {
                 let (mut group, stored) = match self.state.get(&state_key(w, &gk))? {
-                    Some(b) => (codec::decode(&b).map_err(state_err)?, true),
+                    Some(b) => (Group::decode_stored(&b, w, &gk)?, true),
                     None => {
                         if let std::collections::btree_map::Entry::Vacant(e) = self.windows.entry(w)
                         {
@@ -815,7 +885,9 @@ impl CombineNode {
         let prefix = window_prefix(w);
         let mut all: BTreeMap<Vec<u8>, Group> = BTreeMap::new();
         for (k, v) in self.state.scan(&prefix)? {
-            all.insert(k, codec::decode(&v).map_err(state_err)?);
+            let (w, gk) = split_state_key(&k);
+            let g = Group::decode_stored(&v, w, gk)?;
+            all.insert(k, g);
         }
         for (gk, h) in self.hot.get(&w).into_iter().flatten() {
             all.insert(state_key(w, gk), h.group.clone());
@@ -858,7 +930,8 @@ impl CombineNode {
             let (page, next) = self.state.scan_page(&window_prefix(w), &from, budget)?;
             for (skey, bytes) in page {
                 budget = budget.saturating_sub(1);
-                let mut g: Group = codec::decode(&bytes).map_err(state_err)?;
+                let (_, gk) = split_state_key(&skey);
+                let mut g = Group::decode_stored(&bytes, w, gk)?;
                 // a group fired before a restart, mid-window, is not again
                 if !fired && !g.on_time {
                     self.fire(&mut g, "ON_TIME", out);
@@ -867,7 +940,7 @@ impl CombineNode {
                 if closed {
                     self.state.delete(&skey);
                 } else {
-                    self.state.put(&skey, codec::encode(&g).map_err(state_err)?);
+                    self.state.put(&skey, g.encode_stored()?);
                 }
             }
             match next {
@@ -1147,6 +1220,7 @@ impl Transform for CombineNode {
             let v: Vec<(Window, bool)> = self.windows.iter().map(|(w, f)| (*w, *f)).collect();
             self.state
                 .put(b"m/windows", codec::encode(&v).map_err(state_err)?);
+            self.state.put(b"m/format", vec![STATE_FORMAT]);
             self.windows_dirty = false;
         }
         Ok(())

@@ -467,6 +467,17 @@ fn delta_records_and_compaction_survive_restarts() {
         c.process(batch.clone(), &mut out).unwrap();
         c.checkpoint().unwrap();
         commit(&st);
+        // 40 commits, yet compaction keeps the window's deltas few
+        let deltas = store
+            .scan_prefix(b"s/")
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k[2] == b'd')
+            .count();
+        assert!(
+            (1..=MAX_DELTAS).contains(&deltas),
+            "{deltas} delta records after commit {round}"
+        );
         if round % 7 == 6 {
             c.process(batch, &mut out).unwrap(); // uncommitted: lost
             st = KeyedState::new(store.clone());
@@ -502,4 +513,28 @@ fn delta_records_and_compaction_survive_restarts() {
         .filter(|c| *c == b'w' || *c == b'd')
         .collect();
     assert!(left.is_empty(), "groups or deltas left: {left:?}");
+}
+
+#[test]
+fn state_of_another_format_is_refused_not_misread() {
+    let store: Arc<dyn StateStore> = Arc::new(DurableMem::default());
+    let w = windowing("{type: fixed, size: 10}");
+    let config = "{group_by: device, combine: {v: sum}}";
+    let st = KeyedState::new(store.clone());
+    let mut c = combine(config, w, &st);
+    let mut out = Emitter::new();
+    c.process(vec![at("a", 1.0, 5)], &mut out).unwrap();
+    c.checkpoint().unwrap();
+    commit_to(&store, &st);
+    // a rebuild reads it back
+    let st = KeyedState::new(store.clone());
+    let _ = combine(config, w, &st);
+    // the same state without its format mark (as an older rill wrote it)
+    st.delete(b"m/format");
+    commit_to(&store, &st);
+    let reg = crate::registry();
+    let st = KeyedState::new(store.clone());
+    let e = build_yaml_windowed(&reg, "Combine", config, std::path::Path::new("."), &st, w)
+        .expect_err("refused");
+    assert!(e.to_string().contains("--reset-state"), "{e}");
 }
