@@ -40,6 +40,9 @@ impl NodeConfig for Generate {
     fn kind(&self) -> NodeKind {
         NodeKind::Source
     }
+    fn unbounded(&self) -> bool {
+        self.count.is_none()
+    }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(r) = self.rate

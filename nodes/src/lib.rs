@@ -35,6 +35,7 @@ pub mod files;
 pub mod generate;
 pub mod log;
 pub mod mapping;
+pub mod mltransform;
 pub mod routing;
 pub mod schema;
 pub mod testing;
@@ -72,6 +73,10 @@ pub fn register_all(r: &mut Registry) {
     r.register::<windows::ExtractWindowingInfo>(
         "ExtractWindowingInfo",
         "adds a record's timestamp and window as fields",
+    );
+    r.register::<mltransform::MLTransform>(
+        "MLTransform",
+        "learns statistics and vocabularies (artifacts) and applies them",
     );
     r.register::<routing::Flatten>("Flatten", "one stream of the records of all its inputs");
     r.register::<routing::Partition>("Partition", "sends each record to the output it names");

@@ -77,6 +77,9 @@ impl NodeConfig for ReadFromZenoh {
     fn kind(&self) -> NodeKind {
         NodeKind::Source
     }
+    fn unbounded(&self) -> bool {
+        self.max_records.is_none()
+    }
     fn validate(&self) -> Result<(), ConfigError> {
         check_key(&self.key)?;
         if self.buffer == 0 {

@@ -583,6 +583,20 @@ pub trait NodeConfig: DeserializeOwned + fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// A source that may never end (`Generate` without `count`, a Zenoh
+    /// subscription without `max_records`).
+    fn unbounded(&self) -> bool {
+        false
+    }
+
+    /// Why the node needs all of its input to end (it analyses the whole
+    /// input before it emits, as `MLTransform` writing artifacts does), or
+    /// `None`. A pipeline that feeds it from an unbounded source is refused
+    /// at validation, with this reason.
+    fn needs_bounded_input(&self) -> Option<String> {
+        None
+    }
+
     /// Makes the running node.
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
 }
@@ -604,6 +618,8 @@ pub trait DynNode: fmt::Debug + Send + Sync {
     fn uses_watermarks(&self) -> bool;
     fn assigns_timestamps(&self) -> bool;
     fn windowing(&self) -> Option<crate::window::Windowing>;
+    fn unbounded(&self) -> bool;
+    fn needs_bounded_input(&self) -> Option<String>;
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
 }
 
@@ -631,6 +647,12 @@ impl<C: NodeConfig> DynNode for C {
     }
     fn windowing(&self) -> Option<crate::window::Windowing> {
         NodeConfig::windowing(self)
+    }
+    fn unbounded(&self) -> bool {
+        NodeConfig::unbounded(self)
+    }
+    fn needs_bounded_input(&self) -> Option<String> {
+        NodeConfig::needs_bounded_input(self)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         NodeConfig::build(self, ctx)

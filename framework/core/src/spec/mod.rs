@@ -25,6 +25,7 @@
 //! passes over stages made in Rust. A new check goes into the module of the
 //! pass it belongs to, or into a new module called from `compile`.
 
+mod bounded;
 mod builder;
 mod graph;
 mod inputs;
@@ -281,6 +282,8 @@ fn compile(
     p.stages = graph::topo_sort(cx, p.stages)?;
     // each stream's windowing strategy; who sends watermarks
     windowing::resolve(cx, &mut p.stages);
+    // a stage that needs its whole input is not fed an endless one
+    bounded::check(cx, &p.stages);
     cx.ok()?;
     Some(p)
 }
