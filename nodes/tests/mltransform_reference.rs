@@ -165,7 +165,13 @@ transforms:
             .iter()
             .map(|v| vocab[v.as_i64().unwrap() as usize].as_str())
             .collect();
-        let words: Vec<&str> = input[i].get("text").unwrap().as_str().unwrap().split(' ').collect();
+        let words: Vec<&str> = input[i]
+            .get("text")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .collect();
         assert_eq!(ids, words, "row {i}");
     }
 
@@ -173,7 +179,13 @@ transforms:
     // over the row's length and scikit-learn's the count, unnormalised
     // here (norm=None): Beam's weight = scikit-learn's / row length
     for (i, r) in got.iter().enumerate() {
-        let len = input[i].get("text").unwrap().as_str().unwrap().split(' ').count() as f64;
+        let len = input[i]
+            .get("text")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .count() as f64;
         let index = list(r.get("text_vocab_index").unwrap());
         let weight = list(r.get("text_tfidf_weight").unwrap());
         let sk = want["tfidf_raw"][i].as_object().unwrap();

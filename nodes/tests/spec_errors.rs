@@ -160,3 +160,48 @@ fn bad_windowing_is_refused_where_it_is_written() {
         &["p.yaml:4", "a `sessions` window needs `gap`"],
     );
 }
+
+#[test]
+fn mltransform_is_refused_where_it_is_written() {
+    let pipeline = |source: &str, ml: &str| {
+        format!(
+            "pipeline:\n  transforms:\n    - {{type: {source}, name: src}}\n    - type: MLTransform\n      input: src\n      config:\n{ml}"
+        )
+    };
+    let write = "        write_artifact_location: art\n        transforms:\n          - {type: ScaleTo01, config: {columns: [value]}}\n";
+    // learning needs the whole input: an endless source is refused
+    refused(
+        &pipeline("Generate, config: {rate: 10}", write),
+        &[
+            "p.yaml:4:7",
+            "learns from its whole input",
+            "the source `src` is unbounded",
+        ],
+    );
+    // embeddings need a model rill does not download
+    refused(
+        &pipeline(
+            "Generate, config: {count: 10}",
+            "        write_artifact_location: art\n        transforms:\n          - {type: SentenceTransformerEmbeddings, config: {columns: [text]}}\n",
+        ),
+        &[
+            "p.yaml:9:14",
+            "`SentenceTransformerEmbeddings` computes embeddings with a hosted or downloaded model",
+        ],
+    );
+    // an operation's own config, checked where it is written
+    refused(
+        &pipeline(
+            "Generate, config: {count: 10}",
+            "        write_artifact_location: art\n        transforms:\n          - {type: Bucketize, config: {columns: [value], num_buckets: 0}}\n",
+        ),
+        &["p.yaml:9", "num_buckets", "must be at least 1"],
+    );
+    refused(
+        &pipeline(
+            "Generate, config: {count: 10}",
+            "        read_artifact_location: art\n        write_artifact_location: art\n",
+        ),
+        &["p.yaml:7:9", "not both"],
+    );
+}

@@ -25,6 +25,14 @@ const EXPECT: &[(&str, &str)] = &[
         "checked by device_stats_bounded_and_live",
     ),
     ("classify.yaml", "checked by classify_accuracy"),
+    (
+        "mltransform-train.yaml",
+        "checked by mltransform_train_then_apply",
+    ),
+    (
+        "mltransform-apply.yaml",
+        "checked by mltransform_train_then_apply",
+    ),
     ("beam/explode.yaml", "expected rows"),
     ("beam/filter_callable.yaml", "expected rows"),
     ("beam/map_to_fields_callable.yaml", "expected rows"),
@@ -212,6 +220,64 @@ fn device_stats_bounded_and_live() {
         .filter(|r| r["minute"] == streamed[0]["minute"])
         .collect();
     assert_eq!(streamed.iter().collect::<Vec<_>>(), first);
+}
+
+#[test]
+fn mltransform_train_then_apply() {
+    let dir = sandbox();
+    let out = rill(dir.path(), &["run", "-q", "configs/mltransform-train.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let train = read_jsonl(&dir.path().join("out/mltransform/train.jsonl"));
+    // every valid reading, its temperature standardised over the file
+    let valid = read_jsonl(&root().join("configs/data/readings.jsonl"))
+        .into_iter()
+        .filter(|r| r["temp_c"].is_number() && r["vibration"].is_number())
+        .count();
+    assert_eq!(train.len(), valid);
+    let z: Vec<f64> = train
+        .iter()
+        .map(|r| r["temp_z"].as_f64().unwrap())
+        .collect();
+    let mean = z.iter().sum::<f64>() / z.len() as f64;
+    let var = z.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / z.len() as f64;
+    assert!(
+        mean.abs() < 1e-9 && (var - 1.0).abs() < 1e-9,
+        "{mean} {var}"
+    );
+    let mut quartiles = [0usize; 4];
+    for r in &train {
+        quartiles[r["vibration_quartile"].as_u64().unwrap() as usize] += 1;
+        let v = r["vibration_01"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{r}");
+        assert!(r["device"].as_i64().unwrap() >= 0, "{r}");
+    }
+    // four buckets of about a quarter each
+    for q in quartiles {
+        assert!(q.abs_diff(valid / 4) <= valid / 20, "{quartiles:?}");
+    }
+    // the second pipeline applies the artifacts: the very same values
+    let out = rill(dir.path(), &["run", "-q", "configs/mltransform-apply.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let applied = read_jsonl(&dir.path().join("out/mltransform/applied.jsonl"));
+    assert_eq!(applied, train);
+    // other transforms than the artifacts were made with: exit 2, naming
+    // the difference
+    let yaml = std::fs::read_to_string(root().join("configs/mltransform-apply.yaml"))
+        .unwrap()
+        .replace(
+            "watch: true",
+            "transforms: [{type: ScaleToZScore, config: {columns: [temp_c]}}]",
+        );
+    std::fs::write(dir.path().join("other.yaml"), yaml).unwrap();
+    let out = rill(dir.path(), &["run", "-q", "other.yaml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "transforms[0].config.columns[0]: the artifacts have \"temp_z\", this pipeline \"temp_c\""
+        ),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The example of RunInference: the MLP apps/train-classify trained labels

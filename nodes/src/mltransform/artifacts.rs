@@ -88,11 +88,20 @@ pub fn diff(path: &str, theirs: &serde_json::Value, ours: &serde_json::Value) ->
             }
             None
         }
-        (J::Array(a), J::Array(b)) if a.len() == b.len() => a
+        (J::Array(a), J::Array(b)) => a
             .iter()
             .zip(b)
             .enumerate()
-            .find_map(|(i, (x, y))| diff(&format!("{path}[{i}]"), x, y)),
+            .find_map(|(i, (x, y))| diff(&format!("{path}[{i}]"), x, y))
+            .or_else(|| {
+                (a.len() != b.len()).then(|| {
+                    format!(
+                        "{path}: the artifacts have {} items, this pipeline {}",
+                        a.len(),
+                        b.len()
+                    )
+                })
+            }),
         (a, b) if a == b => None,
         (a, b) => Some(format!("{path}: the artifacts have {a}, this pipeline {b}")),
     }

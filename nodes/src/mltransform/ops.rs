@@ -182,48 +182,56 @@ impl Op {
     /// Checks the config; errors are relative to the op's `config`.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.columns().is_empty() {
-            return Err(ConfigError::at("columns", "name at least one column"));
+            return Err(ConfigError::at(
+                "columns",
+                "`columns`: name at least one column",
+            ));
         }
         match self {
             Op::ScaleToZScore(c) | Op::ScaleTo01(c) if c.elementwise => Err(ConfigError::at(
                 "elementwise",
-                "only `false` is offered: statistics over every element of a list column",
+                "`elementwise`: only `false` is offered, statistics over every element of a list column",
             )),
             Op::ScaleByMinMax(c) if c.max_value <= c.min_value => Err(ConfigError::at(
                 "max_value",
                 format!(
-                    "must be above min_value ({} <= {})",
+                    "`max_value` must be above `min_value` ({} <= {})",
                     c.max_value, c.min_value
                 ),
             )),
-            Op::Bucketize(c) if c.num_buckets < 1 => {
-                Err(ConfigError::at("num_buckets", "must be at least 1"))
-            }
+            Op::Bucketize(c) if c.num_buckets < 1 => Err(ConfigError::at(
+                "num_buckets",
+                "`num_buckets` must be at least 1",
+            )),
             Op::Bucketize(c) if c.elementwise => Err(ConfigError::at(
                 "elementwise",
-                "only `false` is offered (as in Beam, whose columns are lists)",
+                "`elementwise`: only `false` is offered (as in Beam, whose columns are lists)",
             )),
             Op::Bucketize(c) if !(c.epsilon() > 0.0 && c.epsilon() < 1.0) => Err(ConfigError::at(
                 "epsilon",
-                "must be between 0 and 1 (a fraction of the rows)",
+                "`epsilon` must be between 0 and 1 (a fraction of the rows)",
             )),
-            Op::ApplyBuckets(c) if c.bucket_boundaries.windows(2).any(|w| w[0] > w[1]) => Err(
-                ConfigError::at("bucket_boundaries", "must be in increasing order"),
-            ),
+            Op::ApplyBuckets(c) if c.bucket_boundaries.windows(2).any(|w| w[0] > w[1]) => {
+                Err(ConfigError::at(
+                    "bucket_boundaries",
+                    "`bucket_boundaries` must be in increasing order",
+                ))
+            }
             Op::ComputeAndApplyVocabulary(c) if c.top_k == Some(0) => {
-                Err(ConfigError::at("top_k", "must be at least 1"))
+                Err(ConfigError::at("top_k", "`top_k` must be at least 1"))
             }
             Op::ComputeAndApplyVocabulary(c)
                 if c.split_string_by_delimiter.as_deref() == Some("") =>
             {
                 Err(ConfigError::at(
                     "split_string_by_delimiter",
-                    "give the delimiter characters, e.g. ' ,'",
+                    "`split_string_by_delimiter`: give the delimiter characters, e.g. ' ,'",
                 ))
             }
-            Op::Tfidf(c) if c.vocab_size == Some(0) => {
-                Err(ConfigError::at("vocab_size", "must be at least 1"))
-            }
+            Op::Tfidf(c) if c.vocab_size == Some(0) => Err(ConfigError::at(
+                "vocab_size",
+                "`vocab_size` must be at least 1",
+            )),
             _ => Ok(()),
         }
     }

@@ -324,3 +324,48 @@ fn a_restart_while_emitting_neither_loses_nor_repeats_a_row() {
     // nothing kept once all is out
     assert!(st.scan(b"b").unwrap().is_empty());
 }
+
+#[test]
+fn watch_takes_new_artifacts_and_keeps_the_old_when_they_do_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |xs: &[f64], transforms: &str| {
+        let mut w = ml(
+            &format!("{{write_artifact_location: art, transforms: {transforms}}}"),
+            dir.path(),
+            &KeyedState::default(),
+        )
+        .unwrap();
+        run_to_end(w.as_mut(), nums(xs), 10);
+    };
+    let scale = "[{type: ScaleTo01, config: {columns: [x]}}]";
+    write(&[0.0, 10.0], scale);
+    let mut r = ml(
+        &format!("{{read_artifact_location: art, transforms: {scale}, watch: true}}"),
+        dir.path(),
+        &KeyedState::default(),
+    )
+    .unwrap();
+    let mut apply = |x: f64| {
+        let mut out = Emitter::new();
+        r.process(nums(&[x]), &mut out).unwrap();
+        floats(&out.take().0, "x")[0]
+    };
+    assert_eq!(apply(5.0), 0.5);
+    // retrained on other data: taken within a second or so
+    std::thread::sleep(Duration::from_millis(20));
+    write(&[0.0, 20.0], scale);
+    let end = Instant::now() + Duration::from_secs(10);
+    while apply(5.0) != 0.25 {
+        assert!(Instant::now() < end, "the new artifacts were not taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // artifacts of other transforms: the stage keeps what it has
+    std::thread::sleep(Duration::from_millis(20));
+    write(
+        &[0.0, 40.0],
+        "[{type: ScaleToZScore, config: {columns: [x]}}]",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(apply(5.0), 0.25);
+    assert_eq!(apply(5.0), 0.25);
+}
