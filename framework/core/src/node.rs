@@ -257,6 +257,14 @@ pub trait Transform: Send {
         Ok(())
     }
 
+    /// The earliest event time among records the node holds and will still
+    /// emit (`MLTransform` keeping its input until it ends), or `None`. The
+    /// stage's output watermark does not pass it, so what the node emits
+    /// later is not late downstream.
+    fn watermark_hold(&self) -> Option<i64> {
+        None
+    }
+
     /// Processing time passed (called about every 25 ms for nodes that
     /// say [`NodeConfig::uses_watermarks`]): early firings.
     fn on_timer(&mut self, _out: &mut Emitter) -> Result<(), NodeError> {

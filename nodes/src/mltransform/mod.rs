@@ -499,6 +499,15 @@ impl MlNode {
     }
 }
 
+/// Emits `r` transformed, or fails it as it came in (not half done).
+fn emit_applied(appliers: &Appliers, scratch: &mut Scratch, r: Record, out: &mut Emitter) {
+    let mut t = r.clone();
+    match MlNode::apply(appliers, scratch, &mut t) {
+        Ok(()) => out.emit(t),
+        Err(e) => out.fail(r, format!("MLTransform: {e}")),
+    }
+}
+
 /// TFIDF's vocabulary size from the last ComputeAndApplyVocabulary on
 /// `col` before it: Beam's `get_num_buckets_for_transformed_feature`.
 fn vocab_size_of(before: &[Op], learned: &[BTreeMap<String, Learned>], col: &str) -> Option<u64> {
@@ -542,11 +551,8 @@ impl Transform for MlNode {
         self.check_watch();
         let appliers = self.appliers.as_ref().expect("read artifacts at build");
         out.reserve(batch.len());
-        for mut r in batch {
-            match Self::apply(appliers, &mut self.scratch, &mut r) {
-                Ok(()) => out.emit(r),
-                Err(e) => out.fail(r, format!("MLTransform: {e}")),
-            }
+        for r in batch {
+            emit_applied(appliers, &mut self.scratch, r, out);
         }
         Ok(())
     }
@@ -571,6 +577,12 @@ impl Transform for MlNode {
         matches!(self.applying, Some(Some(_)))
     }
 
+    fn watermark_hold(&self) -> Option<i64> {
+        // writing: every kept row is still to come, whatever their times
+        (self.write_dir.is_some() && self.applying != Some(None))
+            .then_some(rill_core::window::BEFORE_TIME)
+    }
+
     fn resume(&mut self, out: &mut Emitter) -> Result<(), NodeError> {
         let Some(Some(mut from)) = self.applying.take() else {
             return Ok(());
@@ -582,11 +594,8 @@ impl Transform for MlNode {
             for (k, bytes) in page {
                 let batch: Vec<Record> = codec::decode(&bytes).map_err(state_err)?;
                 emitted += batch.len();
-                for mut r in batch {
-                    match Self::apply(appliers, &mut self.scratch, &mut r) {
-                        Ok(()) => out.emit(r),
-                        Err(e) => out.fail(r, format!("MLTransform: {e}")),
-                    }
+                for r in batch {
+                    emit_applied(appliers, &mut self.scratch, r, out);
                 }
                 // emitted and forgotten in the same commit
                 self.state.delete(&k);

@@ -15,10 +15,20 @@ impl StageShared {
             return Ok(());
         }
         let started = Instant::now();
-        if self.dirty() && self.stage.sends_watermarks {
+        // while a node emits what a watermark fired, a part at a time, the
+        // watermark waits behind the last part: sent before, it would make
+        // the parts after it late downstream
+        let firing =
+            self.node_uses_watermarks() && matches!(node, Node::Transform(t) if t.pending());
+        if self.dirty() && self.stage.sends_watermarks && !firing {
+            let hold = match node {
+                Node::Transform(t) => t.watermark_hold(),
+                _ => None,
+            };
             let wm = self
                 .clock
-                .output_watermark(self.own_watermark(), &self.stage.watermark);
+                .output_watermark(self.own_watermark(), &self.stage.watermark)
+                .min(hold.unwrap_or(i64::MAX));
             if wm > self.clock.sent {
                 self.publish_watermark(wm).await?;
                 self.clock.sent = wm;
