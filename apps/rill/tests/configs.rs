@@ -58,6 +58,18 @@ const EXPECT: &[(&str, &str)] = &[
         "refused: needs Java",
     ),
     (
+        "sensor-anomaly.yaml",
+        "run by apps/sensor-anomaly/tests/alerts.rs (needs generated data)",
+    ),
+    (
+        "sensor-anomaly-live.yaml",
+        "run by apps/sensor-anomaly/tests/alerts.rs (fed by `sensor-anomaly feed`)",
+    ),
+    (
+        "sensor-anomaly-train.yaml",
+        "run by apps/sensor-anomaly/tests/alerts.rs (by `sensor-anomaly train`)",
+    ),
+    (
         "custom/scores.yaml",
         "run by apps/custom-rill/tests/cli.rs (needs that app's node types)",
     ),

@@ -104,3 +104,35 @@ pipeline:
         last = n;
     }
 }
+
+#[test]
+fn a_window_fired_in_parts_is_whole_downstream() {
+    // 10,000 groups fire in parts of 4,096; the second Combine counts the
+    // first one's rows in the same window: every part must reach it on
+    // time (the watermark goes after the last part, not after the first)
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_yaml(
+        dir.path(),
+        r#"
+pipeline:
+  name: parts
+  transforms:
+    - {type: Generate, name: src, config: {count: 20000, keys: 10000, start_time: 0}}
+    - type: Combine
+      name: per-key
+      input: src
+      windowing: {type: fixed, size: 1h}
+      config: {group_by: key, combine: {n: {value: id, fn: count}}}
+    - type: Combine
+      name: keys
+      input: per-key
+      config: {group_by: [], combine: {groups: {value: n, fn: count}, records: {value: n, fn: sum}}}
+    - {type: WriteToJson, name: out, input: keys, config: {path: out.jsonl}}
+"#,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = read_jsonl(&dir.path().join("out.jsonl"));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["groups"].as_i64(), Some(10_000), "{rows:?}");
+    assert_eq!(rows[0]["records"].as_i64(), Some(20_000), "{rows:?}");
+}

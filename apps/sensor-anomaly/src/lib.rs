@@ -136,7 +136,7 @@ impl Generator {
         let devices = (0..cfg.devices)
             .map(|i| Device {
                 name: format!("dev-{i:03}"),
-                base: 35.0 + 10.0 * rng.f64(),
+                base: 39.0 + 2.0 * rng.f64(),
                 phase: std::f64::consts::TAU * rng.f64(),
                 active: None,
                 next_at: cfg.start_ms + 20_000 + rng.i64(0..60_000),
@@ -200,7 +200,7 @@ impl Generator {
                         vibration += 0.2;
                         temp += 2.0;
                     }
-                    "drift" => temp += 8.0 * (ts - a.start) as f64 / (a.end - a.start) as f64,
+                    "drift" => temp += 16.0 * (ts - a.start) as f64 / (a.end - a.start) as f64,
                     _ => current = a.stuck,
                 }
             }

@@ -191,25 +191,35 @@ fn live_alerts_and_their_latency() {
     // precision against every anomaly fed, recall against those closed
     let (p, _, _) = evaluate(&got, &events);
     let (_, r, kinds) = evaluate(&got, &closed);
-    // latency: anomaly start to the first alert overlapping it
-    let mut lat: Vec<i64> = closed
-        .iter()
-        .filter_map(|e| {
-            got.iter()
-                .zip(&seen)
-                .filter(|(a, _)| a.device == e.device && a.start < e.end && a.end > e.start)
-                .map(|(_, t)| t - e.start)
-                .min()
-        })
-        .collect();
-    lat.sort_unstable();
-    let pct = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1];
+    // latency: anomaly start to the first alert overlapping it, in all
+    // and by kind (a spike is seen at once; a drift when it has grown)
+    let latencies = |kind: Option<&str>| -> String {
+        let mut lat: Vec<i64> = closed
+            .iter()
+            .filter(|e| kind.is_none_or(|k| e.kind == k))
+            .filter_map(|e| {
+                got.iter()
+                    .zip(&seen)
+                    .filter(|(a, _)| a.device == e.device && a.start < e.end && a.end > e.start)
+                    .map(|(_, t)| t - e.start)
+                    .min()
+            })
+            .collect();
+        if lat.is_empty() {
+            return "none".into();
+        }
+        lat.sort_unstable();
+        let pct = |q: f64| lat[((lat.len() as f64 * q).ceil() as usize).clamp(1, lat.len()) - 1];
+        format!("p50 {} ms, p99 {} ms", pct(0.5), pct(0.99))
+    };
     eprintln!(
-        "live at {rate} readings/s for {seconds} s: {} alerts, {} anomalies closed; precision {p:.3}, recall {r:.3} {kinds:?}; alert latency p50 {} ms, p99 {} ms",
+        "live at {rate} readings/s for {seconds} s: {} alerts, {} anomalies closed; precision {p:.3}, recall {r:.3} {kinds:?}\nalert latency: all {}; spike {}; stuck {}; drift {}",
         got.len(),
         closed.len(),
-        pct(0.5),
-        pct(0.99)
+        latencies(None),
+        latencies(Some("spike")),
+        latencies(Some("stuck")),
+        latencies(Some("drift")),
     );
     assert!(p >= 0.9, "precision {p}");
     assert!(r >= 0.9, "recall {r}");
