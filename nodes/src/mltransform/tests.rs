@@ -369,3 +369,23 @@ fn watch_takes_new_artifacts_and_keeps_the_old_when_they_do_not_fit() {
     assert_eq!(apply(5.0), 0.25);
     assert_eq!(apply(5.0), 0.25);
 }
+
+#[test]
+fn apply_buckets_follows_beams_example() {
+    // tf.Transform's example: boundaries [2, 5, 10]; a value on a boundary
+    // goes to the bucket above it, NaN to the last
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = ml(
+        "{write_artifact_location: a, transforms: [{type: ApplyBuckets, config: {columns: [x], bucket_boundaries: [2, 5, 10]}}]}",
+        dir.path(),
+        &KeyedState::default(),
+    )
+    .unwrap();
+    let xs = [4.0, f64::NAN, 1.0, f64::NEG_INFINITY, 7.5, 10.0, 2.0];
+    let (rows, _) = run_to_end(t.as_mut(), nums(&xs), 10);
+    let got: Vec<i64> = rows
+        .iter()
+        .map(|r| r.get("x").unwrap().as_i64().unwrap())
+        .collect();
+    assert_eq!(got, [1, 3, 0, 0, 2, 3, 1]);
+}
