@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use rill_core::node::{Emitter, Node};
 use rill_core::testkit::build_yaml;
@@ -19,27 +18,7 @@ use serde_json::Value as J;
 
 fn reference() -> (tempfile::TempDir, Vec<Record>, J) {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sklearn");
-    let setup = Command::new("bash")
-        .arg(here.join("setup.sh"))
-        .output()
-        .expect("bash");
-    assert!(
-        setup.status.success(),
-        "setting up numpy + scikit-learn failed: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let python = String::from_utf8(setup.stdout).unwrap().trim().to_owned();
-    let dir = tempfile::tempdir().unwrap();
-    let made = Command::new(&python)
-        .arg(here.join("reference.py"))
-        .arg(dir.path())
-        .output()
-        .expect("python");
-    assert!(
-        made.status.success(),
-        "reference.py failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let dir = rill_testing::python_outputs(&here.join("setup.sh"), &here.join("reference.py"));
     let input = std::fs::read_to_string(dir.path().join("input.jsonl")).unwrap();
     let rows = input
         .lines()

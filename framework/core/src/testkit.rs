@@ -211,3 +211,49 @@ pub fn with_context<R>(
     };
     f(&ctx)
 }
+
+/// A store in memory that says it is durable, as sled is: a node then
+/// takes the paths it takes under `exactly_once` (Combine's delta records,
+/// say), and a test can rebuild it from what was committed, as a restart
+/// does.
+#[derive(Debug, Default)]
+pub struct DurableMemStore(crate::state::MemStore);
+
+impl crate::state::StateStore for DurableMemStore {
+    fn get(&self, key: &[u8]) -> crate::state::StoreResult<Option<Vec<u8>>> {
+        self.0.get(key)
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> crate::state::StoreResult<crate::state::Entries> {
+        self.0.scan_prefix(prefix)
+    }
+    fn scan_from(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> crate::state::StoreResult<crate::state::Entries> {
+        self.0.scan_from(prefix, from, limit)
+    }
+    fn commit(&self, batch: crate::state::WriteBatch) -> crate::state::StoreResult<()> {
+        self.0.commit(batch)
+    }
+    fn flush(&self) -> crate::state::StoreResult<()> {
+        Ok(())
+    }
+    fn clear(&self) -> crate::state::StoreResult<()> {
+        self.0.clear()
+    }
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
+/// Commits what `state` changed since the last call to `store`, as the
+/// runtime does at a stage's commit.
+pub fn commit_state(store: &Arc<dyn crate::state::StateStore>, state: &crate::state::KeyedState) {
+    store
+        .commit(crate::state::WriteBatch {
+            ops: state.take_changes(),
+        })
+        .expect("a commit to a store in memory")
+}

@@ -421,3 +421,31 @@ impl Drop for Proc {
         }
     }
 }
+
+/// Runs the bash script `setup` (it makes a Python environment with
+/// packages from PyPI and prints its python's path), then `python script
+/// DIR` in a new temporary folder, and returns that folder with what the
+/// script wrote there. A failing step fails the test with its stderr.
+pub fn python_outputs(setup: &Path, script: &Path) -> tempfile::TempDir {
+    let made = Command::new("bash").arg(setup).output().expect("bash");
+    assert!(
+        made.status.success(),
+        "{} failed: {}",
+        setup.display(),
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let python = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ran = Command::new(&python)
+        .arg(script)
+        .arg(dir.path())
+        .output()
+        .expect("python");
+    assert!(
+        ran.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    dir
+}

@@ -4,34 +4,13 @@
 //! the outputs numpy computes; RunInference must match them within 1e-4.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rill_core::{Record, Value, json};
 use rill_ml::testing;
 
 fn python_weights() -> (tempfile::TempDir, PathBuf) {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity");
-    let setup = Command::new("bash")
-        .arg(here.join("setup.sh"))
-        .output()
-        .expect("bash");
-    assert!(
-        setup.status.success(),
-        "setting up numpy + safetensors failed: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let python = String::from_utf8(setup.stdout).unwrap().trim().to_owned();
-    let dir = tempfile::tempdir().unwrap();
-    let made = Command::new(&python)
-        .arg(here.join("make_weights.py"))
-        .arg(dir.path())
-        .output()
-        .expect("python");
-    assert!(
-        made.status.success(),
-        "make_weights.py failed: {}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let dir = rill_testing::python_outputs(&here.join("setup.sh"), &here.join("make_weights.py"));
     let p = dir.path().to_owned();
     (dir, p)
 }

@@ -2,8 +2,8 @@
 //! restart from the committed state.
 
 use super::*;
-use rill_core::state::{MemStore, StateStore, WriteBatch};
-use rill_core::testkit::{build_yaml_windowed, run_transform};
+use rill_core::state::{MemStore, StateStore};
+use rill_core::testkit::{DurableMemStore, build_yaml_windowed, commit_state, run_transform};
 use rill_core::window::WindowingSpec;
 use std::sync::Arc;
 
@@ -23,15 +23,6 @@ fn combine(config: &str, w: Windowing, state: &KeyedState) -> Box<dyn Transform>
         Node::Transform(t) => t,
         other => panic!("a transform, got {other:?}"),
     }
-}
-
-/// Commits what `st` changed to `store`, as the runtime does.
-fn commit_to(store: &Arc<dyn StateStore>, st: &KeyedState) {
-    store
-        .commit(WriteBatch {
-            ops: st.take_changes(),
-        })
-        .unwrap()
 }
 
 fn rows(run: &[Record]) -> Vec<String> {
@@ -257,7 +248,7 @@ fn allowed_lateness_fires_again_and_later_records_go_to_the_late_output() {
 #[test]
 fn a_restarted_combine_goes_on_from_its_committed_state() {
     let store: Arc<dyn StateStore> = Arc::new(MemStore::new());
-    let commit = |st: &KeyedState| commit_to(&store, st);
+    let commit = |st: &KeyedState| commit_state(&store, st);
     let w = windowing("{type: fixed, size: 10}");
     let config = "{group_by: device, combine: {v: sum}, state_cache: 1}";
     let st = KeyedState::new(store.clone());
@@ -350,7 +341,7 @@ fn early_firings_come_on_processing_time_before_the_watermark() {
 #[test]
 fn a_large_window_fires_in_parts_and_a_restart_goes_on_where_it_was() {
     let store: Arc<dyn StateStore> = Arc::new(MemStore::new());
-    let commit = |st: &KeyedState| commit_to(&store, st);
+    let commit = |st: &KeyedState| commit_state(&store, st);
     let w = windowing("{type: fixed, size: 10}");
     let config = "{group_by: device, combine: {v: sum}, state_cache: 1000}";
     let st = KeyedState::new(store.clone());
@@ -392,47 +383,10 @@ fn a_large_window_fires_in_parts_and_a_restart_goes_on_where_it_was() {
     assert_eq!(devices.len(), 10_000, "each group once");
 }
 
-/// A store in memory that says it is durable: the node then writes delta
-/// records at each commit, as it does to sled.
-#[derive(Debug, Default)]
-struct DurableMem(MemStore);
-
-impl StateStore for DurableMem {
-    fn get(&self, key: &[u8]) -> rill_core::state::StoreResult<Option<Vec<u8>>> {
-        self.0.get(key)
-    }
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-    ) -> rill_core::state::StoreResult<rill_core::state::Entries> {
-        self.0.scan_prefix(prefix)
-    }
-    fn scan_from(
-        &self,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> rill_core::state::StoreResult<rill_core::state::Entries> {
-        self.0.scan_from(prefix, from, limit)
-    }
-    fn commit(&self, batch: WriteBatch) -> rill_core::state::StoreResult<()> {
-        self.0.commit(batch)
-    }
-    fn flush(&self) -> rill_core::state::StoreResult<()> {
-        Ok(())
-    }
-    fn clear(&self) -> rill_core::state::StoreResult<()> {
-        self.0.clear()
-    }
-    fn durable(&self) -> bool {
-        true
-    }
-}
-
 #[test]
 fn delta_records_and_compaction_survive_restarts() {
-    let store: Arc<dyn StateStore> = Arc::new(DurableMem::default());
-    let commit = |st: &KeyedState| commit_to(&store, st);
+    let store: Arc<dyn StateStore> = Arc::new(DurableMemStore::default());
+    let commit = |st: &KeyedState| commit_state(&store, st);
     let w = windowing("{type: fixed, size: 10}");
     let config = "{group_by: device, combine: {v: sum, n: {value: v, fn: count}}}";
     let mut want: std::collections::BTreeMap<(i64, String), (i64, i64)> = Default::default();
@@ -517,7 +471,7 @@ fn delta_records_and_compaction_survive_restarts() {
 
 #[test]
 fn state_of_another_format_is_refused_not_misread() {
-    let store: Arc<dyn StateStore> = Arc::new(DurableMem::default());
+    let store: Arc<dyn StateStore> = Arc::new(DurableMemStore::default());
     let w = windowing("{type: fixed, size: 10}");
     let config = "{group_by: device, combine: {v: sum}}";
     let st = KeyedState::new(store.clone());
@@ -525,13 +479,13 @@ fn state_of_another_format_is_refused_not_misread() {
     let mut out = Emitter::new();
     c.process(vec![at("a", 1.0, 5)], &mut out).unwrap();
     c.checkpoint().unwrap();
-    commit_to(&store, &st);
+    commit_state(&store, &st);
     // a rebuild reads it back
     let st = KeyedState::new(store.clone());
     let _ = combine(config, w, &st);
     // the same state without its format mark (as an older rill wrote it)
     st.delete(b"m/format");
-    commit_to(&store, &st);
+    commit_state(&store, &st);
     let reg = crate::registry();
     let st = KeyedState::new(store.clone());
     let e = build_yaml_windowed(&reg, "Combine", config, std::path::Path::new("."), &st, w)

@@ -421,8 +421,8 @@ impl MlNode {
                             continue;
                         }
                         for (i, col, a) in analysers.iter_mut() {
-                            if let Err(e) = a.add(&ops[*i], &r.fields, col, &mut scratch)
-                                && e.starts_with("vocabulary")
+                            if let Err(ops::NotTaken::Io(e)) =
+                                a.add(&ops[*i], &r.fields, col, &mut scratch)
                             {
                                 failed.get_or_insert(e);
                             }

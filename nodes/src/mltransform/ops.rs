@@ -454,7 +454,7 @@ impl Analyser {
         fields: &Fields,
         col: &str,
         scratch: &mut Scratch,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotTaken> {
         let v = field(fields, col)?;
         match self {
             Analyser::Moments { n, mean, m2 } => {
@@ -500,7 +500,7 @@ impl Analyser {
                     // a text vocabulary holds no line breaks (as Beam's)
                     if !t.contains(['\n', '\r']) {
                         c.add(t)
-                            .map_err(|e| format!("vocabulary of `{col}`: {e}"))?;
+                            .map_err(|e| NotTaken::Io(format!("vocabulary of `{col}`: {e}")))?;
                     }
                 }
             }
@@ -578,6 +578,21 @@ impl Analyser {
             }
             Analyser::Nothing => Learned::Nothing {},
         })
+    }
+}
+
+/// Why an analyser did not take a row's value.
+pub enum NotTaken {
+    /// The value is not one the transform reads: the row is left out of
+    /// the learning (applying sends it to the error output).
+    Row(String),
+    /// Spilling counts to disk failed: the learning cannot go on.
+    Io(String),
+}
+
+impl From<String> for NotTaken {
+    fn from(e: String) -> NotTaken {
+        NotTaken::Row(e)
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::*;
 use rill_core::node::Node;
-use rill_core::state::{MemStore, StateStore, WriteBatch};
-use rill_core::testkit::build_yaml_with_state;
+use rill_core::state::StateStore;
+use rill_core::testkit::{DurableMemStore, build_yaml_with_state, commit_state};
 use rill_core::{Record, Value};
 
 fn ml(config: &str, dir: &Path, state: &KeyedState) -> Result<Box<dyn Transform>, String> {
@@ -243,53 +243,11 @@ fn a_bad_row_goes_to_the_error_output_and_is_left_out_of_the_learning() {
     assert_eq!(failed, 2);
 }
 
-/// A store in memory that says it is durable (as sled is).
-#[derive(Debug, Default)]
-struct DurableMem(MemStore);
-
-impl StateStore for DurableMem {
-    fn get(&self, key: &[u8]) -> rill_core::state::StoreResult<Option<Vec<u8>>> {
-        self.0.get(key)
-    }
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-    ) -> rill_core::state::StoreResult<rill_core::state::Entries> {
-        self.0.scan_prefix(prefix)
-    }
-    fn scan_from(
-        &self,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> rill_core::state::StoreResult<rill_core::state::Entries> {
-        self.0.scan_from(prefix, from, limit)
-    }
-    fn commit(&self, batch: WriteBatch) -> rill_core::state::StoreResult<()> {
-        self.0.commit(batch)
-    }
-    fn flush(&self) -> rill_core::state::StoreResult<()> {
-        Ok(())
-    }
-    fn clear(&self) -> rill_core::state::StoreResult<()> {
-        self.0.clear()
-    }
-    fn durable(&self) -> bool {
-        true
-    }
-}
-
 #[test]
 fn a_restart_while_emitting_neither_loses_nor_repeats_a_row() {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn StateStore> = Arc::new(DurableMem::default());
-    let commit = |st: &KeyedState| {
-        store
-            .commit(WriteBatch {
-                ops: st.take_changes(),
-            })
-            .unwrap()
-    };
+    let store: Arc<dyn StateStore> = Arc::new(DurableMemStore::default());
+    let commit = |st: &KeyedState| commit_state(&store, st);
     let cfg =
         "{write_artifact_location: a, transforms: [{type: ScaleTo01, config: {columns: [x]}}]}";
     let n = 3 * APPLY_CHUNK + 100;
