@@ -7,8 +7,9 @@
 //! |------|------|--------|
 //! | `Create` | source | `elements` (rows or bare values, which become `{element: v}`), `output_schema` |
 //! | `Generate` | source | `count`, `rate`, `keys`, `start_time`, `payload_bytes` |
-//! | `ReadFromJson` | source | `path`, `key`, `event_time` |
-//! | `ReadFromCsv` | source | `path`, `delimiter`, `key`, `event_time` |
+//! | `ReadFromJson` | source | `path` (a file or a glob), `key`, `event_time`, `filename_column`, `follow`, `watch` |
+//! | `ReadFromCsv` | source | the same, and `delimiter`, `header`, `names` |
+//! | `ReadFromText` | source | the same as `ReadFromJson`; records `{line: TEXT}` |
 //! | `ReadFromZenoh` | source | `key`, `format`, `max_records` |
 //! | `Filter` | transform | `keep`, `language` |
 //! | `MapToFields` | transform | `fields`, `append`, `drop`, `language` |
@@ -24,6 +25,7 @@
 //! | `ValidateWithSchema` | transform | `schema` (JSON Schema) |
 //! | `WriteToJson` | sink | `path` |
 //! | `WriteToCsv` | sink | `path`, `delimiter` |
+//! | `WriteToText` | sink | `path` (records of one field) |
 //! | `WriteToZenoh` | sink | `key`, `format` |
 //!
 //! Every node that can fail a record takes Beam's
@@ -50,8 +52,10 @@ pub fn register_all(r: &mut Registry) {
     r.register::<generate::Generate>("Generate", "a synthetic stream: count, rate, keys");
     r.register::<files::ReadFromJson>("ReadFromJson", "reads JSON Lines, one record per line");
     r.register::<files::ReadFromCsv>("ReadFromCsv", "reads CSV with a header row");
+    r.register::<files::ReadFromText>("ReadFromText", "reads text, one record per line");
     r.register::<files::WriteToJson>("WriteToJson", "writes JSON Lines");
     r.register::<files::WriteToCsv>("WriteToCsv", "writes CSV with a header row");
+    r.register::<files::WriteToText>("WriteToText", "writes text, one line per record");
     r.register::<mapping::Filter>("Filter", "keeps records for which `keep` is true");
     r.register::<mapping::MapToFields>("MapToFields", "computes new fields from expressions");
     r.register::<mapping::Explode>("Explode", "one record per element of list fields");

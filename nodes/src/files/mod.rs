@@ -1,4 +1,4 @@
-//! File sources and sinks: JSON Lines and CSV.
+//! File sources and sinks: JSON Lines, CSV and text.
 //!
 //! Relative paths resolve against the working directory of `rill run` (as in
 //! Beam). Sources read one record per line or row; a line that is not valid
@@ -11,11 +11,18 @@
 //! wrote after its last commit (and will write again) is not doubled. Under
 //! `at_least_once` it keeps what it wrote. A first run truncates the file.
 
+mod growing;
 mod position;
+mod readers;
+mod set;
+#[cfg(test)]
+mod source_tests;
 mod sources;
 
 pub use position::FilePos;
-pub use sources::{ReadFromCsv, ReadFromJson, infer_cell};
+pub use readers::infer_cell;
+pub use set::SETTLE;
+pub use sources::{ReadFromCsv, ReadFromJson, ReadFromText};
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -112,7 +119,7 @@ const OFFSET_KEY: &str = "offset";
 
 /// How a sink's rows end (to find where the last whole row ends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rows {
+pub(crate) enum Rows {
     /// One per line; a line never holds a raw `\n`.
     Lines,
     /// CSV: a `\n` inside quotes is part of a cell.
@@ -313,6 +320,83 @@ impl Sink for JsonSink {
             let line = record_to_json_line(r);
             self.out
                 .write_all(line.as_bytes())
+                .and_then(|_| self.out.write_all(b"\n"))
+                .map_err(|e| NodeError::io(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), NodeError> {
+        self.out
+            .get_ref()
+            .settle()
+            .and_then(|_| self.out.flush())
+            .map_err(|e| NodeError::io(&self.path, e))?;
+        checkpoint_file(&self.state, &self.path, &self.out.get_ref().file)
+    }
+}
+
+/// `WriteToText`: each record's one field as a line (Beam's
+/// `WriteToText`). A string is written as it is; another value as its
+/// JSON text. A record with more or fewer fields, or whose text holds a
+/// line break (it would read back as two records), fails.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteToText {
+    pub path: PathBuf,
+}
+
+impl NodeConfig for WriteToText {
+    fn kind(&self) -> NodeKind {
+        NodeKind::Sink
+    }
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_path(&self.path)
+    }
+    fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
+        let (path, file, fresh) = open_for_write(ctx, &self.path, Rows::Lines)?;
+        Ok(Node::Sink(Box::new(TextSink {
+            path,
+            out: BufWriter::with_capacity(1 << 16, SinkFile::new(file, ctx.state, fresh)),
+            state: ctx.state.clone(),
+        })))
+    }
+}
+
+struct TextSink {
+    path: PathBuf,
+    out: BufWriter<SinkFile>,
+    state: KeyedState,
+}
+
+impl Sink for TextSink {
+    fn write(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
+        for r in batch {
+            let text = match r.fields.len() {
+                1 => match r.fields.values().next().expect("one field") {
+                    Value::String(s) => s.to_string(),
+                    Value::Null => String::new(),
+                    other => value_to_json(other).to_string(),
+                },
+                n => {
+                    let names: Vec<&str> = r.fields.keys().map(|k| k.as_str()).collect();
+                    let msg = format!(
+                        "WriteToText writes records of one field, this one has {n} ({}); select the one to write with MapToFields",
+                        names.join(", ")
+                    );
+                    out.fail(r, msg);
+                    continue;
+                }
+            };
+            if text.contains(['\n', '\r']) {
+                out.fail(
+                    r,
+                    "the text holds a line break: it would read back as more than one line",
+                );
+                continue;
+            }
+            self.out
+                .write_all(text.as_bytes())
                 .and_then(|_| self.out.write_all(b"\n"))
                 .map_err(|e| NodeError::io(&self.path, e))?;
         }
