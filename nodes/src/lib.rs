@@ -56,6 +56,10 @@ pub fn register_all(r: &mut Registry) {
     r.register::<files::WriteToJson>("WriteToJson", "writes JSON Lines");
     r.register::<files::WriteToCsv>("WriteToCsv", "writes CSV with a header row");
     r.register::<files::WriteToText>("WriteToText", "writes text, one line per record");
+    r.register::<files::ReadFromParquet>("ReadFromParquet", "reads Parquet files");
+    r.register::<files::WriteToParquet>("WriteToParquet", "writes Parquet part files");
+    r.register::<files::ReadFromAvro>("ReadFromAvro", "reads Avro container files");
+    r.register::<files::WriteToAvro>("WriteToAvro", "writes Avro part files");
     r.register::<mapping::Filter>("Filter", "keeps records for which `keep` is true");
     r.register::<mapping::MapToFields>("MapToFields", "computes new fields from expressions");
     r.register::<mapping::Explode>("Explode", "one record per element of list fields");

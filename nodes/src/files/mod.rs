@@ -11,7 +11,12 @@
 //! wrote after its last commit (and will write again) is not doubled. Under
 //! `at_least_once` it keeps what it wrote. A first run truncates the file.
 
+pub mod columnar;
+mod columnar_io;
+#[cfg(test)]
+mod columnar_tests;
 mod growing;
+mod parts;
 mod position;
 mod readers;
 mod set;
@@ -19,6 +24,7 @@ mod set;
 mod source_tests;
 mod sources;
 
+pub use columnar_io::{ReadFromAvro, ReadFromParquet, WriteToAvro, WriteToParquet};
 pub use position::FilePos;
 pub use readers::infer_cell;
 pub use set::SETTLE;

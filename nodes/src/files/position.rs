@@ -154,6 +154,40 @@ impl FilePos {
         Ok(())
     }
 
+    /// The position of a source that reads a file whole, by records
+    /// (Parquet, Avro): `offset` and `line` count the file's records read,
+    /// and the fingerprint covers the first and the last [`WINDOW`] bytes
+    /// of the file, which such a file never changes.
+    pub fn whole(file: &File, rows: u64, records: u64) -> std::io::Result<FilePos> {
+        let meta = file.metadata()?;
+        let len = meta.len();
+        let head = hash_at(file, 0, len.min(WINDOW))?.unwrap_or(0);
+        let tail = hash_at(file, len - len.min(WINDOW), len.min(WINDOW))?.unwrap_or(0);
+        Ok(FilePos {
+            offset: rows,
+            line: rows,
+            records,
+            head,
+            tail,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Whether a file read whole is the one [`FilePos::whole`] saw.
+    pub fn check_whole(&self, file: &File, path: &Path) -> Result<(), NodeError> {
+        let now =
+            FilePos::whole(file, self.offset, self.records).map_err(|e| NodeError::io(path, e))?;
+        if (now.head, now.tail) != (self.head, self.tail) {
+            return Err(NodeError::BadInput(format!(
+                "{} changed since the last commit (the pipeline had read {} of its records): restore it, or run with --reset-state to read it again from the start",
+                path.display(),
+                self.offset
+            )));
+        }
+        Ok(())
+    }
+
     /// The position committed in `state`, if any.
     pub fn load(state: &KeyedState) -> Result<Option<FilePos>, NodeError> {
         let Some(v) = state.get_value(POS_KEY)? else {

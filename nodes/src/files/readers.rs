@@ -53,7 +53,12 @@ pub(crate) trait FileReader: Send {
     /// `records` as the source's count.
     fn position(&self, records: u64, prev: &FilePos) -> Result<FilePos, NodeError>;
 
-    /// Goes to a committed position (checked by the caller).
+    /// Whether the file still holds what was read of it by `pos`.
+    fn check(&mut self, pos: &FilePos, path: &std::path::Path) -> Result<(), NodeError> {
+        pos.check(self.input().file(), path)
+    }
+
+    /// Goes to a committed position (checked with [`FileReader::check`]).
     fn goto(&mut self, pos: &FilePos) -> Result<(), NodeError>;
 
     /// The file and the limit it is read through.

@@ -289,9 +289,6 @@ impl FileSource {
         let name = self.name_of(path);
         let file = std::fs::File::open(path)
             .map_err(|e| NodeError::failed(format!("cannot open {}: {e}", path.display())))?;
-        if let Some(p) = from {
-            p.check(&file, path)?;
-        }
         let meta = file.metadata().map_err(io_at(path))?;
         let input = if self.opts.follow {
             Growing::following(file, self.rows, from.map_or(0, |p| p.offset))
@@ -302,6 +299,7 @@ impl FileSource {
         let stamp = self.stamp(&name);
         let mut reader = (self.open)(path, &name, input, stamp)?;
         if let Some(p) = from {
+            reader.check(p, path)?;
             reader.goto(p)?;
         }
         Ok(Current {
