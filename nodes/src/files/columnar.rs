@@ -77,10 +77,12 @@ impl ColType {
         }
     }
 
-    /// The type a value suggests (`None` for null).
+    /// The type a value suggests (`None` for null, and for an empty list,
+    /// which fits a list of any type).
     pub fn of(v: &Value) -> Option<ColType> {
         Some(match v {
             Value::Null => return None,
+            Value::List(items) if items.iter().all(|i| matches!(i, Value::Null)) => return None,
             Value::Bool(_) => ColType::Bool,
             Value::Int(_) => ColType::Int,
             Value::Float(_) => ColType::Float,
