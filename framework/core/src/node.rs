@@ -298,6 +298,16 @@ pub trait Sink: Send {
     fn checkpoint(&mut self) -> Result<(), NodeError> {
         Ok(())
     }
+
+    /// The stage's commit after the last [`Sink::checkpoint`] is durable:
+    /// a sink whose effects are published in two phases (files written at
+    /// the checkpoint, a table commit naming them now) takes the second.
+    /// It must be idempotent: a crash between the stage's commit and this
+    /// call leaves it to the next incarnation, which finds what to finish
+    /// in its state. What it puts into the state goes into the next commit.
+    fn committed(&mut self) -> Result<(), NodeError> {
+        Ok(())
+    }
 }
 
 /// A built, running node.

@@ -213,10 +213,19 @@ impl Columns {
     }
 
     /// Checks a record against the columns, typing a column on its first
-    /// value that is not null. Returns whether a column got its type.
-    pub fn check(&mut self, r: &Record) -> Result<bool, String> {
+    /// value that is not null; with `evolve`, a field that is not a column
+    /// becomes one. Returns whether the columns changed.
+    pub fn check(&mut self, r: &Record, evolve: bool) -> Result<bool, String> {
         let mut typed = false;
         for (k, v) in r.fields.iter() {
+            if evolve && !self.cols.iter().any(|c| c.name == *k) {
+                self.cols.push(Column {
+                    name: k.clone(),
+                    ty: ColType::of(v),
+                });
+                typed = true;
+                continue;
+            }
             let Some(col) = self.cols.iter_mut().find(|c| c.name == *k) else {
                 let names: Vec<&str> = self.cols.iter().map(|c| c.name.as_str()).collect();
                 return Err(format!(

@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 use super::columnar::{self, ColType, Columns, TYPE_KEY};
 use super::growing::Growing;
-use super::parts::{PartFormat, PartOpts, PartSink, PartWriter, Roll};
+use super::parts::{FileParts, PartFormat, PartOpts, PartSink, PartWriter, Roll, check_schema};
 use super::position::FilePos;
 use super::readers::{FileReader, Stamp, Step};
 use super::set::{FileOpts, FileSource, Opener};
@@ -92,17 +92,31 @@ fn parquet_compression(s: &str) -> Result<Compression, String> {
 }
 
 impl WriteToParquet {
-    fn opts(&self) -> PartOpts {
-        PartOpts {
-            path: self.path.clone(),
-            schema: self.schema.clone(),
-            roll: Roll {
-                records: self.part_records,
-                bytes: self.part_bytes.0,
-                interval: self.part_interval.0,
-            },
+    fn roll(&self) -> Roll {
+        Roll {
+            records: self.part_records,
+            bytes: self.part_bytes.0,
+            interval: self.part_interval.0,
         }
     }
+}
+
+/// A part-file sink for `path` in `format`.
+fn file_sink<F: PartFormat + 'static>(
+    ctx: &BuildContext<'_>,
+    path: &Path,
+    schema: &Option<indexmap::IndexMap<String, String>>,
+    roll: Roll,
+    format: F,
+) -> Result<Node, NodeError> {
+    let (target, dir, stem) = FileParts::new(ctx, path, format);
+    let opts = PartOpts {
+        staging_dir: dir,
+        staging_stem: stem,
+        schema: schema.clone(),
+        roll,
+    };
+    Ok(Node::Sink(Box::new(PartSink::build(ctx, &opts, target)?)))
 }
 
 impl NodeConfig for WriteToParquet {
@@ -110,7 +124,9 @@ impl NodeConfig for WriteToParquet {
         NodeKind::Sink
     }
     fn validate(&self) -> Result<(), ConfigError> {
-        self.opts().validate()?;
+        super::check_path(&self.path)?;
+        check_schema(&self.schema)?;
+        self.roll().validate()?;
         parquet_compression(&self.compression).map_err(|e| ConfigError::at("compression", e))?;
         if self.row_group_records == 0 {
             return Err(ConfigError::at("row_group_records", "must be at least 1"));
@@ -123,11 +139,7 @@ impl NodeConfig for WriteToParquet {
             row_group_records: self.row_group_records,
             row_group_bytes: self.row_group_bytes.0 as usize,
         };
-        Ok(Node::Sink(Box::new(PartSink::build(
-            ctx,
-            &self.opts(),
-            format,
-        )?)))
+        file_sink(ctx, &self.path, &self.schema, self.roll(), format)
     }
 }
 
@@ -507,15 +519,11 @@ fn record_name() -> String {
 }
 
 impl WriteToAvro {
-    fn opts(&self) -> PartOpts {
-        PartOpts {
-            path: self.path.clone(),
-            schema: self.schema.clone(),
-            roll: Roll {
-                records: self.part_records,
-                bytes: self.part_bytes.0,
-                interval: self.part_interval.0,
-            },
+    fn roll(&self) -> Roll {
+        Roll {
+            records: self.part_records,
+            bytes: self.part_bytes.0,
+            interval: self.part_interval.0,
         }
     }
 }
@@ -533,7 +541,9 @@ impl NodeConfig for WriteToAvro {
         NodeKind::Sink
     }
     fn validate(&self) -> Result<(), ConfigError> {
-        self.opts().validate()?;
+        super::check_path(&self.path)?;
+        check_schema(&self.schema)?;
+        self.roll().validate()?;
         avro_codec(&self.codec).map_err(|e| ConfigError::at("codec", e))?;
         if apache_avro::schema::Name::new(&self.record_name).is_err() {
             return Err(ConfigError::at("record_name", "not a valid Avro name"));
@@ -545,11 +555,7 @@ impl NodeConfig for WriteToAvro {
             codec: avro_codec(&self.codec).map_err(NodeError::Failed)?,
             record_name: self.record_name.clone(),
         };
-        Ok(Node::Sink(Box::new(PartSink::build(
-            ctx,
-            &self.opts(),
-            format,
-        )?)))
+        file_sink(ctx, &self.path, &self.schema, self.roll(), format)
     }
 }
 

@@ -16,7 +16,7 @@ mod columnar_io;
 #[cfg(test)]
 mod columnar_tests;
 mod growing;
-mod parts;
+pub mod parts;
 mod position;
 mod readers;
 mod set;

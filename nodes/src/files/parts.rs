@@ -40,10 +40,10 @@ const SCHEMA_KEY: &str = "parts/schema";
 
 /// When a part is written.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Roll {
-    pub(crate) records: u64,
-    pub(crate) bytes: u64,
-    pub(crate) interval: Duration,
+pub struct Roll {
+    pub records: u64,
+    pub bytes: u64,
+    pub interval: Duration,
 }
 
 /// A columnar format's writer of one part.
@@ -60,9 +60,75 @@ pub(crate) trait PartFormat: Send {
     fn ext(&self) -> &'static str;
     /// Starts a part in `file` with these columns.
     fn begin(&self, cols: &Columns, file: File) -> Result<Box<dyn PartWriter>, String>;
-    /// How many records to hand [`PartWriter::write`] at once.
-    fn chunk(&self) -> usize {
-        8192
+}
+
+/// How many records a part is handed at once.
+pub const CHUNK: usize = 8192;
+
+/// Where the parts of a staged sink go: files in a folder, a table.
+pub trait PartTarget: Send {
+    /// At build: deletes what a killed attempt left, given the number of
+    /// the last part the stage committed (`None`: a first run); returns the
+    /// number to go on from.
+    fn recover(&mut self, committed: Option<u64>, ctx: &BuildContext<'_>)
+    -> Result<u64, NodeError>;
+
+    /// At every checkpoint, before anything else.
+    fn settle(&mut self) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Writes the staged records as part `seq`, in the stage's checkpoint
+    /// (before its commit). What it puts into `state` is committed with it.
+    fn write_part(
+        &mut self,
+        seq: u64,
+        cols: &Columns,
+        chunks: &mut StagedChunks,
+        state: &KeyedState,
+    ) -> Result<(), NodeError>;
+
+    /// The stage's commit landed (a part written in its checkpoint is now
+    /// the stage's: a table commits it).
+    fn committed(&mut self, _state: &KeyedState) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Whether a record may bring a field that is not a column yet (the
+    /// table's schema evolves); else it fails.
+    fn evolves(&self) -> bool {
+        false
+    }
+}
+
+/// The staged records of a part, a chunk at a time.
+pub struct StagedChunks {
+    path: PathBuf,
+    reader: std::io::Take<BufReader<File>>,
+}
+
+impl StagedChunks {
+    /// The next at most [`CHUNK`] records; empty at the end.
+    pub fn next_chunk(&mut self) -> Result<Vec<Record>, NodeError> {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut len = [0u8; 4];
+        let mut buf = Vec::new();
+        while chunk.len() < CHUNK {
+            match self.reader.read_exact(&mut len) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(NodeError::io(&self.path, e)),
+            }
+            buf.resize(u32::from_le_bytes(len) as usize, 0);
+            self.reader
+                .read_exact(&mut buf)
+                .map_err(|e| NodeError::io(&self.path, e))?;
+            let fields: Fields = rill_core::codec::decode(&buf).map_err(|e| {
+                NodeError::failed(format!("{}: a staged record: {e}", self.path.display()))
+            })?;
+            chunk.push(Record::new(fields));
+        }
+        Ok(chunk)
     }
 }
 
@@ -103,11 +169,6 @@ impl Names {
         ))
     }
 
-    fn staging(&self, generation: u64) -> PathBuf {
-        self.dir
-            .join(format!(".{}.{}.staging-{generation}", self.stem, self.ext))
-    }
-
     /// The number of a part's file name, if it is one of this sink's.
     fn part_seq(&self, name: &str) -> Option<u64> {
         let rest = name.strip_prefix(&self.stem)?.strip_prefix('-')?;
@@ -120,47 +181,180 @@ impl Names {
     fn is_temp(&self, name: &str) -> bool {
         name.starts_with(&format!(".{}-", self.stem)) && name.ends_with(".tmp")
     }
-
-    fn staging_gen(&self, name: &str) -> Option<u64> {
-        name.strip_prefix(&format!(".{}.{}.staging-", self.stem, self.ext))?
-            .parse()
-            .ok()
-    }
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The options every part sink has.
+/// The options every staged sink has.
 #[derive(Debug, Clone)]
-pub(crate) struct PartOpts {
-    pub(crate) path: PathBuf,
-    pub(crate) schema: Option<indexmap::IndexMap<String, String>>,
-    pub(crate) roll: Roll,
+pub struct PartOpts {
+    /// The folder of the staging files, and their name's stem.
+    pub staging_dir: PathBuf,
+    pub staging_stem: String,
+    pub schema: Option<indexmap::IndexMap<String, String>>,
+    pub roll: Roll,
 }
 
-impl PartOpts {
+impl Roll {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        super::check_path(&self.path)?;
-        if let Some(s) = &self.schema {
-            Columns::declared(s)
-                .map_err(|(k, e)| ConfigError::at_path(["schema", k.as_str()], e))?;
-        }
-        if self.roll.records == 0 {
+        if self.records == 0 {
             return Err(ConfigError::at("part_records", "must be at least 1"));
         }
         Ok(())
     }
 }
 
-/// A part sink.
-pub(crate) struct PartSink<F: PartFormat> {
+/// Checks a declared `schema`.
+pub fn check_schema(
+    schema: &Option<indexmap::IndexMap<String, String>>,
+) -> Result<(), ConfigError> {
+    if let Some(s) = schema {
+        Columns::declared(s).map_err(|(k, e)| ConfigError::at_path(["schema", k.as_str()], e))?;
+    }
+    Ok(())
+}
+
+/// Part files in a folder: `dir/stem-NNNNNN.ext`, each written to a hidden
+/// temporary file and renamed.
+pub(crate) struct FileParts<F: PartFormat> {
     format: F,
     names: Names,
+    attempt: u32,
+    /// Parts of an earlier run to delete at the first commit (a first run).
+    start_over: bool,
+    state: KeyedState,
+}
+
+impl<F: PartFormat> FileParts<F> {
+    /// The sink's options and target for `path`.
+    pub(crate) fn new(
+        ctx: &BuildContext<'_>,
+        path: &Path,
+        format: F,
+    ) -> (FileParts<F>, PathBuf, String) {
+        let names = Names::new(&ctx.resolve(path), format.ext());
+        let dir = names.dir.clone();
+        let stem = format!("{}.{}", names.stem, names.ext);
+        (
+            FileParts {
+                format,
+                names,
+                attempt: ctx.attempt,
+                start_over: false,
+                state: ctx.state.clone(),
+            },
+            dir,
+            stem,
+        )
+    }
+}
+
+impl<F: PartFormat> PartTarget for FileParts<F> {
+    fn recover(
+        &mut self,
+        committed: Option<u64>,
+        ctx: &BuildContext<'_>,
+    ) -> Result<u64, NodeError> {
+        let names = &self.names;
+        let io = |p: &Path| {
+            let p = p.to_owned();
+            move |e: std::io::Error| NodeError::io(&p, e)
+        };
+        // parts already there (a replay adds after them; a first run
+        // starts over at its first commit)
+        let mut on_disk = Vec::new();
+        for e in std::fs::read_dir(&names.dir).map_err(io(&names.dir))? {
+            let e = e.map_err(io(&names.dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if names.is_temp(&name) {
+                // a killed attempt's part in the making
+                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            } else if let Some(s) = names.part_seq(&name) {
+                on_disk.push(s);
+            }
+        }
+        let replay = ctx.extensions.get::<rill_core::node::ReplayRun>().is_some();
+        Ok(match committed {
+            Some(s) => {
+                // renamed, but the commit did not land: its records come again
+                for late in on_disk.iter().filter(|n| **n > s) {
+                    let p = names.part(*late);
+                    std::fs::remove_file(&p).map_err(io(&p))?;
+                }
+                s
+            }
+            None if replay => on_disk.iter().copied().max().unwrap_or(0),
+            None => {
+                self.start_over = !on_disk.is_empty();
+                0
+            }
+        })
+    }
+
+    fn settle(&mut self) -> Result<(), NodeError> {
+        if !std::mem::take(&mut self.start_over) {
+            return Ok(());
+        }
+        let dir = &self.names.dir;
+        for e in std::fs::read_dir(dir).map_err(|e| NodeError::io(dir, e))? {
+            let e = e.map_err(|e| NodeError::io(dir, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if self.names.part_seq(&name).is_some() {
+                std::fs::remove_file(e.path()).map_err(|x| NodeError::io(e.path(), x))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_part(
+        &mut self,
+        seq: u64,
+        cols: &Columns,
+        chunks: &mut StagedChunks,
+        _state: &KeyedState,
+    ) -> Result<(), NodeError> {
+        let temp = self.names.temp(seq, self.attempt);
+        let io = |p: &Path| {
+            let p = p.to_owned();
+            move |e: std::io::Error| NodeError::io(&p, e)
+        };
+        let out = File::create(&temp).map_err(io(&temp))?;
+        rill_core::perms::shared_file(&out).map_err(io(&temp))?;
+        let fail = |e: String| NodeError::failed(format!("{}: {e}", temp.display()));
+        let mut w = self.format.begin(cols, out).map_err(fail)?;
+        loop {
+            let chunk = chunks.next_chunk()?;
+            if chunk.is_empty() {
+                break;
+            }
+            w.write(&chunk).map_err(fail)?;
+        }
+        let out = w.finish().map_err(fail)?;
+        out.sync_all().map_err(io(&temp))?;
+        drop(out);
+        if self.state.retired() {
+            return Err(NodeError::failed(
+                "this sink was abandoned: its stage runs another incarnation",
+            ));
+        }
+        let part = self.names.part(seq);
+        std::fs::rename(&temp, &part).map_err(io(&part))?;
+        sync_dir(&self.names.dir).map_err(io(&self.names.dir))?;
+        tracing::debug!(part = %part.display(), "part written");
+        Ok(())
+    }
+}
+
+/// A sink that stages records and hands them to its [`PartTarget`] a part
+/// at a time.
+pub struct PartSink<T: PartTarget> {
+    target: T,
+    dir: PathBuf,
+    stem: String,
     roll: Roll,
     state: KeyedState,
-    attempt: u32,
     cols: Option<Columns>,
     cols_dirty: bool,
     /// The last part written (committed or in this commit).
@@ -171,8 +365,6 @@ pub(crate) struct PartSink<F: PartFormat> {
     staged_records: u64,
     /// When the first staged record came (ms since the epoch).
     staged_since: Option<i64>,
-    /// Parts of an earlier run to delete at the first commit (a first run).
-    start_over: bool,
     finished: bool,
 }
 
@@ -192,58 +384,40 @@ fn get_int(state: &KeyedState, key: &str) -> Result<Option<u64>, NodeError> {
     }
 }
 
-impl<F: PartFormat> PartSink<F> {
-    pub(crate) fn build(
+fn staging_name(stem: &str, generation: u64) -> String {
+    format!(".{stem}.staging-{generation}")
+}
+
+impl<T: PartTarget> PartSink<T> {
+    pub fn build(
         ctx: &BuildContext<'_>,
         opts: &PartOpts,
-        format: F,
-    ) -> Result<PartSink<F>, NodeError> {
-        let path = ctx.resolve(&opts.path);
-        let names = Names::new(&path, format.ext());
-        rill_core::perms::create_shared_dirs(&names.dir)
-            .map_err(|e| NodeError::io(&names.dir, e))?;
+        mut target: T,
+    ) -> Result<PartSink<T>, NodeError> {
+        let dir = opts.staging_dir.clone();
+        let stem = opts.staging_stem.clone();
+        rill_core::perms::create_shared_dirs(&dir).map_err(|e| NodeError::io(&dir, e))?;
         let io = |p: &Path| {
             let p = p.to_owned();
             move |e: std::io::Error| NodeError::io(&p, e)
         };
-        let committed_seq = get_int(ctx.state, SEQ_KEY)?;
-        // parts already there (a replay adds after them; a first run
-        // starts over at its first commit)
-        let mut on_disk = Vec::new();
-        for e in std::fs::read_dir(&names.dir).map_err(io(&names.dir))? {
-            let e = e.map_err(io(&names.dir))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if names.is_temp(&name) {
-                // a killed attempt's part in the making
-                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
-            } else if let Some(s) = names.part_seq(&name) {
-                on_disk.push(s);
-            }
-        }
-        let replay = ctx.extensions.get::<rill_core::node::ReplayRun>().is_some();
-        let (seq, start_over) = match committed_seq {
-            Some(s) => {
-                // renamed, but the commit did not land: its records come again
-                for late in on_disk.iter().filter(|n| **n > s) {
-                    let p = names.part(*late);
-                    std::fs::remove_file(&p).map_err(io(&p))?;
-                }
-                (s, false)
-            }
-            None if replay => (on_disk.iter().copied().max().unwrap_or(0), false),
-            None => (0, !on_disk.is_empty()),
-        };
+        let seq = target.recover(get_int(ctx.state, SEQ_KEY)?, ctx)?;
         // staging files of other generations are done with
-        for e in std::fs::read_dir(&names.dir).map_err(io(&names.dir))? {
-            let e = e.map_err(io(&names.dir))?;
+        let prefix = format!(".{stem}.staging-");
+        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if names.staging_gen(&name).is_some_and(|g| g != seq) {
+            if name
+                .strip_prefix(&prefix)
+                .and_then(|g| g.parse::<u64>().ok())
+                .is_some_and(|g| g != seq)
+            {
                 std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
             }
         }
-        let staging_path = names.staging(seq);
+        let staging_path = dir.join(staging_name(&stem, seq));
         let staged = get_int(ctx.state, STAGED_KEY)?.unwrap_or(0);
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
@@ -259,7 +433,6 @@ impl<F: PartFormat> PartSink<F> {
         }
         // what was staged after the commit comes again
         file.set_len(staged).map_err(io(&staging_path))?;
-        let mut file = file;
         file.seek(SeekFrom::End(0)).map_err(io(&staging_path))?;
         rill_core::perms::shared_file(&file).map_err(io(&staging_path))?;
         let cols = match ctx.state.get_value(SCHEMA_KEY)? {
@@ -273,11 +446,11 @@ impl<F: PartFormat> PartSink<F> {
             },
         };
         Ok(PartSink {
-            format,
-            names,
+            target,
+            dir,
+            stem,
             roll: opts.roll,
             state: ctx.state.clone(),
-            attempt: ctx.attempt,
             cols_dirty: cols.is_some(),
             cols,
             seq,
@@ -286,7 +459,6 @@ impl<F: PartFormat> PartSink<F> {
             staged_bytes: staged,
             staged_records: get_int(ctx.state, STAGED_RECORDS_KEY)?.unwrap_or(0),
             staged_since: get_int(ctx.state, STAGED_SINCE_KEY)?.map(|t| t as i64),
-            start_over,
             finished: false,
         })
     }
@@ -301,67 +473,27 @@ impl<F: PartFormat> PartSink<F> {
                     .is_some_and(|t| now_ms() - t >= self.roll.interval.as_millis() as i64))
     }
 
-    /// Writes the staged records as the next part.
+    /// Hands the staged records to the target as the next part.
     fn write_part(&mut self) -> Result<(), NodeError> {
         let next = self.seq + 1;
-        let temp = self.names.temp(next, self.attempt);
         let io = |p: &Path| {
             let p = p.to_owned();
             move |e: std::io::Error| NodeError::io(&p, e)
         };
         let cols = self.cols.clone().unwrap_or_default();
-        let out = File::create(&temp).map_err(io(&temp))?;
-        rill_core::perms::shared_file(&out).map_err(io(&temp))?;
-        let fail = |e: String| NodeError::failed(format!("{}: {e}", temp.display()));
-        let mut w = self.format.begin(&cols, out).map_err(fail)?;
-        let mut staged = BufReader::with_capacity(
-            1 << 16,
-            File::open(&self.staging_path).map_err(io(&self.staging_path))?,
-        )
-        .take(self.staged_bytes);
-        let mut chunk = Vec::with_capacity(self.format.chunk());
-        let mut len = [0u8; 4];
-        let mut buf = Vec::new();
-        loop {
-            match staged.read_exact(&mut len) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(NodeError::io(&self.staging_path, e)),
-            }
-            buf.resize(u32::from_le_bytes(len) as usize, 0);
-            staged
-                .read_exact(&mut buf)
-                .map_err(io(&self.staging_path))?;
-            let fields: Fields = rill_core::codec::decode(&buf).map_err(|e| {
-                NodeError::failed(format!(
-                    "{}: a staged record: {e}",
-                    self.staging_path.display()
-                ))
-            })?;
-            chunk.push(Record::new(fields));
-            if chunk.len() >= self.format.chunk() {
-                w.write(&chunk).map_err(fail)?;
-                chunk.clear();
-            }
-        }
-        if !chunk.is_empty() {
-            w.write(&chunk).map_err(fail)?;
-        }
-        let out = w.finish().map_err(fail)?;
-        out.sync_all().map_err(io(&temp))?;
-        drop(out);
-        if self.state.retired() {
-            return Err(NodeError::failed(
-                "this sink was abandoned: its stage runs another incarnation",
-            ));
-        }
-        let part = self.names.part(next);
-        std::fs::rename(&temp, &part).map_err(io(&part))?;
-        sync_dir(&self.names.dir).map_err(io(&self.names.dir))?;
+        let mut chunks = StagedChunks {
+            path: self.staging_path.clone(),
+            reader: BufReader::with_capacity(
+                1 << 16,
+                File::open(&self.staging_path).map_err(io(&self.staging_path))?,
+            )
+            .take(self.staged_bytes),
+        };
+        self.target
+            .write_part(next, &cols, &mut chunks, &self.state)?;
         // the next records go to a staging file of the next generation;
-        // this one is deleted once this commit has landed (at the next
-        // start)
-        let path = self.names.staging(next);
+        // this one is deleted once this commit has landed
+        let path = self.dir.join(staging_name(&self.stem, next));
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -369,49 +501,27 @@ impl<F: PartFormat> PartSink<F> {
             .open(&path)
             .map_err(io(&path))?;
         rill_core::perms::shared_file(&file).map_err(io(&path))?;
-        let old = std::mem::replace(&mut self.staging_path, path);
+        self.staging_path = path;
         self.staging = BufWriter::with_capacity(1 << 16, SinkFile::new(file, &self.state, false));
         self.seq = next;
         self.staged_bytes = 0;
         self.staged_records = 0;
         self.staged_since = None;
-        tracing::debug!(part = %part.display(), "part written");
-        // the generation before the last is certainly committed
-        if let Some(prev) = self.seq.checked_sub(2) {
-            let _ = std::fs::remove_file(self.names.staging(prev));
-        }
-        let _ = old;
-        Ok(())
-    }
-
-    /// Deletes an earlier run's parts (a first run, at its first commit).
-    fn settle(&mut self) -> Result<(), NodeError> {
-        if !std::mem::take(&mut self.start_over) {
-            return Ok(());
-        }
-        for e in
-            std::fs::read_dir(&self.names.dir).map_err(|e| NodeError::io(&self.names.dir, e))?
-        {
-            let e = e.map_err(|e| NodeError::io(&self.names.dir, e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if self.names.part_seq(&name).is_some() {
-                std::fs::remove_file(e.path()).map_err(|x| NodeError::io(e.path(), x))?;
-            }
-        }
         Ok(())
     }
 }
 
-impl<F: PartFormat> Sink for PartSink<F> {
+impl<T: PartTarget> Sink for PartSink<T> {
     fn write(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
         if self.cols.is_none() {
             self.cols = Some(Columns::infer(&batch));
             self.cols_dirty = true;
         }
+        let evolves = self.target.evolves();
         let cols = self.cols.as_mut().expect("set above");
         for r in batch {
-            match cols.check(&r) {
-                Ok(typed) => self.cols_dirty |= typed,
+            match cols.check(&r, evolves) {
+                Ok(changed) => self.cols_dirty |= changed,
                 Err(msg) => {
                     out.fail(r, msg);
                     continue;
@@ -438,7 +548,7 @@ impl<F: PartFormat> Sink for PartSink<F> {
     }
 
     fn checkpoint(&mut self) -> Result<(), NodeError> {
-        self.settle()?;
+        self.target.settle()?;
         self.staging
             .flush()
             .map_err(|e| NodeError::io(&self.staging_path, e))?;
@@ -448,7 +558,12 @@ impl<F: PartFormat> Sink for PartSink<F> {
             .sync_data()
             .map_err(|e| NodeError::io(&self.staging_path, e))?;
         if self.due() {
+            let before = self.seq;
             self.write_part()?;
+            // the generation before the last is certainly committed
+            if let Some(prev) = before.checked_sub(1) {
+                let _ = std::fs::remove_file(self.dir.join(staging_name(&self.stem, prev)));
+            }
         }
         if self.cols_dirty
             && let Some(c) = &self.cols
@@ -468,6 +583,10 @@ impl<F: PartFormat> Sink for PartSink<F> {
         }
         Ok(())
     }
+
+    fn committed(&mut self) -> Result<(), NodeError> {
+        self.target.committed(&self.state)
+    }
 }
 
 #[cfg(test)]
@@ -484,7 +603,6 @@ mod tests {
         assert_eq!(n.part_seq("other-000003.parquet"), None);
         assert_eq!(n.part_seq("events-000003.avro"), None);
         assert!(n.is_temp(".events-000004.parquet.2.tmp"));
-        assert_eq!(n.staging_gen(".events.parquet.staging-7"), Some(7));
         let bare = Names::new(Path::new("events"), "avro");
         assert_eq!(bare.part(1), PathBuf::from("./events-000001.avro"));
     }

@@ -117,6 +117,14 @@ impl StageShared {
         if let (Some(d), Some(len)) = (&mut self.dlq, dlq_len) {
             d.committed(len);
         }
+        if let Node::Sink(s) = node {
+            // the second phase of a two-phase sink (a table commit)
+            tokio::task::block_in_place(|| s.committed()).map_err(|e| {
+                let msg = format!("publishing what the commit holds failed: {e}");
+                *self.metrics.last_error.lock().unwrap() = Some(msg.clone());
+                msg
+            })?;
+        }
         self.metrics.commits.fetch_add(1, Relaxed);
         self.metrics
             .commit_us
