@@ -99,6 +99,12 @@ pub trait PartTarget: Send {
     fn evolves(&self) -> bool {
         false
     }
+
+    /// The columns records must fit, where the target has them (a table
+    /// that exists), called after [`PartTarget::recover`].
+    fn columns(&self) -> Option<Columns> {
+        None
+    }
 }
 
 /// The staged records of a part, a chunk at a time.
@@ -437,6 +443,7 @@ impl<T: PartTarget> PartSink<T> {
         rill_core::perms::shared_file(&file).map_err(io(&staging_path))?;
         let cols = match ctx.state.get_value(SCHEMA_KEY)? {
             Some(v) => Some(Columns::from_value(&v).map_err(NodeError::failed)?),
+            None if target.columns().is_some() => target.columns(),
             None => match &opts.schema {
                 Some(s) => Some(
                     Columns::declared(s)
