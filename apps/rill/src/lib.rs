@@ -64,6 +64,8 @@ impl Cli {
     pub fn new() -> Cli {
         let mut registry = rill_nodes::registry();
         rill_ml::register_all(&mut registry);
+        #[cfg(feature = "iceberg")]
+        rill_iceberg::register(&mut registry);
         if std::env::var("RILL_TEST_NODES").is_ok_and(|v| v == "1") {
             rill_nodes::testing::register_testing(&mut registry);
         }
