@@ -14,8 +14,12 @@
 //! - `tests/chaos_sources.rs`: every source that claims exactly-once
 //!   (`Create`, `Generate`, `ReadFromJson`, `ReadFromCsv`) under SIGKILL,
 //!   in one process and with only the source's process killed, under
-//!   `exactly_once` and `at_least_once`; each asserts that its kills
-//!   landed while the source was mid-stream.
+//!   `exactly_once` and `at_least_once`, and a glob of four files; each
+//!   asserts that its kills landed while the source was mid-stream.
+//! - `tests/chaos_sinks.rs`: the sinks that write parts (`WriteToParquet`,
+//!   `WriteToAvro`, `WriteToIceberg`) with their process SIGKILLed while
+//!   the stream runs; every id once in the output (the Iceberg table read
+//!   by pyiceberg and DuckDB), no data file of a killed attempt left.
 //!
 //! What the tests share (the `rill` binary, loopback ports, the process
 //! driver) is in `rill-testing`, with the other test suites' scaffolding.

@@ -1,5 +1,6 @@
 //! SIGKILL chaos for every source that claims exactly-once: `Create`,
-//! `Generate`, `ReadFromJson` and `ReadFromCsv`.
+//! `Generate`, `ReadFromJson` (one file, and a glob of four) and
+//! `ReadFromCsv`.
 //!
 //! Each source feeds `MapToFields (v2: v * 2)` and a file sink
 //! (`WriteToCsv` behind the CSV source, `WriteToJson` behind the others).
@@ -40,6 +41,8 @@ enum Src {
     Generate,
     Json,
     Csv,
+    /// `ReadFromJson` over a glob of four files.
+    Glob,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +100,22 @@ fn write_input(dir: &Path, src: Src, n: u64) {
             }
             std::fs::write(dir.join("in.jsonl"), text).unwrap();
         }
+        Src::Glob => {
+            std::fs::create_dir_all(dir.join("in")).unwrap();
+            let per = n.div_ceil(4);
+            for part in 0..4 {
+                let mut text = String::new();
+                for i in (part * per)..((part + 1) * per).min(n) {
+                    let _ = writeln!(
+                        text,
+                        "{{\"k\": \"k{}\", \"seq\": {}, \"v\": {i}}}",
+                        i % KEYS,
+                        i / KEYS
+                    );
+                }
+                std::fs::write(dir.join(format!("in/part-{part}.jsonl")), text).unwrap();
+            }
+        }
         Src::Csv => {
             text.push_str("k,seq,v\n");
             for i in 0..n {
@@ -112,6 +131,10 @@ fn pipeline(case: &Case, n: u64) -> String {
     let (source, fields) = match case.src {
         Src::Json => (
             "type: ReadFromJson\n      name: read\n      config: {path: in.jsonl}".to_owned(),
+            "{v2: \"v * 2\"}",
+        ),
+        Src::Glob => (
+            "type: ReadFromJson\n      name: read\n      config: {path: 'in/*.jsonl'}".to_owned(),
             "{v2: \"v * 2\"}",
         ),
         Src::Csv => (
@@ -467,6 +490,14 @@ fn all_cases() -> Vec<Case> {
 
 fn all_cases_unfiltered() -> Vec<Case> {
     let mut cases = Vec::new();
+    // a glob: one process and the source's process killed
+    for split in [false, true] {
+        cases.push(Case {
+            src: Src::Glob,
+            split,
+            delivery: "exactly_once",
+        });
+    }
     for src in [Src::Create, Src::Generate, Src::Json, Src::Csv] {
         for split in [false, true] {
             cases.push(Case {

@@ -128,17 +128,13 @@ impl NodeConfig for WriteToIceberg {
         let tag = file_safe(&format!("{}.{}", ctx.pipeline, ctx.stage));
         let run = match ctx.state.get_value(RUN_KEY)? {
             Some(Value::String(s)) => s.to_string(),
-            _ => {
-                let id = format!(
-                    "{:x}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos())
-                );
-                ctx.state
-                    .put_value(RUN_KEY, &Value::String(id.as_str().into()))?;
-                id
-            }
+            // a new run: the id goes into the state with its first part
+            _ => format!(
+                "{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
         };
         let target = IcebergParts {
             cat,
@@ -581,6 +577,7 @@ impl PartTarget for IcebergParts {
             Value::Bytes(files_to_bytes(&table, &files)?),
         );
         state.put_value(PENDING_KEY, &Value::Map(m))?;
+        state.put_value(RUN_KEY, &Value::String(self.run.as_str().into()))?;
         self.pending = Some(Pending { seq, files });
         Ok(())
     }

@@ -37,6 +37,12 @@ if mode == "read":
         {k: v for k, v in s.summary.additional_properties.items() if k.startswith("rill.")}
         for s in t.snapshots()
     ]
+    # data files in the table's folder that no snapshot of it names
+    named = {task.file.file_path.removeprefix("file://") for task in t.scan().plan_files()}
+    data = os.path.join(t.location().removeprefix("file://"), "data")
+    out["unreferenced"] = sorted(
+        f for f in os.listdir(data) if os.path.join(data, f) not in named and not f.startswith(".")
+    ) if os.path.isdir(data) else []
     con = duckdb.connect()
     for pkg in (duckdb_extension_avro, duckdb_extension_iceberg):
         (ext,) = glob.glob(os.path.join(os.path.dirname(pkg.__file__), "extensions", "*", "*.duckdb_extension"))
