@@ -25,6 +25,15 @@ const EXPECT: &[(&str, &str)] = &[
         "checked by device_stats_bounded_and_live",
     ),
     ("classify.yaml", "checked by classify_accuracy"),
+    ("files.yaml", "checked by files_output"),
+    (
+        "watch-folder.yaml",
+        "checked by watched_folder_each_file_once",
+    ),
+    (
+        "land-iceberg.yaml",
+        "checked by quickstart_landed_in_iceberg",
+    ),
     (
         "mltransform-train.yaml",
         "checked by mltransform_train_then_apply",
@@ -527,4 +536,157 @@ fn beam_with_java_is_refused_clearly() {
         "13:9",
         "`language: java` is not supported",
     );
+}
+
+#[test]
+fn files_output() {
+    let dir = sandbox();
+    let out = rill(dir.path(), &["run", "-q", "configs/files.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let input = read_jsonl(&root().join("configs/data/readings.jsonl"));
+    let fits: Vec<&J> = input.iter().filter(|r| !r["temp_c"].is_string()).collect();
+    // each columnar sink: the readings that fit the declared schema, read
+    // back by rill, with the file they came from
+    for (ty, glob) in [
+        ("ReadFromParquet", "out/files/readings-*.parquet"),
+        ("ReadFromAvro", "out/files/readings-*.avro"),
+    ] {
+        let o = run_yaml(
+            dir.path(),
+            &format!(
+                "pipeline:\n  transforms:\n    - {{type: {ty}, name: r, config: {{path: '{glob}'}}}}\n    - {{type: WriteToJson, name: w, input: r, config: {{path: back.jsonl}}}}\n"
+            ),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let back = read_jsonl(&dir.path().join("back.jsonl"));
+        assert_eq!(back.len(), fits.len(), "{ty}");
+        for (b, r) in back.iter().zip(&fits) {
+            assert_eq!(b["ts"], r["ts"], "{ty}");
+            assert_eq!(b["temp_c"].as_f64(), r["temp_c"].as_f64(), "{ty}");
+            assert_eq!(b["source"], "configs/data/readings.jsonl", "{ty}");
+        }
+    }
+    let text = std::fs::read_to_string(dir.path().join("out/files/readings.txt")).unwrap();
+    assert_eq!(text.lines().count(), input.len());
+    let first = &input[0];
+    assert_eq!(
+        text.lines().next().unwrap(),
+        format!(
+            "{} {} {}",
+            first["device"].as_str().unwrap(),
+            first["ts"],
+            first["temp_c"]
+        )
+    );
+    let errors = read_jsonl(&dir.path().join("out/files/errors.jsonl"));
+    assert_eq!(errors.len(), 2 * (input.len() - fits.len()));
+    assert!(errors.iter().all(|e| {
+        e["msg"]
+            .as_str()
+            .unwrap()
+            .contains("field `temp_c` is str \"n/a\", but the column is float64")
+    }));
+}
+
+#[test]
+fn watched_folder_each_file_once() {
+    let dir = sandbox();
+    let inbox = dir.path().join("inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    let drop_file = |name: &str, rows: &[(i64, f64)]| {
+        // written aside, renamed in whole
+        let tmp = dir.path().join(format!("{name}.tmp"));
+        let mut text = String::from("qty,price\n");
+        for (q, p) in rows {
+            text.push_str(&format!("{q},{p}\n"));
+        }
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, inbox.join(name)).unwrap();
+    };
+    drop_file("a.csv", &[(1, 2.5), (2, 1.0)]);
+    let out = dir.path().join("out/inbox.jsonl");
+    let child = spawn(dir.path(), &["run", "-q", "configs/watch-folder.yaml"]);
+    wait_lines(&out, 2);
+    drop_file("b.csv", &[(3, 2.0)]);
+    wait_lines(&out, 3);
+    child.signal("-TERM");
+    let o = child.wait(Duration::from_secs(20), "rill after SIGTERM");
+    assert!(o.status.success(), "{}", stderr(&o));
+    // a file that lands while the pipeline is down is read after it starts
+    // again; the ones it read are not read again
+    drop_file("c.csv", &[(4, 0.5)]);
+    let child = spawn(dir.path(), &["run", "-q", "configs/watch-folder.yaml"]);
+    wait_lines(&out, 4);
+    std::thread::sleep(Duration::from_millis(1500));
+    child.signal("-TERM");
+    let o = child.wait(Duration::from_secs(20), "rill after SIGTERM");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = read_jsonl(&out);
+    let got: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["file"].as_str().unwrap().to_owned(),
+                r["total"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("inbox/a.csv".to_owned(), 2.5),
+            ("inbox/a.csv".to_owned(), 2.0),
+            ("inbox/b.csv".to_owned(), 6.0),
+            ("inbox/c.csv".to_owned(), 2.0),
+        ]
+    );
+}
+
+#[cfg(feature = "iceberg")]
+#[test]
+fn quickstart_landed_in_iceberg() {
+    let dir = sandbox();
+    for cfg in ["configs/quickstart.yaml", "configs/land-iceberg.yaml"] {
+        let out = rill(dir.path(), &["run", "-q", cfg]);
+        assert!(out.status.success(), "{cfg}: {}", stderr(&out));
+    }
+    let readings = read_jsonl(&dir.path().join("out/quickstart/readings.jsonl"));
+    // rill reads the table back whole
+    let o = run_yaml(
+        dir.path(),
+        "pipeline:\n  transforms:\n    - {type: ReadFromIceberg, name: r, config: {table: rill.readings}}\n    - {type: WriteToJson, name: w, input: r, config: {path: back.jsonl}}\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut back = read_jsonl(&dir.path().join("back.jsonl"));
+    back.sort_by_key(|r| r["ts"].as_i64());
+    assert_eq!(back, readings);
+    // the README's DuckDB query, with the packages the README installs
+    let setup = root().join("apps/rill/tests/iceberg/setup.sh");
+    let made = std::process::Command::new("bash")
+        .arg(&setup)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let python = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    let q = std::process::Command::new(python)
+        .arg("configs/iceberg/query.py")
+        .arg("iceberg/warehouse/rill/readings")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let shown = String::from_utf8_lossy(&q.stdout);
+    for dev in ["dev-a", "dev-b", "dev-c", "dev-d"] {
+        let n = readings.iter().filter(|r| r["device"] == dev).count();
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.contains(dev) && l.contains(&format!(" {n} "))),
+            "{dev}: {n} readings in\n{shown}"
+        );
+    }
 }
