@@ -290,7 +290,7 @@ enum Kind {
 /// Where a row reader's records come from once open.
 enum Opened {
     Parquet(ParquetRecordBatchReader),
-    Avro(apache_avro::Reader<'static, BufReader<File>>),
+    Avro(Box<apache_avro::Reader<'static, BufReader<File>>>),
 }
 
 /// Reads a whole-file format record by record.
@@ -360,7 +360,7 @@ impl RowReader {
             Kind::Avro(_) => {
                 let r = apache_avro::Reader::new(BufReader::with_capacity(1 << 16, file))
                     .map_err(|e| e.to_string())?;
-                Opened::Avro(r)
+                Opened::Avro(Box::new(r))
             }
         });
         Ok(())
@@ -749,7 +749,7 @@ fn from_avro(v: apache_avro::types::Value) -> Value {
         A::String(s) | A::Enum(_, s) => Value::String(s.into()),
         A::Uuid(u) => Value::String(u.to_string().into()),
         A::Union(_, inner) => from_avro(*inner),
-        A::Array(items) => Value::List(items.into_iter().map(|i| from_avro(i)).collect()),
+        A::Array(items) => Value::List(items.into_iter().map(from_avro).collect()),
         A::Map(m) => {
             let mut keys: Vec<_> = m.into_iter().collect();
             keys.sort_by(|a, b| a.0.cmp(&b.0));
