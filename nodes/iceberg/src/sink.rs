@@ -108,7 +108,9 @@ impl NodeConfig for WriteToIceberg {
         catalog::table_ident(&self.table).map_err(|e| ConfigError::at("table", e))?;
         self.catalog_properties.validate()?;
         check_schema(&self.schema)?;
-        if !self.triggering_frequency_seconds.is_finite() || self.triggering_frequency_seconds <= 0.0 {
+        if !self.triggering_frequency_seconds.is_finite()
+            || self.triggering_frequency_seconds <= 0.0
+        {
             return Err(ConfigError::at(
                 "triggering_frequency_seconds",
                 "must be more than 0",
