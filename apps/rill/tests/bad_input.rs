@@ -64,7 +64,9 @@ fn missing_file_is_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     // a build error points at the stage's place in the file too
     assert!(
-        stderr(&out).contains("p.yaml:3:7: stage `src` (ReadFromJson): cannot open"),
+        stderr(&out).contains(
+            "p.yaml:3:7: stage `src` (ReadFromJson): bad input: there is no file `nope.jsonl`"
+        ),
         "{}",
         stderr(&out)
     );

@@ -51,6 +51,7 @@ const EXPECT: &[(&str, &str)] = &[
         "expected rows",
     ),
     ("beam/regex_matches.yaml", "expected rows"),
+    ("beam/read_text_glob.yaml", "expected rows"),
     ("beam/combine_per_key.yaml", "expected rows"),
     ("beam/combine_global.yaml", "expected rows"),
     ("beam/combine_top_n.yaml", "expected rows"),

@@ -164,7 +164,9 @@ pub(crate) fn iceberg_type(t: &ColType) -> Type {
         ColType::Bool => Type::Primitive(PrimitiveType::Boolean),
         ColType::Int => Type::Primitive(PrimitiveType::Long),
         ColType::Float => Type::Primitive(PrimitiveType::Double),
-        ColType::String | ColType::Json => Type::Primitive(PrimitiveType::String),
+        ColType::String | ColType::Json | ColType::Other(_) => {
+            Type::Primitive(PrimitiveType::String)
+        }
         ColType::Bytes => Type::Primitive(PrimitiveType::Binary),
         // the element's id is assigned when the table takes the schema
         ColType::List(inner) => Type::List(ListType::new(Arc::new(NestedField::list_element(
@@ -227,9 +229,13 @@ pub(crate) fn columns_of(schema: &Schema) -> Columns {
             .iter()
             .map(|f| Column {
                 name: f.name.as_str().into(),
-                ty: Some(col_type(&f.field_type).unwrap_or(ColType::Json)),
+                ty: Some(
+                    col_type(&f.field_type)
+                        .unwrap_or_else(|| ColType::Other(f.field_type.to_string())),
+                ),
             })
             .collect(),
         declared: true,
+        from_table: true,
     }
 }

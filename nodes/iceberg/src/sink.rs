@@ -8,7 +8,6 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, TimeUnit};
-use futures::TryStreamExt;
 use iceberg::spec::{DataFile, DataFileFormat, FormatVersion};
 use iceberg::table::Table;
 use iceberg::transaction::{AddColumn, ApplyTransactionAction, Transaction};
@@ -281,52 +280,60 @@ impl IcebergParts {
         Some(Path::new(loc.strip_prefix("file://").unwrap_or(&loc)).join("data"))
     }
 
-    /// Deletes data files this stage wrote that the table does not name
-    /// (written by an attempt that was killed before its commit).
-    fn sweep(&self) -> Result<(), NodeError> {
-        let (Some(table), Some(dir)) = (self.table.clone(), self.data_dir()) else {
+    /// Deletes data files this stage wrote that no snapshot names: of
+    /// this run, those of a part after the last committed one, or of the
+    /// last one by another attempt than the one that committed it; and
+    /// those of a run that never committed (killed before its first
+    /// commit). Files of other writers, and of runs that committed, are
+    /// left alone: older snapshots may name them.
+    fn sweep(&self, last: Option<(u64, u32)>) -> Result<(), NodeError> {
+        let (Some(table), Some(dir)) = (self.table.as_ref(), self.data_dir()) else {
             return Ok(());
         };
-        let prefix = format!("rill-{}-", self.tag);
-        let mine: Vec<std::path::PathBuf> = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd
-                .flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-                .map(|e| e.path())
-                .collect(),
-            Err(_) => return Ok(()),
-        };
-        if mine.is_empty() {
-            return Ok(());
-        }
-        let live: HashSet<String> = crate::rt::block(async move {
-            if table.metadata().current_snapshot().is_none() {
-                return Ok(HashSet::new());
+        let mut runs: HashSet<String> = HashSet::new();
+        for snap in table.metadata().snapshots() {
+            let p = &snap.summary().additional_properties;
+            if p.get("rill.sink") == Some(&self.sink)
+                && let Some(r) = p.get("rill.run")
+            {
+                runs.insert(r.clone());
             }
-            let tasks: Vec<_> = table
-                .scan()
-                .build()?
-                .plan_files()
-                .await?
-                .try_collect()
-                .await?;
-            Ok::<_, iceberg::Error>(
-                tasks
-                    .into_iter()
-                    .map(|t: iceberg::scan::FileScanTask| {
-                        t.data_file_path
-                            .strip_prefix("file://")
-                            .unwrap_or(&t.data_file_path)
-                            .to_owned()
-                    })
-                    .collect(),
-            )
-        })
-        .map_err(ice("cannot list the table's files"))?;
+        }
+        let prefix = format!("rill-{}-", self.tag);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
         let mut removed = 0;
-        for p in mine {
-            if !live.contains(&p.display().to_string()) {
-                std::fs::remove_file(&p).map_err(|e| NodeError::io(&p, e))?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name
+                .strip_prefix(&prefix)
+                .and_then(|r| r.strip_suffix(".parquet"))
+            else {
+                continue;
+            };
+            // {part:06}-a{attempt}-{count:05}-{run}
+            let f: Vec<&str> = rest.split('-').collect();
+            let [part, attempt, _, run] = f[..] else {
+                continue;
+            };
+            let (Ok(part), Some(Ok(attempt))) = (
+                part.parse::<u64>(),
+                attempt.strip_prefix('a').map(str::parse::<u32>),
+            ) else {
+                continue;
+            };
+            let orphan = if run == self.run {
+                match last {
+                    Some((c, a)) => part > c || (part == c && attempt != a),
+                    None => true,
+                }
+            } else {
+                !runs.contains(run)
+            };
+            if orphan {
+                let p = e.path();
+                std::fs::remove_file(&p).map_err(|x| NodeError::io(&p, x))?;
                 removed += 1;
             }
         }
@@ -435,10 +442,13 @@ fn batch_for(
                 ty: Some(ty),
             }],
             declared: true,
+            from_table: true,
         };
         let a = columnar::to_batch(&one, records)?.column(0).clone();
         let a = match f.data_type() {
             t if t == a.data_type() => a,
+            // a type rill does not write: only nulls reach it
+            t if *a.data_type() == DataType::Null => arrow::array::new_null_array(t, a.len()),
             DataType::Timestamp(unit, _) if *a.data_type() == DataType::Int64 => cast_with_options(
                 &scale(&a, unit),
                 f.data_type(),
@@ -497,11 +507,13 @@ impl PartTarget for IcebergParts {
         self.load()?;
         // written and named in the stage's last commit, and maybe not in
         // the table yet
+        let mut last = None;
         if let Some(Value::Map(m)) = ctx.state.get_value(PENDING_KEY)? {
-            let seq = match m.get("part") {
-                Some(Value::Int(i)) => *i as u64,
+            let (seq, attempt) = match (m.get("part"), m.get("attempt")) {
+                (Some(Value::Int(i)), Some(Value::Int(a))) => (*i as u64, *a as u32),
                 _ => return Err(NodeError::failed("the pending Iceberg commit is malformed")),
             };
+            last = Some((seq, attempt));
             if self.last_committed().is_none_or(|s| s < seq) {
                 let Some(table) = &self.table else {
                     return Err(NodeError::failed(format!(
@@ -517,7 +529,7 @@ impl PartTarget for IcebergParts {
                 self.commit(Pending { seq, files })?;
             }
         }
-        self.sweep()?;
+        self.sweep(last)?;
         Ok(committed.unwrap_or(0))
     }
 
@@ -574,6 +586,7 @@ impl PartTarget for IcebergParts {
             .map_err(ice("cannot write a data file"))?;
         let mut m = Fields::default();
         m.insert("part".into(), Value::Int(seq as i64));
+        m.insert("attempt".into(), Value::Int(i64::from(self.attempt)));
         m.insert(
             "files".into(),
             Value::Bytes(files_to_bytes(&table, &files)?),

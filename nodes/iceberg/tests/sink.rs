@@ -176,3 +176,83 @@ fn a_new_field_adds_a_column_and_older_rows_read_null() {
         out.failures()[0].msg
     );
 }
+
+#[test]
+fn a_column_of_a_type_rill_does_not_write_takes_nulls_and_refuses_values() {
+    use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+    use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation};
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("iceberg/warehouse");
+    std::fs::create_dir_all(&wh).unwrap();
+    // a table another tool made, with a decimal column
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cat = iceberg_catalog_sql::SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+            .load(
+                "rill",
+                std::collections::HashMap::from([
+                    (
+                        "uri".to_owned(),
+                        format!(
+                            "sqlite://{}/iceberg/catalog.db?mode=rwc",
+                            dir.path().display()
+                        ),
+                    ),
+                    ("warehouse".to_owned(), wh.display().to_string()),
+                    ("sql_bind_style".to_owned(), "QMark".to_owned()),
+                ]),
+            )
+            .await
+            .unwrap();
+        let ns = NamespaceIdent::new("db".into());
+        cat.create_namespace(&ns, Default::default()).await.unwrap();
+        let schema = Schema::builder()
+            .with_fields(vec![
+                NestedField::optional(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+                NestedField::optional(
+                    2,
+                    "price",
+                    Type::Primitive(PrimitiveType::Decimal {
+                        precision: 10,
+                        scale: 2,
+                    }),
+                )
+                .into(),
+                NestedField::optional(3, "s", Type::Primitive(PrimitiveType::String)).into(),
+            ])
+            .build()
+            .unwrap();
+        let t = TableCreation::builder()
+            .name("events".into())
+            .schema(schema)
+            .build();
+        cat.create_table(&ns, t).await.unwrap();
+    });
+    let state = KeyedState::default();
+    let mut s = sink(dir.path(), &state);
+    let mut out = Emitter::new();
+    s.write(
+        vec![
+            rill_core::record! {"id" => 1, "s" => "a"},
+            rill_core::record! {"id" => 2, "price" => 2.5, "s" => "b"},
+            rill_core::record! {"id" => 3, "price" => Value::Null, "s" => "c"},
+        ],
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out.failures().len(), 1);
+    assert!(
+        out.failures()[0]
+            .msg
+            .contains("field `price` is float 2.5, but the column is other<decimal(10, 2)> (a type rill does not write: only null fits)"),
+        "{}",
+        out.failures()[0].msg
+    );
+    s.finish().unwrap();
+    s.checkpoint().unwrap();
+    s.committed().unwrap();
+    let rows = read(dir.path());
+    assert_eq!(ids(&rows), vec![1, 3]);
+    assert_eq!(rows[0].get("price"), Some(&Value::Null));
+}

@@ -41,6 +41,9 @@ pub enum ColType {
     Bytes,
     List(Box<ColType>),
     Json,
+    /// A type rill does not write, of a column an existing table has
+    /// (Iceberg's `decimal`, `struct`, ...): only null fits it.
+    Other(String),
 }
 
 impl ColType {
@@ -74,6 +77,7 @@ impl ColType {
             ColType::Bytes => "bytes".into(),
             ColType::List(t) => format!("list<{}>", t.name()),
             ColType::Json => "json".into(),
+            ColType::Other(t) => format!("other<{t}>"),
         }
     }
 
@@ -128,6 +132,7 @@ impl ColType {
             ColType::String | ColType::Json => DataType::Utf8,
             ColType::Bytes => DataType::Binary,
             ColType::List(t) => DataType::List(Arc::new(t.arrow_field("item"))),
+            ColType::Other(_) => DataType::Null,
         }
     }
 
@@ -166,6 +171,8 @@ pub struct Columns {
     pub cols: Vec<Column>,
     /// Declared in the config (fixed) rather than inferred.
     pub declared: bool,
+    /// An existing table's (fixed, but for new columns).
+    pub from_table: bool,
 }
 
 impl Columns {
@@ -184,6 +191,7 @@ impl Columns {
         Ok(Columns {
             cols,
             declared: true,
+            from_table: false,
         })
     }
 
@@ -231,7 +239,9 @@ impl Columns {
                 return Err(format!(
                     "field `{k}` is not a column of the file (columns: {}{})",
                     names.join(", "),
-                    if self.declared {
+                    if self.from_table {
+                        ", the table's"
+                    } else if self.declared {
                         ", from `schema`"
                     } else {
                         ", from the first records written"
@@ -245,7 +255,11 @@ impl Columns {
                         v.type_name(),
                         short(v),
                         t.name(),
-                        if self.declared {
+                        if let ColType::Other(_) = t {
+                            " (a type rill does not write: only null fits)"
+                        } else if self.from_table {
+                            " (the table's)"
+                        } else if self.declared {
                             " (declared in `schema`)"
                         } else {
                             " (from the first records written; declare `schema` to choose)"
@@ -288,6 +302,7 @@ impl Columns {
         let mut m = Fields::default();
         m.insert("columns".into(), Value::Map(f));
         m.insert("declared".into(), Value::Bool(self.declared));
+        m.insert("from_table".into(), Value::Bool(self.from_table));
         Value::Map(m)
     }
 
@@ -300,6 +315,7 @@ impl Columns {
         let mut out = Columns {
             cols: Vec::new(),
             declared: matches!(m.get("declared"), Some(Value::Bool(true))),
+            from_table: matches!(m.get("from_table"), Some(Value::Bool(true))),
         };
         for (k, t) in cols.iter() {
             let ty = match t {
@@ -363,6 +379,7 @@ fn append(b: &mut dyn ArrayBuilder, ty: &ColType, v: &Value) {
             Value::Bytes(x) => Some(x.as_slice()),
             _ => None,
         }),
+        ColType::Other(_) => typed!(arrow::array::NullBuilder).append_null(),
         ColType::List(t) => {
             let lb = typed!(ListBuilder<Box<dyn ArrayBuilder>>);
             match v {

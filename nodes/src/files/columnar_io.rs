@@ -545,6 +545,16 @@ impl NodeConfig for WriteToAvro {
         check_schema(&self.schema)?;
         self.roll().validate()?;
         avro_codec(&self.codec).map_err(|e| ConfigError::at("codec", e))?;
+        for k in self.schema.iter().flat_map(|s| s.keys()) {
+            if !avro_name_ok(k) {
+                return Err(ConfigError::at_path(
+                    ["schema", k.as_str()],
+                    format!(
+                        "`{k}` is not a valid Avro field name (letters, digits and _, not starting with a digit)"
+                    ),
+                ));
+            }
+        }
         if apache_avro::schema::Name::new(&self.record_name).is_err() {
             return Err(ConfigError::at("record_name", "not a valid Avro name"));
         }
@@ -582,6 +592,7 @@ fn avro_type(t: &ColType) -> serde_json::Value {
         ColType::String | ColType::Json => json!("string"),
         ColType::Bytes => json!("bytes"),
         ColType::List(inner) => json!({"type": "array", "items": ["null", avro_type(inner)]}),
+        ColType::Other(_) => json!("null"),
     }
 }
 

@@ -191,6 +191,13 @@ impl FileSource {
             unsettled: HashSet::new(),
             broken: None,
         };
+        if !is_glob(&opts.path) && !opts.follow && !src.pattern.exists() && restored.is_none() {
+            return Err(NodeError::BadInput(format!(
+                "there is no file `{}` (looked for {})",
+                opts.path.display(),
+                src.pattern.display()
+            )));
+        }
         src.list(true)?;
         match (cur_name, restored) {
             (Some(name), Some(pos)) => src.resume(&name, &pos)?,
@@ -198,13 +205,8 @@ impl FileSource {
         }
         if !src.opts.unbounded() && src.cur.is_none() && src.queue.is_empty() && src.done.is_empty()
         {
-            let what = if is_glob(&src.opts.path) {
-                "no file matches"
-            } else {
-                "there is no file"
-            };
             return Err(NodeError::BadInput(format!(
-                "{what} `{}`",
+                "no file matches `{}`",
                 src.opts.path.display()
             )));
         }
@@ -229,7 +231,13 @@ impl FileSource {
             return Ok(());
         }
         let text = self.pattern.to_string_lossy().into_owned();
-        let paths = glob::glob(&text).map_err(|e| {
+        // as in a shell, `*` does not match a leading `.`: hidden files (a
+        // part sink's staging and temporary files) are not read
+        let options = glob::MatchOptions {
+            require_literal_leading_dot: true,
+            ..glob::MatchOptions::new()
+        };
+        let paths = glob::glob_with(&text, options).map_err(|e| {
             NodeError::failed(format!(
                 "`{}` is not a valid glob: {e}",
                 self.opts.path.display()

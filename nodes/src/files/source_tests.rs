@@ -65,6 +65,8 @@ fn a_glob_reads_its_files_in_name_order_and_names_them() {
     jsonl(&dir.path().join("data"), "b.jsonl", 3, 5);
     jsonl(&dir.path().join("data"), "a.jsonl", 0, 3);
     jsonl(&dir.path().join("data"), "c.txt", 100, 101);
+    // hidden: not matched by `*`, as in a shell
+    jsonl(&dir.path().join("data"), ".d.jsonl", 200, 201);
     let state = KeyedState::default();
     let mut s = source(
         "ReadFromJson",
