@@ -430,11 +430,32 @@ fn chaos(plan: &Plan, cases: &[Case]) {
         if all_done {
             break;
         }
-        assert!(
-            started.elapsed() < plan.limit,
-            "not finished after {:?} (seed {seed})",
-            plan.limit
-        );
+        if started.elapsed() >= plan.limit {
+            // which cases, which processes, and how far their logs got
+            let mut report = String::new();
+            for r in &mut runs {
+                let running: Vec<String> = r
+                    .procs
+                    .iter_mut()
+                    .filter_map(|p| p.running().then(|| p.name.clone()))
+                    .collect();
+                if running.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(
+                    report,
+                    "{}: still running {running:?} (kills {:?}; sink {} bytes)\n{}",
+                    r.case.label(),
+                    r.kills,
+                    std::fs::metadata(r.sink_path()).map_or(0, |m| m.len()),
+                    all_logs(r)
+                );
+            }
+            panic!(
+                "not finished after {:?} (seed {seed}):\n{report}",
+                plan.limit
+            );
+        }
     }
     eprintln!(
         "all {} cases finished in {:.1}s",

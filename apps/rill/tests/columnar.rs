@@ -195,3 +195,43 @@ pipeline:
         "{msg}"
     );
 }
+
+/// A part is written when its interval passes even if no record comes
+/// after it: a stream that went quiet does not keep its last records staged.
+#[test]
+fn a_quiet_stream_still_rolls_its_part_on_time() {
+    let dir = sandbox();
+    let text: String = (0..10).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        r#"
+pipeline:
+  name: quiet
+  transforms:
+    - {type: ReadFromJson, name: read, config: {path: in.jsonl, follow: true}}
+    - type: WriteToParquet
+      name: write
+      input: read
+      config: {path: out/ev.parquet, part_interval: 1s}
+"#,
+    )
+    .unwrap();
+    let child = spawn(dir.path(), &["run", "-q", "p.yaml"]);
+    let part = dir.path().join("out/ev-000001.parquet");
+    let t0 = std::time::Instant::now();
+    while !part.exists() && t0.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let waited = t0.elapsed();
+    child.signal("-TERM");
+    let o = child.wait(std::time::Duration::from_secs(20), "rill after SIGTERM");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(part.exists(), "no part after {waited:?} of a quiet stream");
+    let o = run_yaml(
+        dir.path(),
+        "pipeline:\n  transforms:\n    - {type: ReadFromParquet, name: r, config: {path: 'out/ev-*.parquet'}}\n    - {type: WriteToJson, name: w, input: r, config: {path: back.jsonl}}\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_jsonl(&dir.path().join("back.jsonl")).len(), 10);
+}

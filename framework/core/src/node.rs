@@ -308,6 +308,14 @@ pub trait Sink: Send {
     fn committed(&mut self) -> Result<(), NodeError> {
         Ok(())
     }
+
+    /// Whether the sink has work due on time alone (records staged for a
+    /// part whose interval passed while no new record came): the stage
+    /// then commits without new input, calling [`Sink::checkpoint`].
+    /// Asked at every tick of the stage (25 ms); keep it cheap.
+    fn checkpoint_due(&self) -> bool {
+        false
+    }
 }
 
 /// A built, running node.

@@ -505,6 +505,16 @@ impl PartTarget for IcebergParts {
         ctx: &BuildContext<'_>,
     ) -> Result<u64, NodeError> {
         self.load()?;
+        if let Some(t) = &self.table {
+            let spec = t.metadata().default_partition_spec();
+            if !spec.fields().is_empty() {
+                return Err(NodeError::BadInput(format!(
+                    "table {} is partitioned ({} partition fields): WriteToIceberg writes unpartitioned tables only",
+                    self.ident,
+                    spec.fields().len()
+                )));
+            }
+        }
         // written and named in the stage's last commit, and maybe not in
         // the table yet
         let mut last = None;

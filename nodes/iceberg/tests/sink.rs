@@ -179,56 +179,9 @@ fn a_new_field_adds_a_column_and_older_rows_read_null() {
 
 #[test]
 fn a_column_of_a_type_rill_does_not_write_takes_nulls_and_refuses_values() {
-    use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
-    use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation};
     let dir = tempfile::tempdir().unwrap();
-    let wh = dir.path().join("iceberg/warehouse");
-    std::fs::create_dir_all(&wh).unwrap();
     // a table another tool made, with a decimal column
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let cat = iceberg_catalog_sql::SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
-            .load(
-                "rill",
-                std::collections::HashMap::from([
-                    (
-                        "uri".to_owned(),
-                        format!(
-                            "sqlite://{}/iceberg/catalog.db?mode=rwc",
-                            dir.path().display()
-                        ),
-                    ),
-                    ("warehouse".to_owned(), wh.display().to_string()),
-                    ("sql_bind_style".to_owned(), "QMark".to_owned()),
-                ]),
-            )
-            .await
-            .unwrap();
-        let ns = NamespaceIdent::new("db".into());
-        cat.create_namespace(&ns, Default::default()).await.unwrap();
-        let schema = Schema::builder()
-            .with_fields(vec![
-                NestedField::optional(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
-                NestedField::optional(
-                    2,
-                    "price",
-                    Type::Primitive(PrimitiveType::Decimal {
-                        precision: 10,
-                        scale: 2,
-                    }),
-                )
-                .into(),
-                NestedField::optional(3, "s", Type::Primitive(PrimitiveType::String)).into(),
-            ])
-            .build()
-            .unwrap();
-        let t = TableCreation::builder()
-            .name("events".into())
-            .schema(schema)
-            .build();
-        cat.create_table(&ns, t).await.unwrap();
-    });
+    other_tool_table(dir.path(), false);
     let state = KeyedState::default();
     let mut s = sink(dir.path(), &state);
     let mut out = Emitter::new();
@@ -255,4 +208,88 @@ fn a_column_of_a_type_rill_does_not_write_takes_nulls_and_refuses_values() {
     let rows = read(dir.path());
     assert_eq!(ids(&rows), vec![1, 3]);
     assert_eq!(rows[0].get("price"), Some(&Value::Null));
+}
+
+/// `db.events` made by the iceberg library as another tool would: `id`
+/// long, `price` decimal(10, 2), `s` string; partitioned by `id` if asked.
+fn other_tool_table(dir: &Path, partitioned: bool) {
+    use iceberg::spec::{
+        NestedField, PrimitiveType, Schema, Transform, Type, UnboundPartitionSpec,
+    };
+    use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation};
+    let wh = dir.join("iceberg/warehouse");
+    std::fs::create_dir_all(&wh).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let cat = iceberg_catalog_sql::SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(iceberg::io::LocalFsStorageFactory))
+            .load(
+                "rill",
+                std::collections::HashMap::from([
+                    (
+                        "uri".to_owned(),
+                        format!("sqlite://{}/iceberg/catalog.db?mode=rwc", dir.display()),
+                    ),
+                    ("warehouse".to_owned(), wh.display().to_string()),
+                    ("sql_bind_style".to_owned(), "QMark".to_owned()),
+                ]),
+            )
+            .await
+            .unwrap();
+        let ns = NamespaceIdent::new("db".into());
+        cat.create_namespace(&ns, Default::default()).await.unwrap();
+        let schema = Schema::builder()
+            .with_fields(vec![
+                NestedField::optional(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+                NestedField::optional(
+                    2,
+                    "price",
+                    Type::Primitive(PrimitiveType::Decimal {
+                        precision: 10,
+                        scale: 2,
+                    }),
+                )
+                .into(),
+                NestedField::optional(3, "s", Type::Primitive(PrimitiveType::String)).into(),
+            ])
+            .build()
+            .unwrap();
+        let t = if partitioned {
+            let spec = UnboundPartitionSpec::builder()
+                .add_partition_field(1, "id_bucket", Transform::Bucket(4))
+                .unwrap()
+                .build();
+            TableCreation::builder()
+                .name("events".into())
+                .schema(schema)
+                .partition_spec(spec)
+                .build()
+        } else {
+            TableCreation::builder()
+                .name("events".into())
+                .schema(schema)
+                .build()
+        };
+        cat.create_table(&ns, t).await.unwrap();
+    });
+}
+
+#[test]
+fn a_partitioned_table_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    other_tool_table(dir.path(), true);
+    let e = testkit::build_yaml_with_state(
+        &registry(),
+        "WriteToIceberg",
+        SINK,
+        dir.path(),
+        &KeyedState::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.starts_with("bad input: "), "exit 2: {e}");
+    assert!(
+        e.contains("table db.events is partitioned (1 partition fields): WriteToIceberg writes unpartitioned tables only"),
+        "{e}"
+    );
 }

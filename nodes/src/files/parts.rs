@@ -594,6 +594,10 @@ impl<T: PartTarget> Sink for PartSink<T> {
     fn committed(&mut self) -> Result<(), NodeError> {
         self.target.committed(&self.state)
     }
+
+    fn checkpoint_due(&self) -> bool {
+        !self.finished && self.due()
+    }
 }
 
 #[cfg(test)]

@@ -390,6 +390,12 @@ impl Actor for StageActor {
                 if node_pending(&sh, st) || st.finish_due {
                     drive(&mut sh, st, &myself).await?;
                 }
+                // a sink with work due on time alone (a part to roll on a
+                // stream that went quiet) commits without new input
+                if !sh.finished_node && matches!(&st.node, Node::Sink(s) if s.checkpoint_due()) {
+                    sh.mark_dirty(0);
+                    sh.commit(&mut st.node).await?;
+                }
                 if sh.commit_due() {
                     sh.commit(&mut st.node).await?;
                 }
