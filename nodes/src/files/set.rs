@@ -464,11 +464,9 @@ impl FileSource {
                     return Ok(SourceStatus::Wait(FOLLOW_POLL));
                 }
                 let Some(every) = self.opts.watch else {
-                    return Ok(if made > 0 {
-                        SourceStatus::More
-                    } else {
-                        SourceStatus::Done
-                    });
+                    // the poll that finds the end says so, with what it made:
+                    // what is appended after it is not read
+                    return Ok(SourceStatus::Done);
                 };
                 let now = Instant::now();
                 if now < self.next_scan {
