@@ -499,6 +499,21 @@ pub fn cell(a: &dyn Array, i: usize, json: bool) -> Value {
             let j = is_json(f);
             Value::List((0..l.len()).map(|k| cell(l.as_ref(), k, j)).collect())
         }
+        DataType::Map(_, _) => {
+            // entries of (key, value): a map with the keys as text
+            let m = a.as_map();
+            let entries = m.value(i);
+            let (keys, values) = (entries.column(0), entries.column(1));
+            let mut f = Fields::default();
+            for k in 0..entries.len() {
+                let key = match cell(keys.as_ref(), k, false) {
+                    Value::String(s) => s.to_string(),
+                    other => value_to_json(&other).to_string(),
+                };
+                f.insert(key.as_str().into(), cell(values.as_ref(), k, false));
+            }
+            Value::Map(f)
+        }
         DataType::Struct(fields) => {
             let s = a.as_struct();
             let mut m = Fields::default();

@@ -101,6 +101,22 @@ impl WriteToParquet {
     }
 }
 
+/// A part sink's `path` names its format, or no extension at all (the
+/// format's is added): `out/ev.json` for Parquet parts would mislead.
+fn check_ext(path: &Path, ext: &str) -> Result<(), ConfigError> {
+    match path.extension().and_then(|e| e.to_str()) {
+        None => Ok(()),
+        Some(e) if e.eq_ignore_ascii_case(ext) => Ok(()),
+        Some(e) => Err(ConfigError::at(
+            "path",
+            format!(
+                "the parts are .{ext} files: `path` ends in .{e} (write `{}.{ext}`, or leave the extension out)",
+                path.with_extension("").display()
+            ),
+        )),
+    }
+}
+
 /// A part-file sink for `path` in `format`.
 fn file_sink<F: PartFormat + 'static>(
     ctx: &BuildContext<'_>,
@@ -131,6 +147,10 @@ impl NodeConfig for WriteToParquet {
         if self.row_group_records == 0 {
             return Err(ConfigError::at("row_group_records", "must be at least 1"));
         }
+        if self.row_group_bytes.0 == 0 {
+            return Err(ConfigError::at("row_group_bytes", "must be more than 0"));
+        }
+        check_ext(&self.path, "parquet")?;
         Ok(())
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
@@ -545,6 +565,7 @@ impl NodeConfig for WriteToAvro {
         check_schema(&self.schema)?;
         self.roll().validate()?;
         avro_codec(&self.codec).map_err(|e| ConfigError::at("codec", e))?;
+        check_ext(&self.path, "avro")?;
         for k in self.schema.iter().flat_map(|s| s.keys()) {
             if !avro_name_ok(k) {
                 return Err(ConfigError::at_path(

@@ -276,3 +276,37 @@ fn a_file_that_is_not_parquet_is_a_dead_letter_and_the_next_is_read() {
         Some(&Value::String("in/b-000001.parquet".into()))
     );
 }
+
+#[test]
+fn a_part_path_names_its_format_and_row_groups_have_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (ty, yaml, want) in [
+        (
+            "WriteToParquet",
+            "{path: out/ev.json}",
+            "the parts are .parquet files: `path` ends in .json (write `out/ev.parquet`",
+        ),
+        (
+            "WriteToAvro",
+            "{path: out/ev.parquet}",
+            "the parts are .avro files",
+        ),
+        (
+            "WriteToParquet",
+            "{path: out/ev, row_group_bytes: 0}",
+            "must be more than 0",
+        ),
+    ] {
+        let e = testkit::build_yaml(&crate::registry(), ty, yaml, dir.path())
+            .err()
+            .unwrap();
+        assert!(e.contains(want), "{yaml}: {e}");
+    }
+    // no extension: the format's is added
+    let state = KeyedState::default();
+    let mut s = sink("WriteToAvro", "{path: out/ev}", dir.path(), &state);
+    write(s.as_mut(), recs(0, 2));
+    s.finish().unwrap();
+    s.checkpoint().unwrap();
+    assert!(parts(dir.path()).contains(&"ev-000001.avro".to_owned()));
+}

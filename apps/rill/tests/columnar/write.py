@@ -1,5 +1,5 @@
 """Writes files as other tools do, for rill to read: a Parquet file with
-pyarrow (narrow ints, float32, timestamps, a struct, lists, nulls, a
+pyarrow (narrow ints, float32, timestamps, a struct, a map, lists, nulls, a
 dictionary column), one with DuckDB, and an Avro file with fastavro. Writes
 expected.json: the rows as rill should read them.
 
@@ -35,6 +35,9 @@ table = pa.table(
             pa.struct([("a", pa.int64()), ("b", pa.string())]),
         ),
         "kind": pa.array([["red", "green"][i % 2] for i in range(n)]).dictionary_encode(),
+        "counts": pa.array(
+            [[("a", i), ("b", 2 * i)] for i in range(n)], pa.map_(pa.string(), pa.int64())
+        ),
     }
 )
 os.makedirs(os.path.join(d, "in"), exist_ok=True)
@@ -53,6 +56,7 @@ for i in range(n):
             "tags": [f"t{i % 3}", "x"] if i % 5 else [],
             "point": {"a": i, "b": str(i)},
             "kind": ["red", "green"][i % 2],
+            "counts": {"a": i, "b": 2 * i},
         }
     )
 
