@@ -83,15 +83,7 @@ struct Case {
 }
 
 fn iceberg_python() -> PathBuf {
-    let setup = rill_hil_tests::root().join("apps/rill/tests/iceberg/setup.sh");
-    let made = Command::new("bash").arg(&setup).output().expect("bash");
-    assert!(
-        made.status.success(),
-        "{} failed: {}",
-        setup.display(),
-        String::from_utf8_lossy(&made.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&made.stdout).trim())
+    rill_hil_tests::python_env(&rill_hil_tests::root().join("apps/rill/tests/iceberg/setup.sh"))
 }
 
 /// The ids the case's output holds, in the order read.

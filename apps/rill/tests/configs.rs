@@ -662,17 +662,7 @@ fn quickstart_landed_in_iceberg() {
     back.sort_by_key(|r| r["ts"].as_i64());
     assert_eq!(back, readings);
     // the README's DuckDB query, with the packages the README installs
-    let setup = root().join("apps/rill/tests/iceberg/setup.sh");
-    let made = std::process::Command::new("bash")
-        .arg(&setup)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-    let python = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    let python = python_env(&root().join("apps/rill/tests/iceberg/setup.sh"));
     let q = std::process::Command::new(python)
         .arg("configs/iceberg/query.py")
         .arg("iceberg/warehouse/rill/readings")

@@ -19,15 +19,7 @@ use serde_json::{Value as J, json};
 fn python() -> &'static PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
-        let setup = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/iceberg/setup.sh");
-        let made = Command::new("bash").arg(&setup).output().expect("bash");
-        assert!(
-            made.status.success(),
-            "{} failed: {}",
-            setup.display(),
-            String::from_utf8_lossy(&made.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&made.stdout).trim())
+        python_env(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/iceberg/setup.sh"))
     })
 }
 

@@ -422,11 +422,10 @@ impl Drop for Proc {
     }
 }
 
-/// Runs the bash script `setup` (it makes a Python environment with
-/// packages from PyPI and prints its python's path), then `python script
-/// DIR` in a new temporary folder, and returns that folder with what the
-/// script wrote there. A failing step fails the test with its stderr.
-pub fn python_outputs(setup: &Path, script: &Path) -> tempfile::TempDir {
+/// Runs the bash script `setup`, which makes (or reuses) a Python
+/// environment with packages from PyPI and prints its python's path, and
+/// returns that path. A failing setup fails the test with its stderr.
+pub fn python_env(setup: &Path) -> PathBuf {
     let made = Command::new("bash").arg(setup).output().expect("bash");
     assert!(
         made.status.success(),
@@ -434,7 +433,14 @@ pub fn python_outputs(setup: &Path, script: &Path) -> tempfile::TempDir {
         setup.display(),
         String::from_utf8_lossy(&made.stderr)
     );
-    let python = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+    PathBuf::from(String::from_utf8_lossy(&made.stdout).trim())
+}
+
+/// Runs the bash script `setup` (see [`python_env`]), then `python script
+/// DIR` in a new temporary folder, and returns that folder with what the
+/// script wrote there. A failing step fails the test with its stderr.
+pub fn python_outputs(setup: &Path, script: &Path) -> tempfile::TempDir {
+    let python = python_env(setup);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ran = Command::new(&python)
         .arg(script)
