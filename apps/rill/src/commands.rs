@@ -240,6 +240,128 @@ pub struct RunFlags {
     metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// `rill serve MODEL_DIR ...`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// The model folder: numbered versions inside (`1/`, `2/`...), as
+    /// RunInference's `model.dir`; a new version is swapped in while serving.
+    model_dir: PathBuf,
+    /// The model handler type.
+    #[arg(long, default_value = "BurnMlp")]
+    handler: String,
+    /// The handler's config, as YAML, e.g. '{task: classify, labels: [a, b, c]}'.
+    #[arg(long, value_name = "YAML")]
+    handler_config: Option<String>,
+    /// Where the HTTP server listens.
+    #[arg(long, default_value = "127.0.0.1:8000", value_name = "HOST:PORT")]
+    http: String,
+    /// Also answer on the Zenoh queryable rill/serve-NAME/NAME/predict.
+    #[arg(long)]
+    zenoh: bool,
+    /// The field holding the model's input (a list of numbers).
+    #[arg(long, value_name = "FIELD")]
+    input: Option<String>,
+    /// An expression making the model's input from a request's fields
+    /// (instead of --input), e.g. '[(temp - 60) / 10, vibration]'.
+    #[arg(long, value_name = "EXPR")]
+    preprocess: Option<String>,
+    #[arg(long, default_value_t = 64)]
+    max_batch_size: usize,
+    /// How long requests wait for others to fill a batch.
+    #[arg(long, default_value = "2ms", value_name = "DURATION")]
+    max_batch_delay: String,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// The environment variable holding the bearer token requests must carry.
+    #[arg(long, value_name = "NAME")]
+    token_env: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics too (they are on the
+    /// serving address already).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// No start-up lines and no summary.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl ServeArgs {
+    pub fn run_flags(&self) -> RunFlags {
+        RunFlags {
+            stages: None,
+            listen: Vec::new(),
+            connect: Vec::new(),
+            quiet: self.quiet,
+            reset_state: false,
+            metrics_addr: self.metrics_addr,
+        }
+    }
+}
+
+/// Writes the one-stage pipeline of `rill serve` to
+/// `.rill/serve/NAME.yaml` and returns its path.
+pub fn serve_pipeline(a: &ServeArgs) -> Result<PathBuf, String> {
+    let dir = &a.model_dir;
+    if !dir.is_dir() {
+        return Err(format!(
+            "{}: no such folder (a model folder holds numbered versions: 1/, 2/...)",
+            dir.display()
+        ));
+    }
+    let name: String = dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // JSON strings are YAML strings: paths and expressions quoted safely
+    let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+    let mut cfg = format!(
+        "        model_handler: {{type: {}, config: {}}}\n        model: {{dir: {}, watch: true}}\n",
+        q(&a.handler),
+        a.handler_config.as_deref().unwrap_or("{}"),
+        q(&dir.to_string_lossy())
+    );
+    match (&a.preprocess, &a.input) {
+        (Some(p), _) => cfg.push_str(&format!("        preprocess: {}\n", q(p))),
+        (None, Some(i)) => cfg.push_str(&format!("        input: {}\n", q(i))),
+        (None, None) => {}
+    }
+    cfg.push_str(&format!(
+        "        batching: {{max_batch_size: {}, max_batch_delay: {}}}\n",
+        a.max_batch_size,
+        q(&a.max_batch_delay)
+    ));
+    let mut serve = format!("{{http: {}", q(&a.http));
+    if a.zenoh {
+        serve.push_str(", zenoh: true");
+    }
+    if let Some(t) = &a.token_env {
+        serve.push_str(&format!(", token_env: {}", q(t)));
+    }
+    serve.push('}');
+    let text = format!(
+        "# written by `rill serve`: a RunInference stage that answers requests\npipeline:\n  name: serve-{name}\n  transforms:\n    - type: RunInference\n      name: {name}\n      resources: {{device: {}}}\n      serve: {serve}\n      config:\n{cfg}",
+        q(&a.device)
+    );
+    let out = PathBuf::from(".rill/serve").join(format!("{name}.yaml"));
+    std::fs::create_dir_all(".rill/serve")
+        .and_then(|_| std::fs::write(&out, text))
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    if !a.quiet {
+        eprintln!("pipeline: {}", out.display());
+    }
+    Ok(out)
+}
+
 /// SIGTERM and SIGINT (Ctrl-C), registered before the run starts so a
 /// signal during start-up is a graceful stop too.
 struct StopSignals {
@@ -289,15 +411,12 @@ pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
     };
     // bound before any stage starts: a taken port is bad input, not a
     // half-started run
-    let metrics_listener = match metrics_addr {
-        None => None,
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("error: --metrics-addr {addr}: {e}");
-                return BAD_INPUT;
-            }
-        },
+    let mut http = match bind_http(&pipeline, stages.as_deref(), metrics_addr).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return BAD_INPUT;
+        }
     };
     let opts = RunOptions {
         stages,
@@ -321,12 +440,15 @@ pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
     };
     let stopper = run.stopper();
     let metrics: Vec<_> = run.metrics().to_vec();
-    let metrics_server = metrics_listener.map(|l| {
-        if !quiet && let Ok(a) = l.local_addr() {
-            eprintln!("metrics: http://{a}/metrics");
+    let servers = match start_servers(&run, &pipeline, &mut http, quiet).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            stopper.stop();
+            let _ = run.wait().await;
+            return BAD_INPUT;
         }
-        rill_runtime::prometheus::serve(l, pipeline.name.clone(), metrics.clone())
-    });
+    };
     let progress = (!quiet && std::io::stderr().is_terminal())
         .then(|| summary::Progress::start(metrics.clone()));
     let signals = tokio::spawn(async move {
@@ -343,7 +465,7 @@ pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
     });
     let result = run.wait().await;
     signals.abort();
-    if let Some(s) = metrics_server {
+    for s in servers {
         s.abort();
     }
     if let Some(p) = progress {
@@ -400,6 +522,140 @@ pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
             FAILED
         }
     }
+}
+
+/// A bound HTTP address: its listener, the served stages on it, and
+/// whether it is `--metrics-addr`.
+struct HttpListener {
+    listener: tokio::net::TcpListener,
+    stages: Vec<String>,
+    metrics: bool,
+}
+
+/// Binds `--metrics-addr` and the `serve.http` address of every stage this
+/// process runs (one listener per address), and checks their tokens are
+/// set: all of it before any stage starts.
+async fn bind_http(
+    pipeline: &Pipeline,
+    only: Option<&[String]>,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> Result<Vec<HttpListener>, String> {
+    let mut wanted: Vec<(std::net::SocketAddr, Option<String>)> = Vec::new();
+    if let Some(a) = metrics_addr {
+        wanted.push((a, None));
+    }
+    for s in &pipeline.stages {
+        if only.is_some_and(|o| !o.contains(&s.name)) {
+            continue;
+        }
+        let Some(spec) = &s.serve else {
+            continue;
+        };
+        if let Some(var) = &spec.token_env
+            && std::env::var(var).map_or(true, |t| t.is_empty())
+        {
+            return Err(format!(
+                "stage `{}`: `serve.token_env` names `{var}`, which is not set (or empty) in the environment",
+                s.name
+            ));
+        }
+        if let Some(a) = spec.http {
+            wanted.push((a.0, Some(s.name.clone())));
+        }
+    }
+    let mut out: Vec<(std::net::SocketAddr, HttpListener)> = Vec::new();
+    for (addr, stage) in wanted {
+        // port 0 binds a listener of its own each time
+        let same = out.iter_mut().find(|(a, _)| *a == addr && addr.port() != 0);
+        let l = match same {
+            Some((_, l)) => l,
+            None => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| match &stage {
+                            Some(s) => format!("stage `{s}`: serve.http {addr}: {e}"),
+                            None => format!("--metrics-addr {addr}: {e}"),
+                        })?;
+                out.push((
+                    addr,
+                    HttpListener {
+                        listener,
+                        stages: Vec::new(),
+                        metrics: false,
+                    },
+                ));
+                &mut out.last_mut().expect("pushed").1
+            }
+        };
+        match stage {
+            Some(s) => l.stages.push(s),
+            None => l.metrics = true,
+        }
+    }
+    Ok(out.into_iter().map(|(_, l)| l).collect())
+}
+
+/// Starts the HTTP servers bound by [`bind_http`] and the Zenoh
+/// queryables of the served stages.
+async fn start_servers(
+    run: &Run,
+    pipeline: &Pipeline,
+    http: &mut Vec<HttpListener>,
+    quiet: bool,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let served = run.served()?;
+    let mut tasks = Vec::new();
+    for l in http.drain(..) {
+        let on: Vec<_> = served
+            .iter()
+            .filter(|s| l.stages.contains(&s.stage))
+            .cloned()
+            .collect();
+        let addr = l.listener.local_addr().map_err(|e| e.to_string())?;
+        if !quiet {
+            if l.metrics {
+                eprintln!("metrics: http://{addr}/metrics");
+            }
+            for s in &on {
+                let name = s.queue.model().map_or(s.stage.clone(), |m| m.name);
+                eprintln!(
+                    "serving `{name}` (stage `{}`) on http://{addr}: KServe v2 /v2/models/{name}/infer, Vertex AI /v1/models/{name}:predict",
+                    s.stage
+                );
+            }
+        }
+        if !on.is_empty() && !addr.ip().is_loopback() {
+            let guarded = on.iter().all(|s| s.token.is_some());
+            tracing::warn!(
+                "serving on {addr}, which is not a loopback address: anyone who reaches it can query the model{}",
+                if guarded {
+                    ""
+                } else {
+                    " (no serve.token_env is set)"
+                }
+            );
+        }
+        let max_body = on
+            .iter()
+            .map(|s| s.spec.max_body.0)
+            .max()
+            .unwrap_or(1 << 20) as usize;
+        let router = rill_runtime::serve::http::router(rill_runtime::serve::http::HttpConfig {
+            pipeline: pipeline.name.clone(),
+            stages: run.metrics().to_vec(),
+            served: on,
+            max_body,
+        });
+        tasks.push(rill_runtime::serve::http::spawn(l.listener, router));
+    }
+    for s in served.into_iter().filter(|s| s.spec.zenoh) {
+        if !quiet {
+            eprintln!("serving stage `{}` on Zenoh: {}", s.stage, s.predict_key());
+        }
+        tasks.push(rill_runtime::serve::zenoh::spawn(run.session(), s).await?);
+    }
+    Ok(tasks)
 }
 
 pub async fn tap(key: String, listen: Vec<String>, connect: Vec<String>, count: Option<u64>) -> u8 {

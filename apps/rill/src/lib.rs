@@ -130,17 +130,17 @@ impl Cli {
             .with_writer(std::io::stderr)
             .with_target(false)
             .try_init();
-        let code =
-            match args.command {
-                Command::Validate { file, machine } => {
-                    commands::validate(&self, &file, machine.as_deref())
-                }
-                Command::Machine => commands::machine(),
-                Command::Graph { file, format } => {
-                    commands::graph(&self, &file, format == GraphFormat::Mermaid)
-                }
-                Command::Types => commands::types(&self),
-                Command::Dlq { action } => match action {
+        let code = match args.command {
+            Command::Validate { file, machine } => {
+                commands::validate(&self, &file, machine.as_deref())
+            }
+            Command::Machine => commands::machine(),
+            Command::Graph { file, format } => {
+                commands::graph(&self, &file, format == GraphFormat::Mermaid)
+            }
+            Command::Types => commands::types(&self),
+            Command::Dlq { action } => {
+                match action {
                     DlqAction::List { file, stage } => dlq::list(&self, &file, stage.as_deref()),
                     DlqAction::Show {
                         file,
@@ -151,17 +151,25 @@ impl Cli {
                     DlqAction::Replay { file, stage, ids } => commands::with_runtime(async move {
                         dlq::replay(&self, &file, &stage, &ids).await
                     }),
-                },
-                Command::Run { file, flags } => {
-                    commands::with_runtime(commands::run(&self, file, flags))
                 }
-                Command::Tap {
-                    key,
-                    listen,
-                    connect,
-                    count,
-                } => commands::with_runtime(commands::tap(key, listen, connect, count)),
-            };
+            }
+            Command::Run { file, flags } => {
+                commands::with_runtime(commands::run(&self, file, flags))
+            }
+            Command::Serve(args) => match commands::serve_pipeline(&args) {
+                Ok(file) => commands::with_runtime(commands::run(&self, file, args.run_flags())),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    commands::BAD_INPUT
+                }
+            },
+            Command::Tap {
+                key,
+                listen,
+                connect,
+                count,
+            } => commands::with_runtime(commands::tap(key, listen, connect, count)),
+        };
         ExitCode::from(code)
     }
 }
@@ -183,6 +191,11 @@ enum Command {
         #[command(flatten)]
         flags: commands::RunFlags,
     },
+    /// Serve a model folder over HTTP (KServe v2 and Vertex AI shapes)
+    /// and Zenoh: a one-stage pipeline of `RunInference` with `serve:`,
+    /// written to `.rill/serve/NAME.yaml` (copy it into a pipeline of your
+    /// own to serve beside a stream).
+    Serve(commands::ServeArgs),
     /// Check a pipeline without running it: against this machine, or the
     /// one described in a JSON file (`rill machine` prints this one's).
     Validate {

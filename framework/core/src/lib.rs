@@ -31,6 +31,7 @@ pub use node::{
 pub use value::{DType, Fields, Name, Record, Tensor, TensorData, Text, Value};
 pub mod node;
 pub mod registry;
+pub mod serve;
 pub mod spec;
 pub mod state;
 pub mod testkit;

@@ -5,17 +5,58 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-/// A distribution: count, sum, min and max of observed values.
-#[derive(Debug, Default)]
+/// The upper bounds of a distribution's buckets: 1, 2, 4, ... 2^31 (the
+/// last bucket holds what is above them all).
+pub const DISTRIBUTION_BOUNDS: [u64; 32] = {
+    let mut b = [0u64; 32];
+    let mut i = 0;
+    while i < 32 {
+        b[i] = 1 << i;
+        i += 1;
+    }
+    b
+};
+
+/// A distribution: count, sum, min and max of observed values, and how
+/// many fell in each power-of-two bucket ([`DISTRIBUTION_BOUNDS`]).
+#[derive(Debug)]
 pub struct Distribution {
     count: AtomicU64,
     sum: AtomicU64,
     min: AtomicU64,
     max: AtomicU64,
+    buckets: [AtomicU64; 33],
+}
+
+impl Default for Distribution {
+    fn default() -> Self {
+        Distribution {
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+            min: AtomicU64::new(0),
+            max: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Distribution {
+    /// The bucket of `v`: the first bound at or above it.
+    fn bucket(v: u64) -> usize {
+        if v <= 1 {
+            0
+        } else {
+            (64 - (v - 1).leading_zeros() as usize).min(32)
+        }
+    }
+
+    /// Observations per bucket (not cumulative).
+    pub fn buckets(&self) -> Vec<u64> {
+        self.buckets.iter().map(|b| b.load(Relaxed)).collect()
+    }
+
     pub fn observe(&self, v: u64) {
+        self.buckets[Self::bucket(v)].fetch_add(1, Relaxed);
         if self.count.fetch_add(1, Relaxed) == 0 {
             self.min.store(v, Relaxed);
         } else {
@@ -166,5 +207,18 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(render(&s[1].1), "n=2 mean=6.0 min=2 max=10");
         assert_eq!(render(&s[2].1), "3");
+    }
+
+    #[test]
+    fn distribution_buckets_are_powers_of_two() {
+        let d = Distribution::default();
+        for v in [0, 1, 2, 3, 4, 5, 64, 65, u64::MAX] {
+            d.observe(v);
+        }
+        let b = d.buckets();
+        // le=1: 0 and 1; le=2: 2; le=4: 3, 4; le=8: 5; le=64: 64; le=128: 65
+        assert_eq!(&b[..8], &[2, 1, 2, 1, 0, 0, 1, 1]);
+        assert_eq!(b[32], 1, "past 2^31: the last bucket");
+        assert_eq!(b.iter().sum::<u64>(), 9);
     }
 }

@@ -444,6 +444,8 @@ pub struct BuildContext<'a> {
     pub metrics: &'a Arc<NodeMetrics>,
     /// The windowing strategy of the stage's input (see [`crate::window`]).
     pub windowing: crate::window::Windowing,
+    /// The stage's request queue when it has `serve:` (see [`crate::serve`]).
+    pub requests: Option<&'a Arc<crate::serve::RequestQueue>>,
 }
 
 impl BuildContext<'_> {
@@ -623,6 +625,13 @@ pub trait NodeConfig: DeserializeOwned + fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// Whether the node answers requests beside its stream (`serve:`, see
+    /// [`crate::serve`]): it takes [`BuildContext::requests`] and answers
+    /// what the runtime grants it in each call.
+    fn serves(&self) -> bool {
+        false
+    }
+
     /// Makes the running node.
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
 }
@@ -646,6 +655,7 @@ pub trait DynNode: fmt::Debug + Send + Sync {
     fn windowing(&self) -> Option<crate::window::Windowing>;
     fn unbounded(&self) -> bool;
     fn needs_bounded_input(&self) -> Option<String>;
+    fn serves(&self) -> bool;
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError>;
 }
 
@@ -679,6 +689,9 @@ impl<C: NodeConfig> DynNode for C {
     }
     fn needs_bounded_input(&self) -> Option<String> {
         NodeConfig::needs_bounded_input(self)
+    }
+    fn serves(&self) -> bool {
+        NodeConfig::serves(self)
     }
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         NodeConfig::build(self, ctx)

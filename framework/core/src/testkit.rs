@@ -208,6 +208,7 @@ pub fn with_context<R>(
         resources,
         metrics,
         windowing: Default::default(),
+        requests: None,
     };
     f(&ctx)
 }

@@ -99,6 +99,13 @@ pub struct Compiled {
 /// sandbox refuses names with double underscores).
 const FILE_ENTRY: &str = "rill_file_callable_entry";
 
+impl Compiled {
+    /// Names of record fields the expression reads, where they are known.
+    pub fn fields_read(&self) -> Vec<String> {
+        self.program.fields_read()
+    }
+}
+
 impl ExprSpec {
     /// Checks the spec without reading files (for `rill validate`): compiles
     /// an inline one, checks the shape of a file-based one.

@@ -27,6 +27,7 @@ pub mod prometheus;
 pub mod protocol;
 pub mod replay;
 pub mod resume;
+pub mod serve;
 pub mod stage;
 pub mod store;
 pub mod supervisor;
@@ -350,6 +351,50 @@ impl Run {
     }
 
     /// The live counters of the local stages.
+    /// The stages this process serves (`serve:`), with their tokens read
+    /// from the environment; an error names a `serve.token_env` that is
+    /// not set.
+    pub fn served(&self) -> Result<Vec<serve::Served>, String> {
+        let mut out = Vec::new();
+        for m in &self.metrics {
+            let Some(q) = m.requests.get() else {
+                continue;
+            };
+            let Some(stage) = self.pipeline.stage(&m.stage) else {
+                continue;
+            };
+            let Some(spec) = stage.serve.clone() else {
+                continue;
+            };
+            let token = match &spec.token_env {
+                None => None,
+                Some(var) => match std::env::var(var) {
+                    Ok(t) if !t.is_empty() => Some(t),
+                    _ => {
+                        return Err(format!(
+                            "stage `{}`: `serve.token_env` names `{var}`, which is not set (or empty) in the environment",
+                            stage.name
+                        ));
+                    }
+                },
+            };
+            out.push(serve::Served {
+                pipeline: self.pipeline.name.clone(),
+                stage: stage.name.clone(),
+                key: stage.key_name(),
+                queue: q.clone(),
+                spec,
+                token,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The process's Zenoh session.
+    pub fn session(&self) -> &zenoh::Session {
+        &self.session
+    }
+
     pub fn metrics(&self) -> &[Arc<StageMetrics>] {
         &self.metrics
     }

@@ -47,6 +47,8 @@ pub struct StageMetrics {
     pub watermark: AtomicI64,
     /// The node's own metrics (a model's batch sizes, load times...).
     pub node: std::sync::Arc<rill_core::metrics::NodeMetrics>,
+    /// The stage's request queue, when it has `serve:`.
+    pub requests: std::sync::OnceLock<std::sync::Arc<rill_core::serve::RequestQueue>>,
 }
 
 impl StageMetrics {
@@ -73,6 +75,7 @@ impl StageMetrics {
             foreign: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
             node: Default::default(),
+            requests: std::sync::OnceLock::new(),
         }
     }
 

@@ -1,54 +1,31 @@
-//! The Prometheus `/metrics` endpoint (`rill run --metrics-addr ADDR`).
+//! The Prometheus exposition of a pipeline's metrics (`/metrics` on
+//! `rill run --metrics-addr ADDR`, and on every `serve.http` address).
 //!
-//! Every stage this process runs, in Prometheus' text exposition format
-//! (version 0.0.4), labelled `pipeline`, `stage` and `type`:
-//! the runtime's counters and gauges, the processing-latency histogram, and
-//! the node's own metrics (for RunInference, Beam's `num_inferences`,
-//! `inference_batch_latency_micro_secs`, ...).
-//!
-//! The server is a small HTTP/1.1 responder on tokio: `GET /metrics` (and
-//! `HEAD`), one request per connection, requests over 8 KiB refused.
-//! Nothing else is served. Slow or idle clients cannot starve it: every
-//! connection is accepted; a request must arrive within 2 s and be answered
-//! within 5 s; and past [`MAX_CONNECTIONS`] at once, the oldest connection
-//! still sending its request is dropped for the new one (a scraper sends
-//! its request at once, so it is not the one dropped).
+//! Every stage this process runs, labelled `pipeline`, `stage` and `type`:
+//! the runtime's counters and gauges, the processing-latency histogram, the
+//! node's own metrics (for RunInference, Beam's `num_inferences`,
+//! `inference_batch_latency_micro_secs`, ...), and for stages that serve,
+//! their request queues. The text is written by the `prometheus-client`
+//! crate: Prometheus' text format 0.0.4 by default, OpenMetrics when the
+//! scraper asks for it (`Accept: application/openmetrics-text`). The HTTP
+//! server is [`crate::serve::http`].
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
-use rill_core::metrics::Metric;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use rill_core::metrics::{DISTRIBUTION_BOUNDS, Metric};
 
 use crate::metrics::{LATENCY_BUCKETS_US, StageMetrics};
 
-/// Connections held at once; a new one past this drops the oldest that
-/// has not sent its request yet.
-pub const MAX_CONNECTIONS: usize = 64;
-const MAX_REQUEST: usize = 8 * 1024;
-/// Time to send the request.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time for the whole exchange.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One open connection: its task, and whether it is still reading its
-/// request.
-struct Open {
-    id: u64,
-    task: tokio::task::AbortHandle,
-    reading: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// A label value, escaped as the text format wants.
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+/// The content type of the 0.0.4 text format.
+pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// The content type of OpenMetrics text.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A metric name from a node's own metric name: `[a-zA-Z0-9_]` only.
 fn metric_name(name: &str) -> String {
@@ -57,326 +34,365 @@ fn metric_name(name: &str) -> String {
         .collect()
 }
 
-/// Writes metric families: each name's `# HELP` and `# TYPE` once, then
-/// its samples for every stage.
-struct Families {
-    out: String,
-}
-
-impl Families {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &str, extra: &str, v: impl std::fmt::Display) {
-        let sep = if extra.is_empty() { "" } else { "," };
-        let _ = writeln!(self.out, "{name}{{{labels}{sep}{extra}}} {v}");
-    }
-}
-
 /// Seconds from microseconds, as Prometheus wants base units.
 fn secs(us: u64) -> f64 {
     us as f64 / 1e6
 }
 
-/// The text exposition of `stages`.
-pub fn render(pipeline: &str, stages: &[Arc<StageMetrics>]) -> String {
-    let mut f = Families { out: String::new() };
-    let labels: Vec<String> = stages
-        .iter()
-        .map(|m| {
-            format!(
-                "pipeline=\"{}\",stage=\"{}\",type=\"{}\"",
-                esc(pipeline),
-                esc(&m.stage),
-                esc(&m.type_name)
-            )
-        })
-        .collect();
-    type Read = fn(&StageMetrics) -> f64;
-    let simple: [(&str, &str, &str, Read); 13] = [
-        (
-            "rill_stage_records_in_total",
-            "counter",
-            "records handed to the node (again after a restart)",
-            |m| m.records_in.load(Relaxed) as f64,
-        ),
-        (
-            "rill_stage_records_out_total",
-            "counter",
-            "records published on the main and named outputs",
-            |m| m.records_out.load(Relaxed) as f64,
-        ),
-        (
-            "rill_stage_errors_total",
-            "counter",
-            "records that failed (dead letters or stage failures)",
-            |m| m.errors.load(Relaxed) as f64,
-        ),
-        (
-            "rill_stage_restarts_total",
-            "counter",
-            "times the supervisor restarted the stage",
-            |m| m.restarts.load(Relaxed) as f64,
-        ),
-        (
-            "rill_stage_dropped_total",
-            "counter",
-            "records dropped by a drop_oldest queue",
-            |m| m.dropped.load(Relaxed) as f64,
-        ),
-        (
-            "rill_stage_timeouts_total",
-            "counter",
-            "calls or start-ups past the stage's timeout",
-            |m| m.timeouts.load(Relaxed) as f64,
-        ),
-        (
-            "rill_stage_foreign_messages_total",
-            "counter",
-            "messages from a producer epoch no live producer announced (dropped)",
-            |m| m.foreign.load(Relaxed) as f64,
-        ),
-        (
-            "rill_stage_watermark_seconds",
-            "gauge",
-            "the stage's event-time watermark, seconds since the epoch (absent before one is known)",
-            |m| match m.watermark.load(Relaxed) {
-                i64::MIN => f64::NAN,
-                i64::MAX => f64::INFINITY,
-                w => w as f64 / 1000.0,
-            },
-        ),
-        (
-            "rill_stage_commits_total",
-            "counter",
-            "durable commits of the stage's state and output log",
-            |m| m.commits.load(Relaxed) as f64,
-        ),
-        (
-            "rill_stage_commit_seconds_total",
-            "counter",
-            "time spent in commits",
-            |m| secs(m.commit_us.load(Relaxed)),
-        ),
-        (
-            "rill_stage_queue_depth",
-            "gauge",
-            "records received and not yet processed",
-            |m| m.queue_depth.load(Relaxed).max(0) as f64,
-        ),
-        (
-            "rill_stage_queue_high_water",
-            "gauge",
-            "highest queue depth seen",
-            |m| m.queue_high_water.load(Relaxed).max(0) as f64,
-        ),
-        (
-            "rill_stage_log_high_water",
-            "gauge",
-            "most records an output held unacknowledged at once",
-            |m| m.log_high_water.load(Relaxed) as f64,
-        ),
-    ];
-    for (name, kind, help, read) in simple {
-        f.family(name, kind, help);
-        for (m, l) in stages.iter().zip(&labels) {
-            f.sample(name, l, "", read(m));
-        }
+/// The stages of one process, read at each scrape.
+#[derive(Debug)]
+pub struct StagesCollector {
+    pub pipeline: String,
+    pub stages: Vec<Arc<StageMetrics>>,
+}
+
+type Labels = [(&'static str, String); 3];
+
+enum Read {
+    Counter(fn(&StageMetrics) -> u64),
+    Seconds(fn(&StageMetrics) -> f64),
+    Gauge(fn(&StageMetrics) -> i64),
+    GaugeF(fn(&StageMetrics) -> f64),
+}
+
+impl StagesCollector {
+    fn labels(&self, m: &StageMetrics) -> Labels {
+        [
+            ("pipeline", self.pipeline.clone()),
+            ("stage", m.stage.clone()),
+            ("type", m.type_name.clone()),
+        ]
     }
-    let name = "rill_stage_processing_seconds";
-    f.family(name, "histogram", "time the node took per call (per batch)");
-    for (m, l) in stages.iter().zip(&labels) {
-        let mut acc = 0;
-        for (i, c) in m.latency.iter().enumerate() {
-            acc += c.load(Relaxed);
-            let le = match LATENCY_BUCKETS_US.get(i) {
-                Some(b) => secs(*b).to_string(),
-                None => "+Inf".to_owned(),
-            };
-            f.sample(&format!("{name}_bucket"), l, &format!("le=\"{le}\""), acc);
-        }
-        f.sample(&format!("{name}_sum"), l, "", secs(m.busy_us.load(Relaxed)));
-        f.sample(&format!("{name}_count"), l, "", acc);
-    }
-    // the nodes' own metrics, by name, across stages
-    let mut names: Vec<(String, &'static str)> = Vec::new();
-    let snaps: Vec<Vec<(String, Arc<Metric>)>> = stages.iter().map(|m| m.node.snapshot()).collect();
-    for (n, m) in snaps.iter().flatten() {
-        let kind = match &**m {
-            Metric::Counter(_) => "counter",
-            Metric::Gauge(_) => "gauge",
-            Metric::Distribution(_) => "summary",
-            Metric::Label(_) => "info",
+
+    fn simple(&self, enc: &mut DescriptorEncoder, name: &str, help: &str, read: Read) -> Fmt {
+        let kind = match read {
+            Read::Counter(_) | Read::Seconds(_) => MetricType::Counter,
+            Read::Gauge(_) | Read::GaugeF(_) => MetricType::Gauge,
         };
-        if !names.iter().any(|(x, k)| x == n && *k == kind) {
-            names.push((n.clone(), kind));
-        }
-    }
-    for (n, kind) in names {
-        let base = format!("rill_{}", metric_name(&n));
-        let help = format!("the node's `{n}`");
-        match kind {
-            "counter" => f.family(&format!("{base}_total"), "counter", &help),
-            "gauge" => f.family(&base, "gauge", &help),
-            "summary" => f.family(&base, "summary", &help),
-            _ => f.family(&format!("{base}_info"), "gauge", &help),
-        }
-        for (snap, l) in snaps.iter().zip(&labels) {
-            for (_, m) in snap.iter().filter(|(x, _)| *x == n) {
-                match &**m {
-                    Metric::Counter(c) if kind == "counter" => {
-                        f.sample(&format!("{base}_total"), l, "", c.load(Relaxed))
-                    }
-                    Metric::Gauge(g) if kind == "gauge" => f.sample(&base, l, "", g.load(Relaxed)),
-                    Metric::Distribution(d) if kind == "summary" => {
-                        f.sample(&format!("{base}_sum"), l, "", d.sum());
-                        f.sample(&format!("{base}_count"), l, "", d.count());
-                    }
-                    Metric::Label(v) if kind == "info" => f.sample(
-                        &format!("{base}_info"),
-                        l,
-                        &format!("value=\"{}\"", esc(&v.lock().unwrap())),
-                        1,
-                    ),
-                    _ => {}
-                }
+        let mut me = enc.encode_descriptor(name, help, None, kind)?;
+        for m in &self.stages {
+            let l = self.labels(m);
+            let mut f = me.encode_family(&l)?;
+            match read {
+                Read::Counter(r) => f.encode_counter::<NoLabelSet, _, u64>(&r(m), None)?,
+                Read::Seconds(r) => f.encode_counter::<NoLabelSet, _, f64>(&r(m), None)?,
+                Read::Gauge(r) => f.encode_gauge(&r(m))?,
+                Read::GaugeF(r) => f.encode_gauge(&r(m))?,
             }
         }
-        // a distribution's extremes, as gauges of their own
-        if kind == "summary" {
-            for (suffix, what) in [("min", "smallest"), ("max", "largest")] {
-                let g = format!("{base}_{suffix}");
-                f.family(
-                    &g,
-                    "gauge",
-                    &format!("the {what} value of the node's `{n}`"),
-                );
-                for (snap, l) in snaps.iter().zip(&labels) {
+        Ok(())
+    }
+}
+
+type Fmt = Result<(), std::fmt::Error>;
+
+impl Collector for StagesCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Fmt {
+        use Read::{Counter, Gauge, GaugeF, Seconds};
+        let simple: [(&str, &str, Read); 13] = [
+            (
+                "rill_stage_records_in",
+                "records handed to the node (again after a restart)",
+                Counter(|m| m.records_in.load(Relaxed)),
+            ),
+            (
+                "rill_stage_records_out",
+                "records published on the main and named outputs",
+                Counter(|m| m.records_out.load(Relaxed)),
+            ),
+            (
+                "rill_stage_errors",
+                "records that failed (dead letters or stage failures)",
+                Counter(|m| m.errors.load(Relaxed)),
+            ),
+            (
+                "rill_stage_restarts",
+                "times the supervisor restarted the stage",
+                Counter(|m| m.restarts.load(Relaxed)),
+            ),
+            (
+                "rill_stage_dropped",
+                "records dropped by a drop_oldest queue",
+                Counter(|m| m.dropped.load(Relaxed)),
+            ),
+            (
+                "rill_stage_timeouts",
+                "calls or start-ups past the stage's timeout",
+                Counter(|m| m.timeouts.load(Relaxed)),
+            ),
+            (
+                "rill_stage_foreign_messages",
+                "messages from a producer epoch no live producer announced (dropped)",
+                Counter(|m| m.foreign.load(Relaxed)),
+            ),
+            (
+                "rill_stage_watermark_seconds",
+                "the stage's event-time watermark, seconds since the epoch (NaN before one is known)",
+                GaugeF(|m| match m.watermark.load(Relaxed) {
+                    i64::MIN => f64::NAN,
+                    i64::MAX => f64::INFINITY,
+                    w => w as f64 / 1000.0,
+                }),
+            ),
+            (
+                "rill_stage_commits",
+                "durable commits of the stage's state and output log",
+                Counter(|m| m.commits.load(Relaxed)),
+            ),
+            (
+                "rill_stage_commit_seconds",
+                "time spent in commits",
+                Seconds(|m| secs(m.commit_us.load(Relaxed))),
+            ),
+            (
+                "rill_stage_queue_depth",
+                "records received and not yet processed",
+                Gauge(|m| m.queue_depth.load(Relaxed).max(0)),
+            ),
+            (
+                "rill_stage_queue_high_water",
+                "highest queue depth seen",
+                Gauge(|m| m.queue_high_water.load(Relaxed).max(0)),
+            ),
+            (
+                "rill_stage_log_high_water",
+                "most records an output held unacknowledged at once",
+                Gauge(|m| m.log_high_water.load(Relaxed) as i64),
+            ),
+        ];
+        for (name, help, read) in simple {
+            self.simple(&mut enc, name, help, read)?;
+        }
+        {
+            let mut me = enc.encode_descriptor(
+                "rill_stage_processing_seconds",
+                "time the node took per call (per batch)",
+                None,
+                MetricType::Histogram,
+            )?;
+            for m in &self.stages {
+                let l = self.labels(m);
+                let buckets: Vec<(f64, u64)> = m
+                    .latency
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let le = LATENCY_BUCKETS_US
+                            .get(i)
+                            .map_or(f64::INFINITY, |b| secs(*b));
+                        (le, c.load(Relaxed))
+                    })
+                    .collect();
+                let count = buckets.iter().map(|(_, c)| c).sum();
+                me.encode_family(&l)?.encode_histogram::<NoLabelSet>(
+                    secs(m.busy_us.load(Relaxed)),
+                    count,
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+        self.node_metrics(&mut enc)?;
+        self.serving(&mut enc)
+    }
+}
+
+impl StagesCollector {
+    /// The nodes' own metrics, by name, across stages.
+    fn node_metrics(&self, enc: &mut DescriptorEncoder) -> Fmt {
+        let snaps: Vec<Vec<(String, Arc<Metric>)>> =
+            self.stages.iter().map(|m| m.node.snapshot()).collect();
+        let mut names: Vec<(String, MetricType)> = Vec::new();
+        for (n, m) in snaps.iter().flatten() {
+            let kind = match &**m {
+                Metric::Counter(_) => MetricType::Counter,
+                Metric::Gauge(_) => MetricType::Gauge,
+                Metric::Distribution(_) => MetricType::Histogram,
+                Metric::Label(_) => MetricType::Info,
+            };
+            if !names.iter().any(|(x, k)| x == n && *k == kind) {
+                names.push((n.clone(), kind));
+            }
+        }
+        for (n, kind) in names {
+            let base = format!("rill_{}", metric_name(&n));
+            let help = format!("the node's `{n}`");
+            {
+                let mut me = enc.encode_descriptor(&base, &help, None, kind)?;
+                for (snap, st) in snaps.iter().zip(&self.stages) {
+                    let l = self.labels(st);
                     for (_, m) in snap.iter().filter(|(x, _)| *x == n) {
-                        if let Metric::Distribution(d) = &**m
-                            && d.count() > 0
-                        {
-                            let v = if suffix == "min" { d.min() } else { d.max() };
-                            f.sample(&g, l, "", v);
+                        encode_node_metric(&mut me, &l, m, kind)?;
+                    }
+                }
+            }
+            // a distribution's extremes, as gauges of their own
+            if kind == MetricType::Histogram {
+                for (suffix, what) in [("min", "smallest"), ("max", "largest")] {
+                    let g = format!("{base}_{suffix}");
+                    let help = format!("the {what} value of the node's `{n}`");
+                    let mut me = enc.encode_descriptor(&g, &help, None, MetricType::Gauge)?;
+                    for (snap, st) in snaps.iter().zip(&self.stages) {
+                        let l = self.labels(st);
+                        for (_, m) in snap.iter().filter(|(x, _)| *x == n) {
+                            if let Metric::Distribution(d) = &**m
+                                && d.count() > 0
+                            {
+                                let v = if suffix == "min" { d.min() } else { d.max() };
+                                me.encode_family(&l)?.encode_gauge(&v)?;
+                            }
                         }
                     }
                 }
             }
         }
+        Ok(())
     }
-    f.out
-}
 
-/// Serves `/metrics` on `listener` until the task is aborted.
-pub fn serve(
-    listener: TcpListener,
-    pipeline: String,
-    stages: Vec<Arc<StageMetrics>>,
-) -> JoinHandle<()> {
-    let shared = Arc::new((pipeline, stages));
-    let open: Arc<std::sync::Mutex<std::collections::VecDeque<Open>>> = Arc::default();
-    tokio::spawn(async move {
-        let mut next_id = 0u64;
-        loop {
-            let (conn, _) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!("metrics endpoint: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            next_id += 1;
-            let id = next_id;
-            let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
-            let (shared2, open2, reading2) = (shared.clone(), open.clone(), reading.clone());
-            let task = tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    REQUEST_TIMEOUT,
-                    answer(conn, &shared2.0, &shared2.1, &reading2),
-                )
-                .await;
-                open2.lock().unwrap().retain(|o| o.id != id);
-            });
-            let mut held = open.lock().unwrap();
-            held.push_back(Open {
-                id,
-                task: task.abort_handle(),
-                reading,
-            });
-            if held.len() > MAX_CONNECTIONS
-                && let Some(i) = held.iter().position(|o| o.reading.load(Relaxed))
-                && let Some(old) = held.remove(i)
-            {
-                old.task.abort();
-            }
-        }
-    })
-}
-
-async fn answer(
-    mut conn: TcpStream,
-    pipeline: &str,
-    stages: &[Arc<StageMetrics>],
-    reading: &std::sync::atomic::AtomicBool,
-) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let read_by = tokio::time::Instant::now() + READ_TIMEOUT;
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() > MAX_REQUEST {
-            return reply(&mut conn, "431 Request Header Fields Too Large", "", false).await;
-        }
-        let n = match tokio::time::timeout_at(read_by, conn.read(&mut chunk)).await {
-            Ok(n) => n?,
-            Err(_) => return Ok(()),
-        };
-        if n == 0 {
+    /// The request queues of stages that serve.
+    fn serving(&self, enc: &mut DescriptorEncoder) -> Fmt {
+        let served: Vec<_> = self
+            .stages
+            .iter()
+            .filter_map(|m| m.requests.get().map(|q| (m, q)))
+            .collect();
+        if served.is_empty() {
             return Ok(());
         }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    reading.store(false, Relaxed);
-    let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET" | "HEAD", "/metrics") => {
-            let body = render(pipeline, stages);
-            reply(&mut conn, "200 OK", &body, method == "HEAD").await
+        type Q = rill_core::serve::RequestQueue;
+        let families: [(&str, &str, MetricType, fn(&Q) -> u64); 5] = [
+            (
+                "rill_serve_requests",
+                "requests answered by the stage's node",
+                MetricType::Counter,
+                |q| q.served_requests.load(Relaxed),
+            ),
+            (
+                "rill_serve_rows",
+                "request rows (instances) answered by the stage's node",
+                MetricType::Counter,
+                |q| q.served_rows.load(Relaxed),
+            ),
+            (
+                "rill_serve_expired",
+                "requests whose deadline passed while they waited",
+                MetricType::Counter,
+                |q| q.expired.load(Relaxed),
+            ),
+            (
+                "rill_serve_queue_full",
+                "requests refused because the request queue was full (HTTP 429)",
+                MetricType::Counter,
+                |q| q.refused_full.load(Relaxed),
+            ),
+            (
+                "rill_serve_queue_rows",
+                "request rows waiting for the node",
+                MetricType::Gauge,
+                |q| q.waiting_rows.load(Relaxed) as u64,
+            ),
+        ];
+        for (name, help, kind, read) in families {
+            let mut me = enc.encode_descriptor(name, help, None, kind)?;
+            for (m, q) in &served {
+                let l = self.labels(m);
+                let mut f = me.encode_family(&l)?;
+                if kind == MetricType::Counter {
+                    f.encode_counter::<NoLabelSet, _, u64>(&read(q), None)?;
+                } else {
+                    f.encode_gauge(&read(q))?;
+                }
+            }
         }
-        ("GET" | "HEAD", _) => {
-            reply(
-                &mut conn,
-                "404 Not Found",
-                "rill serves /metrics only\n",
-                method == "HEAD",
-            )
-            .await
-        }
-        _ => reply(&mut conn, "405 Method Not Allowed", "", false).await,
+        Ok(())
     }
 }
 
-async fn reply(conn: &mut TcpStream, status: &str, body: &str, head: bool) -> std::io::Result<()> {
-    let header = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    conn.write_all(header.as_bytes()).await?;
-    if !head {
-        conn.write_all(body.as_bytes()).await?;
+fn encode_node_metric(me: &mut MetricEncoder, l: &Labels, m: &Metric, kind: MetricType) -> Fmt {
+    match m {
+        Metric::Counter(c) if kind == MetricType::Counter => me
+            .encode_family(l)?
+            .encode_counter::<NoLabelSet, _, u64>(&c.load(Relaxed), None),
+        Metric::Gauge(g) if kind == MetricType::Gauge => {
+            me.encode_family(l)?.encode_gauge(&g.load(Relaxed))
+        }
+        Metric::Distribution(d) if kind == MetricType::Histogram => {
+            // powers of two up to the first at or above the largest value
+            // seen (the rest are empty), then +Inf
+            let counts = d.buckets();
+            let top = DISTRIBUTION_BOUNDS
+                .iter()
+                .position(|b| *b >= d.max())
+                .unwrap_or(DISTRIBUTION_BOUNDS.len());
+            let mut buckets: Vec<(f64, u64)> = (0..top.min(DISTRIBUTION_BOUNDS.len() - 1) + 1)
+                .map(|i| (DISTRIBUTION_BOUNDS[i] as f64, counts[i]))
+                .collect();
+            let rest: u64 = counts[buckets.len()..].iter().sum();
+            buckets.push((f64::INFINITY, rest));
+            me.encode_family(l)?.encode_histogram::<NoLabelSet>(
+                d.sum() as f64,
+                d.count(),
+                &buckets,
+                None,
+            )
+        }
+        Metric::Label(v) if kind == MetricType::Info => {
+            let v = v.lock().unwrap().clone();
+            me.encode_family(l)?.encode_info(&[("value", v)])
+        }
+        _ => Ok(()),
     }
-    conn.shutdown().await
+}
+
+/// A registry holding `stages` (read at each scrape).
+pub fn registry(pipeline: &str, stages: &[Arc<StageMetrics>]) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(StagesCollector {
+        pipeline: pipeline.to_owned(),
+        stages: stages.to_vec(),
+    }));
+    r
+}
+
+/// The text exposition (format 0.0.4) of `stages`.
+pub fn render(pipeline: &str, stages: &[Arc<StageMetrics>]) -> String {
+    render_registry(&registry(pipeline, stages), false)
+}
+
+/// `registry` as text: OpenMetrics, or Prometheus' 0.0.4 format.
+pub fn render_registry(registry: &Registry, openmetrics: bool) -> String {
+    let mut out = String::new();
+    let r = if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+    };
+    // writing to a String fails only on a metric's own formatting error
+    if let Err(e) = r {
+        tracing::warn!("metrics exposition failed: {e}");
+    }
+    out
+}
+
+/// Serves `/metrics` alone on `listener` until the task is aborted.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    pipeline: String,
+    stages: Vec<Arc<StageMetrics>>,
+) -> tokio::task::JoinHandle<()> {
+    let app = crate::serve::http::router(crate::serve::http::HttpConfig {
+        pipeline,
+        stages,
+        served: Vec::new(),
+        max_body: 1 << 20,
+    });
+    crate::serve::http::spawn(listener, app)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn text_format_has_every_family_once_and_cumulative_buckets() {
@@ -404,8 +420,8 @@ mod tests {
         assert_eq!(line("# TYPE rill_stage_records_in_total").len(), 1);
         let l = "pipeline=\"p\",stage=\"infer\",type=\"RunInference\"";
         for (le, n) in [
-            ("0.00001", 0),
-            ("0.00005", 1),
+            ("1e-05", 0),
+            ("5e-05", 1),
             ("0.001", 2),
             ("1", 2),
             ("+Inf", 3),
@@ -415,7 +431,17 @@ mod tests {
         }
         assert!(text.contains(&format!("rill_stage_processing_seconds_count{{{l}}} 3")));
         assert!(text.contains(&format!("rill_num_inferences_total{{{l}}} 5")));
-        assert!(text.contains(&format!("rill_inference_request_batch_size_sum{{{l}}} 5")));
+        assert!(text.contains(&format!("rill_inference_request_batch_size_sum{{{l}}} 5.0")));
+        // a distribution is a histogram of power-of-two buckets up to its max
+        assert!(text.contains("# TYPE rill_inference_request_batch_size histogram"));
+        for (le, n) in [("1", 1), ("2", 1), ("4", 2), ("+Inf", 2)] {
+            let want = format!("rill_inference_request_batch_size_bucket{{{l},le=\"{le}\"}} {n}");
+            assert!(text.contains(&want), "{want}\n{text}");
+        }
+        assert!(
+            !text.contains("le=\"8\""),
+            "no buckets past the largest value"
+        );
         assert!(text.contains(&format!("rill_inference_request_batch_size_count{{{l}}} 2")));
         assert!(text.contains(&format!("rill_inference_request_batch_size_max{{{l}}} 4")));
         assert!(text.contains(&format!("rill_model_version_info{{{l},value=\"2\"}} 1")));
@@ -425,5 +451,10 @@ mod tests {
             assert!(v.parse::<f64>().is_ok(), "{s}");
             assert!(s.contains("{pipeline=\""), "{s}");
         }
+        // OpenMetrics on request
+        let a = Arc::new(StageMetrics::new("infer", "RunInference"));
+        let om = render_registry(&registry("p", &[a]), true);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE rill_stage_records_in counter"), "{om}");
     }
 }

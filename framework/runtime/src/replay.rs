@@ -61,6 +61,7 @@ const REPLAY: &str = "dlq-replay";
 fn replay_pipeline(p: &Pipeline, stage: &Stage, records: Vec<Record>, state: &Path) -> Pipeline {
     let down = p.downstream(&stage.name);
     let source = Stage {
+        serve: None,
         name: REPLAY.into(),
         type_name: "DlqReplay".into(),
         kind: NodeKind::Source,

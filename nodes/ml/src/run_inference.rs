@@ -283,6 +283,10 @@ impl NodeConfig for RunInference {
         true
     }
 
+    fn serves(&self) -> bool {
+        true
+    }
+
     fn build(&self, ctx: &BuildContext<'_>) -> Result<Node, NodeError> {
         let h = self.handler().map_err(|e| NodeError::Failed(e.message))?;
         let dev = device::resolve(ctx.resources.device).map_err(NodeError::Failed)?;
@@ -387,18 +391,38 @@ impl NodeConfig for RunInference {
                 .and_then(|e| e.map(|e| e.compile(what, ctx.base_dir)).transpose())
                 .map_err(NodeError::Failed)
         };
+        let input = self
+            .input
+            .clone()
+            .unwrap_or(InputSpec::Field("features".into()));
+        let pre = compile("preprocess")?;
+        if let Some(q) = ctx.requests {
+            // what the protocols describe: the fields a request row carries
+            let inputs = match (&pre, &input) {
+                (Some(p), _) => p.fields_read(),
+                (None, InputSpec::Field(f)) => vec![f.to_string()],
+                (None, InputSpec::Fields(fs)) => fs.iter().map(|f| f.to_string()).collect(),
+            };
+            q.set_model(rill_core::serve::ServedModel {
+                name: model_id.clone(),
+                version: default
+                    .as_ref()
+                    .map(|s| s.version.clone())
+                    .unwrap_or_default(),
+                inputs,
+                output: self.inference_field.clone(),
+            });
+        }
         Ok(Node::Transform(Box::new(RunInferenceNode {
+            requests: ctx.requests.cloned(),
             loader,
             instances,
             default,
             model_id: model_id.into(),
             keyed,
             watcher,
-            input: self
-                .input
-                .clone()
-                .unwrap_or(InputSpec::Field("features".into())),
-            pre: compile("preprocess")?,
+            input,
+            pre,
             post: compile("postprocess")?,
             // Beam YAML's place for the hook, and Beam's argument with it
             post_on_prediction: self.postprocess.is_none()
@@ -584,6 +608,9 @@ fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
 }
 
 struct RunInferenceNode {
+    /// The stage's request queue (`serve:`): granted requests run in the
+    /// same passes as the stream's records and are answered, never emitted.
+    requests: Option<Arc<rill_core::serve::RequestQueue>>,
     loader: Arc<dyn Loader>,
     instances: usize,
     default: Option<Serving>,
@@ -819,8 +846,24 @@ impl Transform for RunInferenceNode {
                 info!(stage = %self.stage, from = ?old, to = v, "model version swapped in");
                 self.metrics.label("model_version", &s.version);
                 self.metrics.count("model_swaps", 1);
+                if let Some(q) = &self.requests {
+                    q.set_version(&s.version);
+                }
                 self.default = Some(s);
             }
+        }
+        // granted requests ride in the same batch, after the stream's records
+        let mut batch = batch;
+        let n_stream = batch.len();
+        let mut requests = match &self.requests {
+            Some(q) => q.take_granted(),
+            None => Vec::new(),
+        };
+        let mut spans = Vec::with_capacity(requests.len());
+        for r in &mut requests {
+            let rows = r.take_rows();
+            spans.push(rows.len());
+            batch.extend(rows);
         }
         let n = batch.len();
         let mut results: Vec<Option<Result<Value, String>>> = vec![None; n];
@@ -919,8 +962,14 @@ impl Transform for RunInferenceNode {
             drop(examples);
             Vec::new()
         };
-        out.reserve(n);
+        out.reserve(n_stream);
+        let mut answers: Vec<rill_core::serve::RowResult> = Vec::with_capacity(n - n_stream);
         for (i, (mut r, res)) in batch.into_iter().zip(results).enumerate() {
+            if i >= n_stream {
+                // a request's row: answered, never emitted nor dead-lettered
+                answers.push(self.answer_row(i, r, res, &mut kept, &versions));
+                continue;
+            }
             match res {
                 Some(Ok(v)) => {
                     let w = if self.keyed.is_some() {
@@ -970,7 +1019,76 @@ impl Transform for RunInferenceNode {
                 None => out.fail(r, format!("record {i} of the batch got no result")),
             }
         }
+        if let Some(q) = &self.requests {
+            let mut answers = answers.into_iter();
+            for (req, len) in requests.into_iter().zip(spans) {
+                let rows: Vec<_> = answers.by_ref().take(len).collect();
+                q.served(len);
+                req.answer(Ok(rows));
+            }
+        }
         Ok(())
+    }
+}
+
+impl RunInferenceNode {
+    /// The answer for row `i` of a request: the row with the inference,
+    /// `model_id` and `model_version` (after `postprocess`), as the
+    /// stream's record would be emitted, or why it failed.
+    fn answer_row(
+        &self,
+        i: usize,
+        mut r: Record,
+        res: Option<Result<Value, String>>,
+        kept: &mut [Option<Value>],
+        versions: &[(Which, rill_core::Text)],
+    ) -> rill_core::serve::RowResult {
+        let v = match res {
+            Some(Ok(v)) => v,
+            Some(Err(msg)) => return Err(msg),
+            None => return Err("the row got no result".into()),
+        };
+        let w = if self.keyed.is_some() {
+            self.which(&r).unwrap_or(Which::Default)
+        } else {
+            Which::Default
+        };
+        let version = versions
+            .iter()
+            .find(|(x, _)| *x == w)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let id: rill_core::Text = match &w {
+            Which::Key(k) => format!("{}/{k}", self.model_id).into(),
+            Which::Default => self.model_id.clone(),
+        };
+        let post_value = match &self.post {
+            Some(post) if self.post_on_prediction => {
+                let prediction = Record::default()
+                    .with(
+                        "example",
+                        kept.get_mut(i)
+                            .and_then(Option::take)
+                            .unwrap_or(Value::Null),
+                    )
+                    .with("inference", v.clone())
+                    .with("model_id", Value::String(id.clone()))
+                    .with("model_version", Value::String(version.clone()));
+                Some(post.eval(&prediction))
+            }
+            _ => None,
+        };
+        r.fields.insert(self.field.clone(), v);
+        r.fields.insert(MODEL_ID, Value::String(id));
+        r.fields.insert(MODEL_VERSION, Value::String(version));
+        match post_value.or_else(|| self.post.as_ref().map(|p| p.eval(&r))) {
+            Some(Ok(v)) => {
+                r.fields.insert(self.field.clone(), v);
+                Ok(r)
+            }
+            Some(Err(e)) => Err(format!("postprocess: {e}")),
+            None => Ok(r),
+        }
     }
 }
 

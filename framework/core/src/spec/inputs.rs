@@ -112,7 +112,7 @@ pub(super) fn resolve(cx: &mut Cx, stages: &mut [Stage]) {
             ));
             continue;
         }
-        if s.kind != NodeKind::Source && s.inputs.is_empty() {
+        if s.kind != NodeKind::Source && s.inputs.is_empty() && s.serve.is_none() {
             errors.push((
                 s.mark,
                 format!(

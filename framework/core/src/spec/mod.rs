@@ -121,6 +121,8 @@ pub struct Stage {
     pub timeout: Timeouts,
     pub restart: RestartPolicy,
     pub resources: Resources,
+    /// `serve:` (a node that answers requests, see [`ServeSpec`]).
+    pub serve: Option<ServeSpec>,
     /// `windowing:` as written on the stage: a transform's applies to its
     /// input (its records are put into windows again), a source's to its
     /// output.

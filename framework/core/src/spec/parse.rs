@@ -297,6 +297,7 @@ pub(super) fn pipeline(
             timeout: r.timeout,
             restart: r.restart,
             resources: r.resources,
+            serve: r.serve.clone(),
             windowing_key: r.windowing,
             windowing: Windowing::default(),
             watermark: r.watermark.unwrap_or(options.watermark),

@@ -21,6 +21,7 @@ const TRANSFORM_KEYS: &[&str] = &[
     "resource_hints",
     "restart",
     "timeout",
+    "serve",
 ];
 
 /// A transform entry before graph resolution.
@@ -37,6 +38,7 @@ pub(super) struct Raw<'a> {
     pub(super) timeout: Timeouts,
     pub(super) restart: RestartPolicy,
     pub(super) resources: Resources,
+    pub(super) serve: Option<ServeSpec>,
     pub(super) windowing: Option<Windowing>,
     pub(super) watermark: Option<WatermarkSpec>,
 }
@@ -222,6 +224,41 @@ pub(super) fn parse_transform<'a>(
     {
         apply_hints(&mut resources, &hints);
     }
+    let serve = node.get("serve").and_then(|s| {
+        let spec = cx.parse::<ServeSpec>(s)?;
+        if spec.http.is_none() && !spec.zenoh {
+            cx.err(
+                s.mark,
+                "`serve` needs `http: HOST:PORT` (or `http: true`), `zenoh: true`, or both",
+            );
+        }
+        if spec.queue == 0 {
+            cx.err(s.mark, "`serve.queue` must be at least 1 row");
+        }
+        if !(spec.share > 0.0 && spec.share <= 1.0) {
+            cx.err(
+                s.mark,
+                format!("`serve.share` must be in (0, 1], got {}", spec.share),
+            );
+        }
+        if spec.timeout.0.is_zero() {
+            cx.err(s.mark, "`serve.timeout` must be longer than zero");
+        }
+        if spec.max_body.0 == 0 {
+            cx.err(s.mark, "`serve.max_body` must be more than 0 bytes");
+        }
+        if let Some(d) = &dyn_node
+            && !d.serves()
+        {
+            cx.err(
+                s.mark,
+                format!(
+                    "`{type_name}` does not answer requests: `serve` is for `RunInference` stages"
+                ),
+            );
+        }
+        Some(spec)
+    });
     Some(Raw {
         node,
         name,
@@ -235,6 +272,7 @@ pub(super) fn parse_transform<'a>(
         timeout,
         restart,
         resources,
+        serve,
         windowing,
         watermark,
     })

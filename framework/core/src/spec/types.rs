@@ -481,3 +481,109 @@ impl Default for Options {
         }
     }
 }
+
+/// `serve:` on a stage whose node answers requests (`RunInference`): the
+/// model behind the stream also answers request/response traffic through
+/// the same batcher (see `docs/serving.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSpec {
+    /// Where the HTTP server listens (KServe v2 and Vertex AI shapes):
+    /// `true` is `127.0.0.1:8000`, a number a port on 127.0.0.1, or
+    /// `HOST:PORT`. Loopback unless told otherwise.
+    #[serde(default)]
+    pub http: Option<HttpAddr>,
+    /// A Zenoh queryable `rill/<pipeline>/<stage>/predict` taking the same
+    /// JSON.
+    #[serde(default)]
+    pub zenoh: bool,
+    /// Rows that may wait at once; more are refused (HTTP 429).
+    #[serde(default = "default_serve_queue")]
+    pub queue: usize,
+    /// The share of each batch kept for requests while stream records wait
+    /// too (the rest of a batch goes to the stream; with no stream waiting,
+    /// requests fill whole batches).
+    #[serde(default = "default_serve_share")]
+    pub share: f64,
+    /// How long a request may take unless it says (`timeout_ms`).
+    #[serde(default = "default_serve_timeout")]
+    pub timeout: Dur,
+    /// How long requests alone wait for more to fill a batch (default: the
+    /// stage's `max_batch_delay`).
+    #[serde(default)]
+    pub max_batch_delay: Option<Dur>,
+    /// The largest request body taken (HTTP 413 past it).
+    #[serde(default = "default_serve_body")]
+    pub max_body: ByteSize,
+    /// The environment variable holding a bearer token that requests must
+    /// carry (`Authorization: Bearer ...`); health and metrics stay open.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+fn default_serve_queue() -> usize {
+    1024
+}
+fn default_serve_share() -> f64 {
+    0.5
+}
+fn default_serve_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_serve_body() -> ByteSize {
+    ByteSize(4 << 20)
+}
+
+/// `serve.http`: `true`, a port, or `HOST:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpAddr(pub std::net::SocketAddr);
+
+/// `serve.http: true` listens here.
+pub const DEFAULT_SERVE_ADDR: &str = "127.0.0.1:8000";
+
+impl<'de> Deserialize<'de> for HttpAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = HttpAddr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`true`, a port, or HOST:PORT such as 127.0.0.1:8000")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<HttpAddr, E> {
+                if v {
+                    Ok(HttpAddr(DEFAULT_SERVE_ADDR.parse().expect("an address")))
+                } else {
+                    Err(E::custom(
+                        "`http: false`: leave `http` out to serve over Zenoh only",
+                    ))
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<HttpAddr, E> {
+                let port =
+                    u16::try_from(v).map_err(|_| E::custom(format!("port {v} is past 65535")))?;
+                Ok(HttpAddr(std::net::SocketAddr::from(([127, 0, 0, 1], port))))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<HttpAddr, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("port {v} is negative"))),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HttpAddr, E> {
+                let v = v.trim();
+                if let Ok(a) = v.parse() {
+                    return Ok(HttpAddr(a));
+                }
+                if let Some(port) = v.strip_prefix("localhost:")
+                    && let Ok(p) = port.parse::<u16>()
+                {
+                    return Ok(HttpAddr(std::net::SocketAddr::from(([127, 0, 0, 1], p))));
+                }
+                Err(E::custom(format!(
+                    "`{v}` is not an address: write HOST:PORT with an IP address, such as 127.0.0.1:8000 or [::1]:8000"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

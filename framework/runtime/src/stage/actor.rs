@@ -46,6 +46,8 @@ pub enum StageMsg {
     Flush,
     /// Sources: emit more now.
     Poll,
+    /// Requests arrived in the stage's empty request queue (`serve:`).
+    Requests,
     /// Graceful stop: commit what was processed and stop.
     Drain,
 }
@@ -118,6 +120,21 @@ pub struct StageState {
     /// finishes once that is out.
     pub(crate) finish_due: bool,
     pub(crate) _subs: Vec<Subscriber<()>>,
+    /// Closes the request queue when this incarnation ends, however it
+    /// ends: what waits is answered "stage not running" (HTTP 503).
+    pub(crate) _serving: Option<CloseOnDrop>,
+}
+
+/// Closes a stage's request queue when dropped.
+pub(crate) struct CloseOnDrop(Arc<rill_core::serve::RequestQueue>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(&format!(
+            "stage `{}` is not running (restarting after a failure, or stopping); retry shortly",
+            self.0.stage()
+        ));
+    }
 }
 
 /// The stage actor.
@@ -196,6 +213,15 @@ impl Actor for StageActor {
             && !sh.finished_node
             && !matches!(node, Node::Source(_));
         let pool = sh.pool.clone();
+        // requests are taken from now on; arriving ones wake the actor
+        let serving = sh.requests.clone().map(|q| {
+            let me = myself.clone();
+            q.set_waker(move || {
+                let _ = me.cast(StageMsg::Requests);
+            });
+            q.open();
+            CloseOnDrop(q)
+        });
         drop(sh);
         myself.send_interval(TICK, || StageMsg::Tick);
         if matches!(node, Node::Source(_)) {
@@ -216,6 +242,7 @@ impl Actor for StageActor {
             draining: false,
             finish_due,
             _subs: subs,
+            _serving: serving,
         })
     }
 
@@ -418,6 +445,7 @@ impl Actor for StageActor {
                 st.flush_at = None;
                 drive(&mut sh, st, &myself).await?;
             }
+            StageMsg::Requests => drive(&mut sh, st, &myself).await?,
             StageMsg::Poll => {
                 // a timed poll may find its wait already over (or another
                 // poll earlier): poll when nothing is scheduled in the future
@@ -428,6 +456,9 @@ impl Actor for StageActor {
             }
             StageMsg::Drain => {
                 st.draining = true;
+                if let Some(q) = &sh.requests {
+                    q.close(&format!("stage `{}` is stopping", sh.stage.name));
+                }
                 sh.commit(&mut st.node).await?;
                 myself.stop(Some(DRAINED.into()));
                 return Ok(());

@@ -41,6 +41,7 @@ pub(crate) async fn build_node(
     let (base_dir, extensions) = (base_dir.to_owned(), extensions.clone());
     let (resources, metrics) = (sh.stage.resources, sh.metrics.node.clone());
     let windowing = sh.stage.windowing;
+    let requests = sh.requests.clone();
     let limit = sh.stage.timeout.startup;
     let build = tokio::task::spawn_blocking(move || {
         let ctx = BuildContext {
@@ -54,6 +55,7 @@ pub(crate) async fn build_node(
             resources,
             metrics: &metrics,
             windowing,
+            requests: requests.as_ref(),
         };
         config.build(&ctx)
     });

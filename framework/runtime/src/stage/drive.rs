@@ -89,6 +89,10 @@ pub(crate) async fn drive(
             if sh.dirty() {
                 sh.commit(&mut st.node).await?;
             }
+            // requests send nothing downstream: they go on
+            if serve_requests(sh, st, myself).await? {
+                continue;
+            }
             break;
         }
         // what the last watermark fires comes first, a part at a time as
@@ -103,18 +107,23 @@ pub(crate) async fn drive(
             continue;
         }
         let Some(front) = st.pending.front() else {
+            if serve_requests(sh, st, myself).await? {
+                continue;
+            }
             break;
         };
         if let Pending::Data { arrived, .. } = front {
             // dynamic batching: wait for more until the batch is full, the
-            // oldest record has waited long enough, or an input ends
+            // oldest record has waited long enough, or an input ends;
+            // waiting requests count toward the batch
             let now = Instant::now();
-            let limit = match gather::gather(
-                sh.batching,
-                queued(&st.pending, *arrived),
-                st.draining,
-                now,
-            ) {
+            let mut q = queued(&st.pending, *arrived);
+            let waiting = sh.requests.as_ref().and_then(|r| r.waiting());
+            if let Some((rows, oldest)) = waiting {
+                q.records += rows;
+                q.oldest = q.oldest.min(oldest);
+            }
+            let limit = match gather::gather(sh.batching, q, st.draining, now) {
                 Gathered::WaitUntil(due) => {
                     if st.flush_at.is_none_or(|t| t > due) {
                         st.flush_at = Some(due);
@@ -123,6 +132,16 @@ pub(crate) async fn drive(
                     break;
                 }
                 Gathered::Take { limit } => limit,
+            };
+            // requests first, up to `serve.share` of the batch while the
+            // stream waits too (the stream always gets a record or more)
+            let full = limit;
+            let limit = match (waiting, &sh.stage.serve) {
+                (Some((rows, _)), Some(s)) if limit > 0 => {
+                    let reserve = rows.min((s.share * limit as f64).ceil() as usize);
+                    limit.saturating_sub(reserve).max(1)
+                }
+                _ => limit,
             };
             let mut records: Vec<Record> = Vec::new();
             let mut taken = 0usize;
@@ -173,6 +192,9 @@ pub(crate) async fn drive(
             }
             if records.is_empty() {
                 continue;
+            }
+            if let Some(r) = &sh.requests {
+                r.grant(full.saturating_sub(records.len()));
             }
             let n = records.len() as u64;
             sh.metrics.records_in.fetch_add(n, Relaxed);
@@ -253,6 +275,67 @@ pub(crate) async fn drive(
         }
     }
     after_work(sh, st, myself).await
+}
+
+/// Serves waiting requests alone (no stream records go with them): they
+/// are gathered as the batcher gathers records (up to a full batch, or
+/// until the oldest has waited `serve.max_batch_delay`), and the node is
+/// called with no records and the grant to take them. Whether it called
+/// the node.
+async fn serve_requests(
+    sh: &mut StageShared,
+    st: &mut StageState,
+    myself: &ActorRef<StageMsg>,
+) -> Result<bool, ActorProcessingErr> {
+    let Some(q) = sh.requests.clone() else {
+        return Ok(false);
+    };
+    let Some((rows, oldest)) = q.waiting() else {
+        return Ok(false);
+    };
+    let batching = sh.batching.map(|b| rill_core::node::Batching {
+        max_batch_delay: sh
+            .stage
+            .serve
+            .as_ref()
+            .and_then(|s| s.max_batch_delay)
+            .map_or(b.max_batch_delay, |d| d.0),
+        ..b
+    });
+    let now = Instant::now();
+    let queued = Queued {
+        records: rows,
+        oldest,
+        end: false,
+    };
+    let limit = match gather::gather(batching, queued, st.draining, now) {
+        Gathered::WaitUntil(due) => {
+            if st.flush_at.is_none_or(|t| t > due) {
+                st.flush_at = Some(due);
+                myself.send_after(due.saturating_duration_since(now), || StageMsg::Flush);
+            }
+            return Ok(false);
+        }
+        Gathered::Take { limit } => limit,
+    };
+    q.grant(if limit == 0 { sh.batch_size } else { limit });
+    let started = Instant::now();
+    let (result, _) = call_node(sh, st, move |node| {
+        let mut out = Emitter::new();
+        let r = match node {
+            Node::Transform(t) => t.process(Vec::new(), &mut out),
+            _ => Ok(()),
+        };
+        (r, out)
+    })
+    .await?;
+    sh.metrics.observe_latency(started.elapsed());
+    if let Err(e) = result {
+        *sh.metrics.last_error.lock().unwrap() = Some(e.to_string());
+        return Err(e.into());
+    }
+    // (a node that took nothing would be called again and again)
+    Ok(q.waiting().is_none_or(|(_, o)| o != oldest))
 }
 
 /// Whether the node has output left for the watermark it was given.

@@ -80,6 +80,8 @@ pub struct StageShared {
     /// When each input last sent something (idle inputs stop holding the
     /// stage's watermark back).
     pub(crate) last_heard: Vec<Instant>,
+    /// The stage's request queue (`serve:`), shared with the servers.
+    pub(crate) requests: Option<Arc<rill_core::serve::RequestQueue>>,
     pub(crate) _alive: Option<LivelinessToken>,
 }
 
@@ -228,7 +230,14 @@ impl StageShared {
             ))
             .await
             .ok();
+        let requests = stage.serve.as_ref().map(|s| {
+            metrics
+                .requests
+                .get_or_init(|| Arc::new(rill_core::serve::RequestQueue::new(&stage.name, s.queue)))
+                .clone()
+        });
         Ok(StageShared {
+            requests,
             pipeline: pipeline.name.clone(),
             consumer_id: key,
             stage: stage.clone(),
@@ -356,7 +365,9 @@ impl StageShared {
         // they acknowledged committed): a producer restarted from a store
         // that still holds its end waits for acks from consumers that have
         // finished and left
+        // a stage that serves answers requests until it is stopped
         node_done
+            && self.requests.is_none()
             && !self.dirty()
             && self
                 .outputs
