@@ -45,7 +45,12 @@ fn run_args(metrics_addr: &str) -> [&str; 6] {
 fn get(addr: &str, path: &str) -> (String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    // (hyper keeps a connection open unless told to close it)
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -141,7 +146,7 @@ fn a_running_pipeline_can_be_scraped() {
     assert!(body.contains(version), "{body}");
     for family in [
         "# TYPE rill_stage_processing_seconds histogram",
-        "# TYPE rill_inference_batch_latency_micro_secs summary",
+        "# TYPE rill_inference_batch_latency_micro_secs histogram",
         "# TYPE rill_model_byte_size gauge",
         "# TYPE rill_num_inferences_total counter",
     ] {
@@ -169,7 +174,7 @@ fn a_running_pipeline_can_be_scraped() {
         "rill_stage_processing_seconds histogram",
         "rill_stage_records_in counter",
         "rill_num_inferences counter",
-        "rill_inference_batch_latency_micro_secs summary",
+        "rill_inference_batch_latency_micro_secs histogram",
         "rill_model_byte_size gauge",
     ] {
         assert!(
@@ -184,6 +189,13 @@ fn a_running_pipeline_can_be_scraped() {
         sample(&later, &format!("rill_stage_records_in_total{stage}")).unwrap() > records_in,
         "{later}"
     );
+    // OpenMetrics on request
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut om = String::new();
+    s.read_to_string(&mut om).unwrap();
+    assert!(om.contains("application/openmetrics-text"), "{om}");
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
     // nothing else is served
     assert_eq!(get(&addr, "/").0, "HTTP/1.1 404 Not Found");
     // 200 idle connections that never send a request do not starve it

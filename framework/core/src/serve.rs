@@ -199,9 +199,30 @@ impl RequestQueue {
     }
 
     /// Queues `req`, or answers it at once with why it is refused.
+    /// Requests whose deadline passed while they waited leave the queue
+    /// first (answered), so they take no room from new ones.
     pub fn push(&self, req: Request) {
         let rows = req.rows.len();
+        let now = Instant::now();
         let mut g = self.inner.lock().unwrap();
+        let mut expired = Vec::new();
+        if g.queue.iter().any(|r| r.deadline <= now) {
+            let (gone, kept): (VecDeque<Request>, VecDeque<Request>) =
+                g.queue.drain(..).partition(|r| r.deadline <= now);
+            g.queue = kept;
+            g.rows = g.queue.iter().map(|r| r.rows.len()).sum();
+            self.waiting_rows.store(g.rows, Relaxed);
+            expired.extend(gone);
+        }
+        if !expired.is_empty() {
+            drop(g);
+            for r in expired {
+                self.expired.fetch_add(1, Relaxed);
+                let waited = now.saturating_duration_since(r.enqueued);
+                r.answer(Err(Refusal::Expired { waited }));
+            }
+            g = self.inner.lock().unwrap();
+        }
         let refusal = if !g.open {
             Some(Refusal::Closed(g.why.clone()))
         } else if rows > self.cap_rows {
@@ -414,6 +435,19 @@ mod tests {
             Some(Err(Refusal::Expired { .. }))
         ));
         assert_eq!(q.expired.load(Relaxed), 1);
+        // an expired request waiting frees its room for a new one
+        let (g1, got_g1) = req(9, Instant::now() + Duration::from_millis(20));
+        q.push(g1);
+        std::thread::sleep(Duration::from_millis(30));
+        let (g2, got_g2) = req(9, later);
+        q.push(g2);
+        assert!(matches!(
+            &*got_g1.lock().unwrap(),
+            Some(Err(Refusal::Expired { .. }))
+        ));
+        assert!(got_g2.lock().unwrap().is_none(), "queued");
+        q.grant(10);
+        assert_eq!(q.take_granted().len(), 1);
         // closing answers what waits
         let (f, got_f) = req(2, later);
         q.push(f);
