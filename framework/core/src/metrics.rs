@@ -25,7 +25,7 @@ pub struct Distribution {
     sum: AtomicU64,
     min: AtomicU64,
     max: AtomicU64,
-    buckets: [AtomicU64; 33],
+    buckets: Box<[AtomicU64; 33]>,
 }
 
 impl Default for Distribution {
@@ -35,7 +35,7 @@ impl Default for Distribution {
             sum: AtomicU64::new(0),
             min: AtomicU64::new(0),
             max: AtomicU64::new(0),
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            buckets: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
         }
     }
 }

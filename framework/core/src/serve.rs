@@ -277,10 +277,10 @@ impl RequestQueue {
             let mut g = self.inner.lock().unwrap();
             let room = std::mem::take(&mut g.granted);
             let mut rows = 0;
-            while room > 0 {
-                let Some(front) = g.queue.front() else {
+            while let Some(front) = g.queue.front() {
+                if room == 0 {
                     break;
-                };
+                }
                 let n = front.rows.len();
                 if front.deadline <= now {
                     let r = g.queue.pop_front().expect("front");

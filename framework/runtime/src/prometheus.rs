@@ -260,7 +260,8 @@ impl StagesCollector {
             return Ok(());
         }
         type Q = rill_core::serve::RequestQueue;
-        let families: [(&str, &str, MetricType, fn(&Q) -> u64); 5] = [
+        type Family = (&'static str, &'static str, MetricType, fn(&Q) -> u64);
+        let families: [Family; 5] = [
             (
                 "rill_serve_requests",
                 "requests answered by the stage's node",
