@@ -27,6 +27,10 @@
 //!    `Combine` against `MapToFields` in the same pipeline, a million keys
 //!    with the peak RSS, and the watermark lag (see `windows.rs`).
 //!
+//! 6. Serving: `rill-bench serve [SECONDS]`: a `RunInference` stage with
+//!    `serve:` under closed-loop HTTP load (1, 16, 64 clients) against a raw
+//!    Burn forward loop, and a stream beside the requests (see `serve.rs`).
+//!
 //! `cargo run --release -p rill-bench [-- RECORDS [BATCH]]`; one delivery
 //! mode alone (for a profiler): `rill-bench pipeline MODE [RECORDS]`, with
 //! `RILL_BENCH_STAGES=1` to print each stage's commits (count, records per
@@ -373,6 +377,7 @@ fn recovery() -> anyhow::Result<Vec<Duration>> {
 
 mod inference;
 mod resume;
+mod serve;
 mod windows;
 
 /// The allocator of the `rill` binary, so the figures are what it does.
@@ -387,6 +392,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("inference") {
         return tokio::task::block_in_place(|| inference::main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some("serve") {
+        return serve::main(&args[2..]).await;
     }
     if args.get(1).map(String::as_str) == Some("windows") {
         return windows::main(&args[2..]).await;

@@ -228,11 +228,137 @@ pub fn parse_json_line(line: &str) -> Result<Fields, JsonError> {
 
 /// As [`parse_json_line`], from bytes (a message received over Zenoh).
 pub fn parse_json_bytes(bytes: &[u8]) -> Result<Fields, JsonError> {
+    match parse_json_value(bytes)? {
+        Value::Map(f) => Ok(f),
+        // a top-level object shaped like a tensor is still a row
+        t @ Value::Tensor(_) => {
+            let mut f = Fields::default();
+            f.insert("element".into(), t);
+            Ok(f)
+        }
+        other => Err(JsonError::NotAnObject(value_type(&other))),
+    }
+}
+
+/// One JSON document to a value, read straight into rill's values (no
+/// `serde_json::Value` in between), with the mapping and the checks of
+/// [`json_to_value`] and [`parse_json_line`]: a key given twice in one
+/// object and an integer past `i64` are errors.
+pub fn parse_json_value(bytes: &[u8]) -> Result<Value, JsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let j = serde::de::DeserializeSeed::deserialize(Strict, &mut de)
-        .and_then(|j| de.end().map(|_| j))
-        .map_err(|e| JsonError::Syntax(e.to_string()))?;
-    json_to_fields(&j)
+    let v = serde::de::DeserializeSeed::deserialize(Direct, &mut de)
+        .and_then(|v| de.end().map(|_| v))
+        .map_err(|e| {
+            // (an error raised while a map was made: a bad tensor, bytes)
+            let text = e.to_string();
+            match text.strip_prefix(DIRECT_TAG) {
+                Some(rest) => {
+                    let reason = rest.split(" at line ").next().unwrap_or(rest);
+                    match reason.strip_prefix("B:") {
+                        Some(b) => JsonError::Bytes(b.to_owned()),
+                        None => JsonError::Tensor(reason.trim_start_matches("T:").to_owned()),
+                    }
+                }
+                None => JsonError::Syntax(text),
+            }
+        })?;
+    Ok(v)
+}
+
+fn value_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Int(_) | Value::Float(_) => "a number",
+        Value::String(_) | Value::Bytes(_) => "a string",
+        Value::List(_) => "an array",
+        Value::Map(_) | Value::Tensor(_) => "an object",
+    }
+}
+
+/// Marks an error of [`Direct`] that is not a syntax error.
+const DIRECT_TAG: &str = "\u{1}rill:";
+
+/// Reads JSON into values as [`Strict`] then [`json_to_value`] would.
+#[derive(Clone, Copy)]
+struct Direct;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Direct {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Direct {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Int(i))
+    }
+    fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<Value, E> {
+        Strict.visit_u64::<E>(u).map(|_| Value::Int(u as i64))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        Ok(Value::Float(f))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.into()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s.into()))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(x) = seq.next_element_seed(Direct)? {
+            v.push(x);
+        }
+        Ok(Value::List(v))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = Fields::default();
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if m.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key `{k}` is given twice in one object"
+                )));
+            }
+            let v = map.next_value_seed(Direct)?;
+            m.insert(k.as_ref().into(), v);
+        }
+        // tensors and bytes, as `json_to_value` reads them (rare: the
+        // object is made again as JSON for it)
+        let special = (m.len() == 3
+            && matches!(m.get("dtype"), Some(Value::String(_)))
+            && m.contains_key("shape")
+            && m.contains_key("data"))
+            || (m.len() == 1 && matches!(m.get("$bytes"), Some(Value::String(_))));
+        if special {
+            let j = value_to_json(&Value::Map(m.clone()));
+            return json_to_value(&j).map_err(|e| {
+                serde::de::Error::custom(format!("{DIRECT_TAG}{}", tensor_reason(&e)))
+            });
+        }
+        Ok(Value::Map(m))
+    }
+}
+
+/// What a tensor (`T:`) or bytes (`B:`) error says, without its prefix.
+fn tensor_reason(e: &JsonError) -> String {
+    match e {
+        JsonError::Bytes(s) => format!("B:{s}"),
+        JsonError::Tensor(s) => format!("T:{s}"),
+        other => format!("T:{other}"),
+    }
 }
 
 /// Reads JSON as `serde_json` does, but refuses a key given twice in one
@@ -316,6 +442,33 @@ fn json_type(j: &Json) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_parsing_agrees_with_json_to_value() {
+        for text in [
+            r#"{"a": 1, "b": -2.5, "c": "x", "d": null, "e": [true, [1, {"f": []}]], "g": {}}"#,
+            r#"{"t": {"dtype": "f32", "shape": [2], "data": [1, 2.5]}, "b": {"$bytes": "AAH/"}}"#,
+            r#"{"dtype": "i64", "shape": [1], "data": [3]}"#,
+            r#"{"not": {"dtype": "nope", "shape": [1], "data": [3]}, "big": 9223372036854775807}"#,
+        ] {
+            let j: Json = serde_json::from_str(text).unwrap();
+            let want = json_to_fields(&j).unwrap();
+            assert_eq!(parse_json_line(text).unwrap(), want, "{text}");
+        }
+        for (text, want) in [
+            (
+                r#"{"t": {"dtype": "f32", "shape": [3], "data": [1]}}"#,
+                "bad tensor",
+            ),
+            (r#"{"b": {"$bytes": "!!"}}"#, "bad $bytes value"),
+            (r#"[1]"#, "found an array"),
+            (r#"{"a": 1"#, "invalid JSON"),
+        ] {
+            let e = parse_json_line(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(!e.contains('\u{1}'), "{e}");
+        }
+    }
 
     #[test]
     fn big_integers_and_repeated_keys_are_errors() {

@@ -80,23 +80,32 @@ fn timeout_of(params: Option<&Json>) -> Result<Option<Duration>, BadRequest> {
 /// A request body whose protocol is told by its keys (for the Zenoh
 /// queryable): `inputs` is KServe, `instances` Vertex.
 pub fn parse_any(body: &[u8], model: &ServedModel) -> Result<Parsed, BadRequest> {
-    let j = parse_json(body)?;
-    if j.get("inputs").is_some() {
-        kserve_from_json(j, &[], model)
-    } else if j.get("instances").is_some() {
-        vertex_from_json(j, model)
+    let v = parse_value(body)?;
+    let has = |k: &str| matches!(&v, Value::Map(m) if m.contains_key(k));
+    if has("inputs") {
+        kserve_from_json(rill_core::json::value_to_json(&v), &[], model)
+    } else if has("instances") {
+        vertex_from_value(v, model)
     } else {
         Err("the body has neither `inputs` (KServe v2) nor `instances` (Vertex AI)".into())
     }
 }
 
-/// A Vertex AI `:predict` body.
-pub fn parse_vertex(body: &[u8], model: &ServedModel) -> Result<Parsed, BadRequest> {
-    vertex_from_json(parse_json(body)?, model)
+fn parse_value(body: &[u8]) -> Result<Value, BadRequest> {
+    rill_core::json::parse_json_value(body).map_err(|e| match e {
+        rill_core::json::JsonError::Syntax(s) => format!("the body is not valid JSON: {s}"),
+        other => format!("the body: {other}"),
+    })
 }
 
-fn vertex_from_json(j: Json, model: &ServedModel) -> Result<Parsed, BadRequest> {
-    let Json::Object(mut top) = j else {
+/// A Vertex AI `:predict` body (read straight into rill's values: the
+/// instances become the rows' fields without an intermediate JSON tree).
+pub fn parse_vertex(body: &[u8], model: &ServedModel) -> Result<Parsed, BadRequest> {
+    vertex_from_value(parse_value(body)?, model)
+}
+
+fn vertex_from_value(v: Value, model: &ServedModel) -> Result<Parsed, BadRequest> {
+    let Value::Map(mut top) = v else {
         return Err("the body must be a JSON object: {\"instances\": [...]}".into());
     };
     for k in top.keys() {
@@ -106,8 +115,9 @@ fn vertex_from_json(j: Json, model: &ServedModel) -> Result<Parsed, BadRequest> 
             ));
         }
     }
-    let timeout = timeout_of(top.get("parameters"))?;
-    let Some(Json::Array(instances)) = top.remove("instances") else {
+    let params = top.get("parameters").map(rill_core::json::value_to_json);
+    let timeout = timeout_of(params.as_ref())?;
+    let Some(Value::List(instances)) = top.shift_remove("instances") else {
         return Err("`instances` must be a list".into());
     };
     if instances.is_empty() {
@@ -115,11 +125,9 @@ fn vertex_from_json(j: Json, model: &ServedModel) -> Result<Parsed, BadRequest> 
     }
     let now = now_ms();
     let mut rows = Vec::with_capacity(instances.len());
-    for (i, inst) in instances.iter().enumerate() {
+    for (i, inst) in instances.into_iter().enumerate() {
         let fields = match inst {
-            Json::Object(_) => {
-                rill_core::json::json_to_fields(inst).map_err(|e| format!("instance {i}: {e}"))?
-            }
+            Value::Map(f) => f,
             other => {
                 // a bare value is the model's one input
                 let [input] = model.inputs.as_slice() else {
@@ -129,10 +137,8 @@ fn vertex_from_json(j: Json, model: &ServedModel) -> Result<Parsed, BadRequest> 
                         model.inputs.join(", ")
                     ));
                 };
-                let v = rill_core::json::json_to_value(other)
-                    .map_err(|e| format!("instance {i}: {e}"))?;
-                let mut f = rill_core::Fields::default();
-                f.insert(input.as_str().into(), v);
+                let mut f = rill_core::Fields::with_capacity(1);
+                f.insert(input.as_str().into(), other);
                 f
             }
         };
