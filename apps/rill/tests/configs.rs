@@ -25,6 +25,10 @@ const EXPECT: &[(&str, &str)] = &[
         "checked by device_stats_bounded_and_live",
     ),
     ("classify.yaml", "checked by classify_accuracy"),
+    (
+        "serve-classify.yaml",
+        "run by serving.rs (the_readme_serving_commands)",
+    ),
     ("files.yaml", "checked by files_output"),
     (
         "watch-folder.yaml",

@@ -540,7 +540,7 @@ fn a_hot_swap_under_load_loses_no_request() {
     std::fs::create_dir_all(&v2).unwrap();
     for f in ["model.json", "model.mpk"] {
         std::fs::copy(model.join("1").join(f), v2.join(f)).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     let t = Instant::now();
     loop {
@@ -781,4 +781,44 @@ fn rill_serve_serves_a_model_folder() {
     signal(&child, "-TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// The README's serving section, as written: `configs/serve-classify.yaml`
+/// on 127.0.0.1:8000, the two `curl` requests' answers equal to the
+/// stream's prediction for the same reading.
+#[test]
+fn the_readme_serving_commands() {
+    let dir = sandbox();
+    let mut child = command(dir.path(), &["run", "configs/serve-classify.yaml"])
+        .spawn()
+        .unwrap();
+    let addr = "127.0.0.1:8000";
+    let t = Instant::now();
+    let vertex = json!({"instances": [{"temp": 79.3, "vibration": 0.238, "current": 14.379, "pressure": 3.37}]});
+    let v = loop {
+        if TcpStream::connect(addr).is_ok() {
+            let (s, _, v) = post(addr, "/v1/models/classify:predict", &vertex);
+            if s == 200 {
+                break v;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("rill exited {status:?} (is port 8000 taken?)");
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no answer on {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = dir.path().join("out/serve-classify/predictions.jsonl");
+    wait_lines(&out, 1000);
+    let first = read_jsonl(&out).into_iter().find(|r| r["id"] == 0).unwrap();
+    assert_eq!(v["predictions"][0], first["inference"]);
+    let t = |n: &str, x: f64| json!({"name": n, "shape": [1], "datatype": "FP64", "data": [x]});
+    let kserve = json!({"inputs": [t("temp", 79.3), t("vibration", 0.238), t("current", 14.379), t("pressure", 3.37)]});
+    let (s, _, k) = post(addr, "/v2/models/classify/infer", &kserve);
+    assert_eq!(s, 200, "{k}");
+    assert_eq!(k["outputs"][0]["data"][0], first["inference"]["label"]);
+    assert_eq!(k["outputs"][1]["data"][0], first["inference"]["score"]);
+    signal(&child, "-TERM");
+    let o = wait(child, Duration::from_secs(30), "rill after SIGTERM");
+    assert!(o.status.success(), "exit {:?}", o.status);
 }
