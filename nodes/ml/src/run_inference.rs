@@ -964,59 +964,16 @@ impl Transform for RunInferenceNode {
         };
         out.reserve(n_stream);
         let mut answers: Vec<rill_core::serve::RowResult> = Vec::with_capacity(n - n_stream);
-        for (i, (mut r, res)) in batch.into_iter().zip(results).enumerate() {
+        for (i, (r, res)) in batch.into_iter().zip(results).enumerate() {
+            let done = self.finish_row(i, r, res, &mut kept, &versions);
             if i >= n_stream {
                 // a request's row: answered, never emitted nor dead-lettered
-                answers.push(self.answer_row(i, r, res, &mut kept, &versions));
+                answers.push(done.map_err(|(_, msg)| msg));
                 continue;
             }
-            match res {
-                Some(Ok(v)) => {
-                    let w = if self.keyed.is_some() {
-                        self.which(&r).unwrap_or(Which::Default)
-                    } else {
-                        Which::Default
-                    };
-                    let version = versions
-                        .iter()
-                        .find(|(x, _)| *x == w)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default();
-                    let id = match &w {
-                        Which::Key(k) => format!("{}/{k}", self.model_id).into(),
-                        Which::Default => self.model_id.clone(),
-                    };
-                    let post_value = match &self.post {
-                        Some(post) if self.post_on_prediction => {
-                            let prediction = Record::default()
-                                .with("example", kept[i].take().unwrap_or(Value::Null))
-                                .with("inference", v.clone())
-                                .with("model_id", Value::String(id.clone()))
-                                .with("model_version", Value::String(version.clone()));
-                            Some(post.eval(&prediction))
-                        }
-                        _ => None,
-                    };
-                    r.fields.reserve(3);
-                    r.fields.insert(self.field.clone(), v);
-                    r.fields.insert(MODEL_ID, Value::String(id));
-                    r.fields.insert(MODEL_VERSION, Value::String(version));
-                    let post_value = post_value.or_else(|| self.post.as_ref().map(|p| p.eval(&r)));
-                    if let Some(result) = post_value {
-                        match result {
-                            Ok(v) => {
-                                r.fields.insert(self.field.clone(), v);
-                            }
-                            Err(e) => {
-                                out.fail(r, format!("postprocess: {e}"));
-                                continue;
-                            }
-                        }
-                    }
-                    out.emit(r);
-                }
-                Some(Err(msg)) => out.fail(r, msg),
-                None => out.fail(r, format!("record {i} of the batch got no result")),
+            match done {
+                Ok(r) => out.emit(r),
+                Err((r, msg)) => out.fail(r, msg),
             }
         }
         if let Some(q) = &self.requests {
@@ -1032,21 +989,22 @@ impl Transform for RunInferenceNode {
 }
 
 impl RunInferenceNode {
-    /// The answer for row `i` of a request: the row with the inference,
-    /// `model_id` and `model_version` (after `postprocess`), as the
-    /// stream's record would be emitted, or why it failed.
-    fn answer_row(
+    /// Row `i` of a pass, finished: the record with the inference,
+    /// `model_id` and `model_version` (after `postprocess`), or the record
+    /// and why it failed. The same for the stream's records and for
+    /// requests' rows.
+    fn finish_row(
         &self,
         i: usize,
         mut r: Record,
         res: Option<Result<Value, String>>,
         kept: &mut [Option<Value>],
         versions: &[(Which, rill_core::Text)],
-    ) -> rill_core::serve::RowResult {
+    ) -> Result<Record, (Record, String)> {
         let v = match res {
             Some(Ok(v)) => v,
-            Some(Err(msg)) => return Err(msg),
-            None => return Err("the row got no result".into()),
+            Some(Err(msg)) => return Err((r, msg)),
+            None => return Err((r, format!("record {i} of the batch got no result"))),
         };
         let w = if self.keyed.is_some() {
             self.which(&r).unwrap_or(Which::Default)
@@ -1062,6 +1020,7 @@ impl RunInferenceNode {
             Which::Key(k) => format!("{}/{k}", self.model_id).into(),
             Which::Default => self.model_id.clone(),
         };
+        // Beam's postprocess sees the example the model was given
         let post_value = match &self.post {
             Some(post) if self.post_on_prediction => {
                 let prediction = Record::default()
@@ -1078,6 +1037,7 @@ impl RunInferenceNode {
             }
             _ => None,
         };
+        r.fields.reserve(3);
         r.fields.insert(self.field.clone(), v);
         r.fields.insert(MODEL_ID, Value::String(id));
         r.fields.insert(MODEL_VERSION, Value::String(version));
@@ -1086,7 +1046,7 @@ impl RunInferenceNode {
                 r.fields.insert(self.field.clone(), v);
                 Ok(r)
             }
-            Some(Err(e)) => Err(format!("postprocess: {e}")),
+            Some(Err(e)) => Err((r, format!("postprocess: {e}"))),
             None => Ok(r),
         }
     }

@@ -30,8 +30,8 @@ use serde_json::{Value as Json, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::protocol::{self, Shape};
-use super::{ServeError, Served, submit, timeout_for};
+use super::protocol;
+use super::{ServeError, Served, parse_timeout_ms, run_parsed};
 use crate::metrics::StageMetrics;
 
 /// Connections held at once; one past it is closed at once.
@@ -265,21 +265,11 @@ async fn model_ready(State(app): State<Arc<App>>, Path(name): Path<String>) -> R
 
 /// `?timeout_ms=N` in the query.
 fn query_timeout(q: Option<&str>) -> Result<Option<Duration>, ServeError> {
-    let Some(q) = q else {
-        return Ok(None);
-    };
-    for pair in q.split('&') {
-        if let Some(v) = pair.strip_prefix("timeout_ms=") {
-            return match v.parse::<f64>() {
-                Ok(ms) if ms > 0.0 && ms.is_finite() => Ok(Some(Duration::from_secs_f64(ms / 1e3))),
-                _ => Err(ServeError::new(
-                    400,
-                    format!("`timeout_ms={v}`: expected a positive number of milliseconds"),
-                )),
-            };
-        }
-    }
-    Ok(None)
+    q.into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("timeout_ms="))
+        .map(parse_timeout_ms)
+        .transpose()
 }
 
 fn body_or_error(body: Result<Bytes, BytesRejection>, limit: u64) -> Result<Bytes, ServeError> {
@@ -403,23 +393,7 @@ async fn answer_inner(
         protocol::parse_kserve(&body, header_len, &model)
     }
     .map_err(|e| ServeError::new(400, e))?;
-    let asked = match query_timeout(query.as_deref())? {
-        Some(t) => Some(t),
-        None => parsed.timeout,
-    };
-    let timeout = timeout_for(asked, &s.spec);
-    let results = submit(&s.queue, parsed.rows, timeout).await?;
-    let what = if vertex { "instance" } else { "row" };
-    if let Some(e) = protocol::failed_row(&results, what) {
-        return Err(ServeError::new(400, e));
-    }
-    let rows: Vec<&rill_core::Record> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-    let out = match &parsed.shape {
-        Shape::Vertex => protocol::vertex_response(&rows, &model, &s.stage),
-        Shape::KServe { id, outputs } => {
-            protocol::kserve_response(&rows, &model, id.as_ref(), outputs.as_deref())
-                .map_err(|e| ServeError::new(400, e))?
-        }
-    };
+    let asked = query_timeout(query.as_deref())?;
+    let out = run_parsed(s, &model, parsed, asked).await?;
     Ok(json_response(StatusCode::OK, &out))
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rill_core::Record;
-use rill_core::serve::{Refusal, Request, RequestQueue, RowResult};
+use rill_core::serve::{Refusal, Request, RequestQueue, RowResult, ServedModel};
 use rill_core::spec::ServeSpec;
 
 /// A stage this process serves.
@@ -149,4 +149,44 @@ pub async fn submit(
 /// `serve.timeout`.
 pub fn timeout_for(asked: Option<Duration>, spec: &ServeSpec) -> Duration {
     asked.unwrap_or(spec.timeout.0)
+}
+
+/// `timeout_ms=V` (a query or selector parameter) as a deadline.
+pub fn parse_timeout_ms(v: &str) -> Result<Duration, ServeError> {
+    match v.parse::<f64>() {
+        Ok(ms) if ms > 0.0 && ms.is_finite() => Ok(Duration::from_secs_f64(ms / 1e3)),
+        _ => Err(ServeError::new(
+            400,
+            format!("`timeout_ms={v}`: expected a positive number of milliseconds"),
+        )),
+    }
+}
+
+/// Runs a parsed request on `s`'s stage and answers in the protocol it
+/// spoke; `asked` (a query or selector parameter) wins over the body's
+/// deadline. A row the model could not take fails the request (400).
+pub async fn run_parsed(
+    s: &Served,
+    model: &ServedModel,
+    parsed: protocol::Parsed,
+    asked: Option<Duration>,
+) -> Result<serde_json::Value, ServeError> {
+    let timeout = timeout_for(asked.or(parsed.timeout), &s.spec);
+    let results = submit(&s.queue, parsed.rows, timeout).await?;
+    let what = if parsed.shape == protocol::Shape::Vertex {
+        "instance"
+    } else {
+        "row"
+    };
+    if let Some(e) = protocol::failed_row(&results, what) {
+        return Err(ServeError::new(400, e));
+    }
+    let rows: Vec<&Record> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    match &parsed.shape {
+        protocol::Shape::Vertex => Ok(protocol::vertex_response(&rows, model, &s.stage)),
+        protocol::Shape::KServe { id, outputs } => {
+            protocol::kserve_response(&rows, model, id.as_ref(), outputs.as_deref())
+                .map_err(|e| ServeError::new(400, e))
+        }
+    }
 }

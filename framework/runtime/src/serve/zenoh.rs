@@ -5,14 +5,12 @@
 //! `timeout_ms=N` (the deadline) and `token=...` (when the stage has
 //! `serve.token_env`).
 
-use std::time::Duration;
-
 use serde_json::json;
 use tokio::task::JoinHandle;
 use zenoh::Session;
 
-use super::protocol::{self, Shape};
-use super::{ServeError, Served, submit, timeout_for};
+use super::protocol;
+use super::{ServeError, Served, parse_timeout_ms, run_parsed};
 
 /// Declares the queryable and answers its queries until the task is
 /// aborted (or the session closes).
@@ -78,33 +76,6 @@ async fn answer(
         return Err(ServeError::new(503, "the model is loading"));
     };
     let parsed = protocol::parse_any(body, &model).map_err(|e| ServeError::new(400, e))?;
-    let asked = match timeout_ms {
-        None => parsed.timeout,
-        Some(t) => match t.parse::<f64>() {
-            Ok(ms) if ms > 0.0 && ms.is_finite() => Some(Duration::from_secs_f64(ms / 1e3)),
-            _ => {
-                return Err(ServeError::new(
-                    400,
-                    format!("`timeout_ms={t}`: expected a positive number of milliseconds"),
-                ));
-            }
-        },
-    };
-    let results = submit(&s.queue, parsed.rows, timeout_for(asked, &s.spec)).await?;
-    let what = if parsed.shape == Shape::Vertex {
-        "instance"
-    } else {
-        "row"
-    };
-    if let Some(e) = protocol::failed_row(&results, what) {
-        return Err(ServeError::new(400, e));
-    }
-    let rows: Vec<&rill_core::Record> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
-    match &parsed.shape {
-        Shape::Vertex => Ok(protocol::vertex_response(&rows, &model, &s.stage)),
-        Shape::KServe { id, outputs } => {
-            protocol::kserve_response(&rows, &model, id.as_ref(), outputs.as_deref())
-                .map_err(|e| ServeError::new(400, e))
-        }
-    }
+    let asked = timeout_ms.map(parse_timeout_ms).transpose()?;
+    run_parsed(s, &model, parsed, asked).await
 }
