@@ -445,6 +445,37 @@ fn float_to_int(f: f64) -> R<i64> {
         .ok_or_else(|| err("OverflowError", "int too large (rill ints are 64-bit)"))
 }
 
+/// CPython's `_PyUnicode_TransformDecimalAndSpaceToASCII` (what `int()`
+/// and `float()` of a str do first): every Unicode decimal digit becomes its
+/// ASCII digit, every other space a space.
+fn ascii_decimal(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.is_ascii() {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    static ND: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let nd = ND.get_or_init(|| regex::Regex::new(r"^\p{Nd}$").expect("valid regex"));
+    let is_nd = |c: char| nd.is_match(c.encode_utf8(&mut [0u8; 4]));
+    s.chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c
+            } else if py_space(c) {
+                ' '
+            } else if is_nd(c) {
+                // Nd digits come in runs of ten, 0 to 9
+                let mut k = 0u32;
+                while char::from_u32(c as u32 - k - 1).is_some_and(is_nd) {
+                    k += 1;
+                }
+                char::from(b'0' + (k % 10) as u8)
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Python's `int(str, base)`.
 fn parse_int(s: &str, base: i64) -> R<i64> {
     let bad = || {
@@ -456,7 +487,8 @@ fn parse_int(s: &str, base: i64) -> R<i64> {
             ),
         )
     };
-    let t = s.trim();
+    let u = ascii_decimal(s);
+    let t = u.trim();
     let (neg, t) = match t.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, t.strip_prefix('+').unwrap_or(t)),
@@ -511,7 +543,8 @@ fn parse_float(s: &str) -> R<f64> {
             format!("could not convert string to float: {}", repr_string(s)),
         )
     };
-    let t = s.trim();
+    let u = ascii_decimal(s);
+    let t = u.trim();
     let lower = t.to_ascii_lowercase();
     let body = lower.trim_start_matches(['+', '-']);
     if matches!(body, "inf" | "infinity" | "nan") {
@@ -572,9 +605,55 @@ fn round_float(x: f64, nd: i64) -> f64 {
     } else if nd < -308 {
         0.0f64.copysign(x)
     } else {
-        let p = 10f64.powi((-nd) as i32);
-        (x / p).round_ties_even() * p
+        round_to_pow10(x, (-nd) as usize)
     }
+}
+
+/// `x` rounded to a multiple of `10**k` (k >= 1) on its exact decimal
+/// expansion, ties to even, converted back once (as CPython's `round`).
+fn round_to_pow10(x: f64, k: usize) -> f64 {
+    // exact for |x| >= 1 (at most 52 fraction digits); below 1 it is 0
+    let s = format!("{:.52}", x.abs());
+    let (int, frac) = s.split_once('.').unwrap_or((s.as_str(), ""));
+    if int == "0" || int.len() < k {
+        return 0.0f64.copysign(x);
+    }
+    let (head, tail) = int.split_at(int.len() - k);
+    let up = match tail.as_bytes()[0] {
+        b'6'..=b'9' => true,
+        b'5' => {
+            tail[1..].bytes().any(|b| b != b'0')
+                || frac.bytes().any(|b| b != b'0')
+                || head.ends_with(['1', '3', '5', '7', '9'])
+        }
+        _ => false,
+    };
+    let mut d = head.as_bytes().to_vec();
+    if up {
+        let mut i = d.len();
+        loop {
+            if i == 0 {
+                d.insert(0, b'1');
+                break;
+            }
+            i -= 1;
+            if d[i] == b'9' {
+                d[i] = b'0';
+            } else {
+                d[i] += 1;
+                break;
+            }
+        }
+    }
+    let digits = if d.is_empty() {
+        "0"
+    } else {
+        std::str::from_utf8(&d).unwrap_or("0")
+    };
+    format!("{digits}e{k}")
+        .parse::<f64>()
+        .unwrap_or(0.0)
+        .copysign(x)
 }
 
 fn is_line_break(c: char) -> bool {
@@ -617,6 +696,24 @@ fn char_window(s: &str, start: Option<i64>, end: Option<i64>) -> (usize, usize, 
     (byte(a), byte(b), a)
 }
 
+/// Whether `[start:end]` starts after it ends, as CPython's `ADJUST_INDICES`
+/// sees it (a start past the end is not clamped): nothing matches there,
+/// not even `''`.
+fn window_inverted(s: &str, start: Option<i64>, end: Option<i64>) -> bool {
+    let Some(start) = start else {
+        return false;
+    };
+    let n = if s.is_ascii() {
+        s.len()
+    } else {
+        s.chars().count()
+    } as i64;
+    let adj = |v: i64| {
+        if v < 0 { v.saturating_add(n).max(0) } else { v }
+    };
+    adj(start) > end.map_or(n, |e| adj(e).min(n))
+}
+
 fn char_index(s: &str, byte: usize) -> i64 {
     if s.is_ascii() {
         byte as i64
@@ -625,20 +722,94 @@ fn char_index(s: &str, byte: usize) -> i64 {
     }
 }
 
+fn is_titlecase(c: char) -> bool {
+    matches!(
+        c as u32,
+        0x1C5
+            | 0x1C8
+            | 0x1CB
+            | 0x1F2
+            | 0x1F88..=0x1F8F
+            | 0x1F98..=0x1F9F
+            | 0x1FA8..=0x1FAF
+            | 0x1FBC
+            | 0x1FCC
+            | 0x1FFC
+    )
+}
+
+fn is_cased(c: char) -> bool {
+    c.is_lowercase() || c.is_uppercase() || is_titlecase(c)
+}
+
+/// Python's full title-case mapping of one character (not its upper case:
+/// `ǆ` → `ǅ`, `ß` → `Ss`).
+fn push_title(c: char, out: &mut String) {
+    let t = match c as u32 {
+        0x1C4..=0x1C6 => Some('\u{1C5}'),
+        0x1C7..=0x1C9 => Some('\u{1C8}'),
+        0x1CA..=0x1CC => Some('\u{1CB}'),
+        0x1F1..=0x1F3 => Some('\u{1F2}'),
+        // Georgian: title case is itself
+        0x10D0..=0x10FA | 0x10FD..=0x10FF => Some(c),
+        0x1F80..=0x1FAF => char::from_u32(c as u32 | 8),
+        0x1FB3 | 0x1FBC => Some('\u{1FBC}'),
+        0x1FC3 | 0x1FCC => Some('\u{1FCC}'),
+        0x1FF3 | 0x1FFC => Some('\u{1FFC}'),
+        _ => None,
+    };
+    if let Some(t) = t {
+        out.push(t);
+        return;
+    }
+    let mut up = c.to_uppercase();
+    out.push(up.next().unwrap_or(c));
+    let rest: String = up.collect();
+    match c as u32 {
+        0x1FB2 | 0x1FB4 | 0x1FB7 | 0x1FC2 | 0x1FC4 | 0x1FC7 | 0x1FF2 | 0x1FF4 | 0x1FF7 => {
+            out.push_str(&rest.replace('\u{399}', "\u{345}"))
+        }
+        0xDF | 0x587 | 0xFB00..=0xFB06 | 0xFB13..=0xFB17 => out.push_str(&rest.to_lowercase()),
+        _ => out.push_str(&rest),
+    }
+}
+
 fn title_case(s: &str) -> String {
+    // `str::to_lowercase` maps char by char, except that Σ takes its final
+    // form from its context: the slices of `lowered` line up with `s`
+    let lowered = s.to_lowercase();
     let mut out = String::with_capacity(s.len());
-    let mut prev_cased = false;
+    let (mut pos, mut prev_cased) = (0usize, false);
     for c in s.chars() {
-        if c.is_alphabetic() {
-            if prev_cased {
-                out.extend(c.to_lowercase());
-            } else {
-                out.extend(c.to_uppercase());
-            }
-            prev_cased = true;
+        let n: usize = c.to_lowercase().map(char::len_utf8).sum();
+        if prev_cased {
+            out.push_str(&lowered[pos..pos + n]);
         } else {
-            out.push(c);
-            prev_cased = false;
+            push_title(c, &mut out);
+        }
+        pos += n;
+        prev_cased = is_cased(c);
+    }
+    out
+}
+
+/// Python's `str.casefold` (full case folding, no final sigma).
+fn casefold(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c as u32 {
+            0x131 | 0x13A0..=0x13F5 => out.push(c),
+            0x13F8..=0x13FD => out.extend(char::from_u32(c as u32 - 8)),
+            0xAB70..=0xABBF => out.extend(char::from_u32(c as u32 - 0xAB70 + 0x13A0)),
+            0x1E9E => out.push_str("ss"),
+            _ => {
+                for u in c.to_uppercase() {
+                    out.extend(u.to_lowercase())
+                }
+            }
         }
     }
     out
@@ -1228,25 +1399,38 @@ impl<'a> Interp<'a> {
                         if m == 0 {
                             return Err(err("ValueError", "pow() 3rd argument cannot be 0"));
                         }
-                        if e < 0 {
-                            return Err(err(
-                                "ValueError",
-                                "negative exponents with a modulus are not supported",
-                            ));
+                        let n = (m as i128).abs();
+                        if n == 1 {
+                            return Ok(Val::Int(0));
                         }
-                        let m128 = m as i128;
-                        let mut result: i128 = 1 % m128;
-                        let mut base = (b as i128).rem_euclid(m128);
-                        let mut e = e;
+                        let mut base = (b as i128).rem_euclid(n);
+                        if e < 0 {
+                            // the modular inverse (Python 3.8+)
+                            let (mut r0, mut r1, mut t0, mut t1) = (n, base, 0i128, 1i128);
+                            while r1 != 0 {
+                                let q = r0 / r1;
+                                (r0, r1) = (r1, r0 - q * r1);
+                                (t0, t1) = (t1, t0 - q * t1);
+                            }
+                            if r0 != 1 {
+                                return Err(err(
+                                    "ValueError",
+                                    "base is not invertible for the given modulus",
+                                ));
+                            }
+                            base = t0.rem_euclid(n);
+                        }
+                        let mut result: i128 = 1;
+                        let mut e = e.unsigned_abs();
                         while e > 0 {
                             if e & 1 == 1 {
-                                result = (result * base).rem_euclid(m128);
+                                result = result * base % n;
                             }
-                            base = (base * base).rem_euclid(m128);
+                            base = base * base % n;
                             e >>= 1;
                         }
                         if m < 0 && result != 0 {
-                            result += m128;
+                            result -= n;
                         }
                         Ok(Val::Int(result as i64))
                     }
@@ -1508,28 +1692,36 @@ impl<'a> Interp<'a> {
                     M::Upper if text.is_ascii() => text.to_ascii_uppercase(),
                     M::Lower => text.to_lowercase(),
                     M::Upper => text.to_uppercase(),
-                    M::Casefold => text.to_lowercase().replace('ß', "ss"),
-                    M::Swapcase => text
-                        .chars()
-                        .flat_map(|c| -> Vec<char> {
+                    M::Casefold => casefold(text),
+                    M::Swapcase => {
+                        // (Σ lowered takes its final form from its context)
+                        let lowered = text.to_lowercase();
+                        let mut out = String::with_capacity(text.len());
+                        let mut pos = 0usize;
+                        for c in text.chars() {
+                            let n: usize = c.to_lowercase().map(char::len_utf8).sum();
                             if c.is_uppercase() {
-                                c.to_lowercase().collect()
+                                out.push_str(&lowered[pos..pos + n]);
+                            } else if c.is_lowercase() {
+                                out.extend(c.to_uppercase());
                             } else {
-                                c.to_uppercase().collect()
+                                out.push(c);
                             }
-                        })
-                        .collect(),
-                    M::Title => title_case(text),
-                    _ => {
-                        let mut cs = text.chars();
-                        match cs.next() {
-                            Some(c) => c
-                                .to_uppercase()
-                                .chain(cs.as_str().to_lowercase().chars())
-                                .collect(),
-                            None => String::new(),
+                            pos += n;
                         }
+                        out
                     }
+                    M::Title => title_case(text),
+                    _ => match text.chars().next() {
+                        Some(c) => {
+                            let mut out = String::with_capacity(text.len());
+                            push_title(c, &mut out);
+                            let skip: usize = c.to_lowercase().map(char::len_utf8).sum();
+                            out.push_str(&text.to_lowercase()[skip..]);
+                            out
+                        }
+                        None => String::new(),
+                    },
                 };
                 self.new_str(out)?
             }
@@ -1645,18 +1837,21 @@ impl<'a> Interp<'a> {
             }
             M::Startswith | M::Endswith => {
                 let [prefix, start, end] = bind(fname, args, kw, ["prefix", "start", "end"], 1)?;
+                let (start, end) = (opt_int(start)?, opt_int(end)?);
                 let (lo, hi, _) = if start.is_some() || end.is_some() {
-                    char_window(text, opt_int(start)?, opt_int(end)?)
+                    char_window(text, start, end)
                 } else {
                     (0, text.len(), 0)
                 };
+                let inverted = window_inverted(text, start, end);
                 let window = &text[lo..hi];
                 let test = |p: &str| {
-                    if m == M::Startswith {
-                        window.starts_with(p)
-                    } else {
-                        window.ends_with(p)
-                    }
+                    !inverted
+                        && if m == M::Startswith {
+                            window.starts_with(p)
+                        } else {
+                            window.ends_with(p)
+                        }
                 };
                 match prefix.unwrap_or(&Val::None) {
                     Val::Str(p) => Val::Bool(test(p.as_str())),
@@ -1681,7 +1876,15 @@ impl<'a> Interp<'a> {
             M::Find | M::Rfind | M::Index | M::Rindex | M::Count => {
                 let [sub, start, end] = bind(fname, args, kw, ["sub", "start", "end"], 1)?;
                 let sub = as_str(sub.unwrap_or(&Val::None), "must be str")?.as_str();
-                let (lo, hi, clo) = char_window(text, opt_int(start)?, opt_int(end)?);
+                let (start, end) = (opt_int(start)?, opt_int(end)?);
+                if window_inverted(text, start, end) {
+                    return match m {
+                        M::Count => Ok(Some(Val::Int(0))),
+                        M::Find | M::Rfind => Ok(Some(Val::Int(-1))),
+                        _ => Err(err("ValueError", "substring not found")),
+                    };
+                }
+                let (lo, hi, clo) = char_window(text, start, end);
                 let window = &text[lo..hi];
                 self.charge(window.len() as u64 / 64)?;
                 if m == M::Count {
@@ -2525,10 +2728,10 @@ impl<'a> Interp<'a> {
             }
             M::Pow => {
                 let (x, y) = two(args)?;
-                if x == 0.0 && y < 0.0 {
+                if x == 0.0 && y < 0.0 && y.is_finite() {
                     return Err(domain());
                 }
-                if x < 0.0 && y.is_finite() && y.fract() != 0.0 {
+                if x < 0.0 && x.is_finite() && y.is_finite() && y.fract() != 0.0 {
                     return Err(domain());
                 }
                 let r = x.powf(y);
@@ -2579,10 +2782,12 @@ impl<'a> Interp<'a> {
             }
             M::Fmod => {
                 let (x, y) = two(args)?;
-                if y == 0.0 || x.is_infinite() {
+                // a domain error only where the result is NaN from numbers
+                let r = x % y;
+                if r.is_nan() && !x.is_nan() && !y.is_nan() {
                     return Err(domain());
                 }
-                Val::Float(x % y)
+                Val::Float(r)
             }
             M::Isclose => {
                 n_args(fname, args, 2, 2)?;

@@ -365,6 +365,25 @@ fn format_float(f: f64, spec: &Spec) -> R<String> {
     Ok(spec.pad(spec.sign_of(neg), &body, true))
 }
 
+/// CPython's check of a grouping option (`,` or `_`) against the type it
+/// formats with (`default_ty` when the spec names none).
+fn check_grouping(sp: &Spec, default_ty: char) -> R<()> {
+    let Some(sep) = sp.grouping else {
+        return Ok(());
+    };
+    let ty = sp.ty.unwrap_or(default_ty);
+    if matches!(ty, 'd' | 'e' | 'f' | 'g' | 'E' | 'G' | '%' | 'F' | '\0')
+        || (sep == '_' && matches!(ty, 'b' | 'o' | 'x' | 'X'))
+    {
+        Ok(())
+    } else {
+        Err(err(
+            "ValueError",
+            format!("Cannot specify '{sep}' with '{ty}'."),
+        ))
+    }
+}
+
 /// `format(v, spec)`.
 pub(crate) fn format_value(v: &Val<'_>, spec: &str, limit: usize) -> R<String> {
     if spec.is_empty() {
@@ -372,10 +391,32 @@ pub(crate) fn format_value(v: &Val<'_>, spec: &str, limit: usize) -> R<String> {
     }
     let sp = Spec::parse(spec)?;
     match v {
-        Val::Bool(b) => format_int(*b as i64, &sp),
-        Val::Int(i) => format_int(*i, &sp),
-        Val::Float(f) => format_float(*f, &sp),
+        Val::Bool(b) => {
+            check_grouping(&sp, 'd')?;
+            format_int(*b as i64, &sp)
+        }
+        Val::Int(i) => {
+            check_grouping(&sp, 'd')?;
+            format_int(*i, &sp)
+        }
+        Val::Float(f) => {
+            check_grouping(&sp, '\0')?;
+            format_float(*f, &sp)
+        }
         Val::Str(s) => {
+            check_grouping(&sp, 's')?;
+            if sp.alt {
+                return Err(err(
+                    "ValueError",
+                    "Alternate form (#) not allowed in string format specifier",
+                ));
+            }
+            if sp.align == Some('=') {
+                return Err(err(
+                    "ValueError",
+                    "'=' alignment not allowed in string format specifier",
+                ));
+            }
             if !matches!(sp.ty, None | Some('s')) {
                 return Err(err(
                     "ValueError",
@@ -532,7 +573,9 @@ pub(crate) fn percent_format(fmt: &str, args: &Val<'_>, limit: usize) -> R<Strin
                     Some(p) => s.chars().take(p).collect(),
                     None => s,
                 };
+                // right-aligned unless `-` says otherwise
                 spec.zero = false;
+                spec.align = Some(spec.align.unwrap_or('>'));
                 spec.pad("", &s, false)
             }
             'd' | 'i' | 'u' | 'x' | 'X' | 'o' | 'c' => {
@@ -566,6 +609,8 @@ pub(crate) fn percent_format(fmt: &str, args: &Val<'_>, limit: usize) -> R<Strin
                             .ok()
                             .and_then(char::from_u32)
                             .ok_or_else(|| err("OverflowError", "%c arg not in range(0x110000)"))?;
+                        spec.zero = false;
+                        spec.align = Some(spec.align.unwrap_or('>'));
                         out.push_str(&spec.pad("", &c.to_string(), false));
                         continue;
                     }

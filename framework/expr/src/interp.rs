@@ -282,6 +282,29 @@ fn float_divmod(x: f64, y: f64) -> (f64, f64) {
     (floordiv, m)
 }
 
+/// `a / b` of two ints, rounded once as CPython's `long_true_divide`
+/// does (converting an int past 2**53 to a float first would round twice).
+fn int_true_div(a: i64, b: i64) -> f64 {
+    const EXACT: u64 = 1 << 53;
+    let (na, nb) = (a.unsigned_abs(), b.unsigned_abs());
+    if na <= EXACT && nb <= EXACT {
+        return a as f64 / b as f64;
+    }
+    let la = 64 - na.leading_zeros() as i32;
+    let lb = 64 - nb.leading_zeros() as i32;
+    // the quotient below lands in [2^54, 2^56)
+    let e = la - lb - 55;
+    let (n, d) = if e < 0 {
+        ((na as u128) << -e, nb as u128)
+    } else {
+        (na as u128, (nb as u128) << e)
+    };
+    // a sticky bit below the rounding bit, then one rounding
+    let q = (n / d) | u128::from(n % d != 0);
+    let mag = q as f64 * f64::from_bits(((1023 + e) as u64) << 52);
+    if (a < 0) != (b < 0) { -mag } else { mag }
+}
+
 pub(crate) fn arith<'a>(op: BinOp, x: Num, y: Num) -> R<Val<'a>> {
     if let (Num::I(a), Num::I(b)) = (x, y) {
         return Ok(Val::Int(match op {
@@ -292,7 +315,7 @@ pub(crate) fn arith<'a>(op: BinOp, x: Num, y: Num) -> R<Val<'a>> {
                 if b == 0 {
                     return Err(err("ZeroDivisionError", "division by zero"));
                 }
-                return Ok(Val::Float(a as f64 / b as f64));
+                return Ok(Val::Float(int_true_div(a, b)));
             }
             BinOp::FloorDiv => {
                 if b == 0 {
@@ -379,13 +402,13 @@ pub(crate) fn arith<'a>(op: BinOp, x: Num, y: Num) -> R<Val<'a>> {
             float_divmod(a, b).1
         }
         BinOp::Pow => {
-            if a == 0.0 && b < 0.0 {
+            if a == 0.0 && b < 0.0 && b.is_finite() {
                 return Err(err(
                     "ZeroDivisionError",
                     "0.0 cannot be raised to a negative power",
                 ));
             }
-            if a < 0.0 && b.is_finite() && b.fract() != 0.0 {
+            if a < 0.0 && a.is_finite() && b.is_finite() && b.fract() != 0.0 {
                 return Err(err(
                     "ValueError",
                     "negative number cannot be raised to a fractional power (complex results are not supported)",

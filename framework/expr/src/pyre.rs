@@ -139,13 +139,27 @@ impl PatternObj {
     }
 
     /// Spans of all non-overlapping matches.
+    /// An empty match right after a match counts (as in Python 3.7+); an
+    /// empty match is not taken twice at one place.
     pub(crate) fn exec_all(&self, s: &str, limit: usize) -> R<Vec<Spans>> {
         let mut out = Vec::new();
-        for c in self.re.captures_iter(s) {
-            if out.len() >= limit {
+        let (mut pos, mut after_empty) = (0usize, false);
+        while pos <= s.len() && out.len() < limit {
+            let Some(c) = self.re.captures_at(s, pos) else {
                 break;
+            };
+            let (ms, me) = c.get(0).map_or((pos, pos), |m| (m.start(), m.end()));
+            if after_empty && me == pos {
+                match s[pos..].chars().next() {
+                    Some(ch) => pos += ch.len_utf8(),
+                    None => break,
+                }
+                after_empty = false;
+                continue;
             }
             out.push(spans(&c));
+            after_empty = ms == me;
+            pos = me;
         }
         Ok(out)
     }
@@ -568,13 +582,12 @@ pub(crate) fn parse_template(repl: &str, pat: &PatternObj) -> R<Vec<TplPart>> {
 /// `re.escape(s)`.
 pub(crate) fn py_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    // Python 3.7+: only the characters special in a pattern
     for c in s.chars() {
-        if c.is_alphanumeric() || c == '_' || !c.is_ascii() {
-            out.push(c);
-        } else {
+        if "()[]{}?*+-|^$\\.&~# \t\n\r\x0b\x0c".contains(c) {
             out.push('\\');
-            out.push(c);
         }
+        out.push(c);
     }
     out
 }

@@ -825,3 +825,70 @@ fn shared_structure_cannot_bypass_the_limits() {
         t.elapsed()
     );
 }
+
+/// The divergences from CPython a differential run found (issue 22), each
+/// with CPython 3's answer.
+#[test]
+fn cpython_agrees_on_the_found_divergences() {
+    let cases: &[(&str, Value)] = &[
+        ("int('٣4')", Value::Int(34)),
+        ("float('٣4')", Value::Float(34.0)),
+        ("int(' ٣4 ')", Value::Int(34)),
+        ("'%5s]' % 'a'", s("    a]")),
+        ("'%-5s]' % 'a'", s("a    ]")),
+        ("'%3c' % 'a'", s("  a")),
+        ("pow(3, -1, 7)", Value::Int(5)),
+        ("pow(3, -1, -7)", Value::Int(-2)),
+        ("pow(2, -1, 1)", Value::Int(0)),
+        ("re.escape(',')", s(",")),
+        ("re.escape('a.b c-d')", s("a\\.b\\ c\\-d")),
+        (
+            "15 / 9007199254740993",
+            Value::Float(1.6653345369377346e-15),
+        ),
+        ("9007199254740993 / 3", Value::Float(3002399751580331.0)),
+        (
+            "-7 / 9007199254740993",
+            Value::Float(-7.771561172376095e-16),
+        ),
+        ("re.sub('x*', '-', 'abxd')", s("-a-b--d-")),
+        (
+            "re.split('x*', 'abxd')",
+            list(vec![s(""), s("a"), s("b"), s(""), s("d"), s("")]),
+        ),
+        ("''.startswith('', 3)", Value::Bool(false)),
+        ("'abc'.find('', 5)", Value::Int(-1)),
+        ("'abc'.count('', 5)", Value::Int(0)),
+        ("'abc'.endswith('', 2)", Value::Bool(true)),
+        ("round(2.459475e+302, -1)", Value::Float(2.459475e+302)),
+        ("round(1234.5, -1)", Value::Float(1230.0)),
+        ("round(1250.0, -2)", Value::Float(1200.0)),
+        ("round(1350.0, -2)", Value::Float(1400.0)),
+        ("str(math.fmod(math.nan, 0.0))", s("nan")),
+        ("math.fmod(1.0, math.inf)", Value::Float(1.0)),
+        ("(-math.inf) ** 0.5", Value::Float(f64::INFINITY)),
+        ("0.0 ** -math.inf", Value::Float(f64::INFINITY)),
+        ("'ß'.title()", s("Ss")),
+        ("'ǆemal'.capitalize()", s("ǅemal")),
+        ("'ab中cd'.title()", s("Ab中Cd")),
+        ("'ﬁ'.casefold()", s("fi")),
+        ("'ΣΑΣ'.casefold()", s("σασ")),
+        ("'ΣΑΣ'.swapcase()", s("σας")),
+        ("'ΣΑΣ'.title()", s("Σας")),
+        ("'ΑΣ'.capitalize()", s("Ας")),
+    ];
+    for (src, want) in cases {
+        assert_eq!(&e(src), want, "{src}");
+    }
+    for (src, want) in [
+        ("'{:,}'.format('a')", "Cannot specify ',' with 's'."),
+        ("'{:,x}'.format(255)", "Cannot specify ',' with 'x'."),
+        ("pow(2, -1, 4)", "base is not invertible"),
+        ("'abc'.index('', 5)", "substring not found"),
+        ("math.fmod(1.0, 0.0)", "math domain error"),
+        ("'{:#}'.format('a')", "Alternate form (#) not allowed"),
+    ] {
+        let got = e_err(src);
+        assert!(got.contains(want), "{src}: {got}");
+    }
+}
