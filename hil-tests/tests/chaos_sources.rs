@@ -222,6 +222,19 @@ impl Run {
         })
     }
 
+    /// Whether the victim's source has read its input to the end in its
+    /// current start. From there on the run is finishing, not resuming a
+    /// source: a kill between the source's end and its stage's finish
+    /// (the consumers' last acknowledgements) restarts a producer that
+    /// waits for consumers that have finished and left, the end-of-stream
+    /// hang issue 23 names; this test is about sources resuming, so it
+    /// kills no more once the end is read, as it kills no finished run.
+    fn victim_source_ended(&self) -> bool {
+        let p = &self.procs[0];
+        p.log(p.starts.saturating_sub(1))
+            .contains("source reached its end")
+    }
+
     /// Whether the victim's source stage has started: it logs where it
     /// starts or resumes once its node is built. With `RILL_CHAOS_ARM=sink`
     /// (for a build of rill that does not say, `RILL_BIN`), when the sink
@@ -407,6 +420,7 @@ fn chaos(plan: &Plan, cases: &[Case]) {
             if r.kills.len() >= plan.max_kills as usize
                 || !r.procs[0].running()
                 || r.victim_finished()
+                || r.victim_source_ended()
             {
                 continue;
             }
@@ -415,7 +429,7 @@ fn chaos(plan: &Plan, cases: &[Case]) {
                     let gap = rng.u64(plan.gap.0..=plan.gap.1);
                     r.next_kill = Some(Instant::now() + Duration::from_millis(gap));
                 }
-                Some(_) if r.victim_finished() => r.next_kill = None,
+                Some(_) if r.victim_finished() || r.victim_source_ended() => r.next_kill = None,
                 Some(t) if Instant::now() >= t => {
                     r.kills
                         .push(format!("{:.2}s", started.elapsed().as_secs_f64()));
