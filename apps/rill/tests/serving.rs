@@ -569,6 +569,13 @@ fn a_hot_swap_under_load_loses_no_request() {
     for c in clients {
         let seen = c.join().unwrap();
         total += seen.len();
+        // the swap landed while this client was at work: it was answered
+        // by version 1 before, and by version 2 after
+        let by_1 = seen.iter().filter(|(_, v, _)| v == "1").count();
+        assert!(
+            by_1 > 0,
+            "no request of this client was answered before the swap"
+        );
         let mut was = "1".to_owned();
         for (s, v, b) in seen {
             assert_eq!(s, 200, "a request failed during the swap: {b}");
