@@ -170,6 +170,13 @@ pub async fn replay(p: &Pipeline, stage: &str, ids: &[String]) -> Result<Replaye
     let work = replay_dir(p, &s);
     let taken = work.join("letters.jsonl");
     let resumed = taken.exists();
+    if !resumed && work.exists() {
+        // a replay that finished, killed while its folder was removed (or
+        // one killed before it had taken its letters): nothing in it counts
+        std::fs::remove_dir_all(&work).map_err(|e| {
+            ReplayError::Failed(format!("{} cannot be removed: {e}", work.display()))
+        })?;
+    }
     let chosen: Vec<Letter> = if resumed {
         if !ids.is_empty() {
             return Err(ReplayError::BadInput(format!(
@@ -246,12 +253,17 @@ pub async fn replay(p: &Pipeline, stage: &str, ids: &[String]) -> Result<Replaye
             ))
         })?;
     }
-    std::fs::remove_dir_all(&work).map_err(|e| {
-        ReplayError::Failed(format!(
-            "the replay ran, but {} cannot be removed: {e}",
-            work.display()
-        ))
-    })?;
+    // the letters go first: that marks the replay finished, so a kill
+    // while the rest is removed leaves a leftover the next call clears,
+    // never a half-removed replay that would run again
+    std::fs::remove_file(&taken)
+        .and_then(|()| std::fs::remove_dir_all(&work))
+        .map_err(|e| {
+            ReplayError::Failed(format!(
+                "the replay ran, but {} cannot be removed: {e}",
+                work.display()
+            ))
+        })?;
     Ok(Replayed {
         replayed: chosen.len(),
         failed_again: n_again,
