@@ -11,8 +11,8 @@ use crate::pyre::{
     MatchObj, Mode, PatRef, PatternObj, TplPart, flag_named, parse_template, py_escape,
 };
 use crate::val::{
-    Bin, Key, ListObj, Num, Str, Val, as_num, float_as_int, from_value, key_val, py_lt, range_len,
-    repr_string, str_of, truthy,
+    Bin, Key, ListObj, Num, Str, Val, as_num, float_as_int, key_val, py_lt, range_len, repr_string,
+    str_of, truthy,
 };
 use crate::{R, err};
 
@@ -1188,7 +1188,7 @@ impl<'a> Interp<'a> {
             Builtin::Reversed => {
                 no_kw(fname, kw)?;
                 n_args(fname, args, 1, 1)?;
-                if matches!(args[0], Val::Set(_) | Val::Rec(_)) {
+                if matches!(args[0], Val::Set(_)) {
                     return Err(type_error(format!(
                         "'{}' object is not reversible",
                         args[0].type_name()
@@ -2541,10 +2541,14 @@ impl<'a> Interp<'a> {
                 n_args(fname, args, 1, 2)?;
                 let found = match &args[0] {
                     Val::Str(s) => r.get(s.as_str()),
-                    _ => None,
+                    other => {
+                        // an unhashable key is a TypeError, as in a dict
+                        self.key(other)?;
+                        None
+                    }
                 };
                 match found {
-                    Some(v) => from_value(v)?,
+                    Some(v) => self.rec_val(v)?,
                     None => args.get(1).cloned().unwrap_or(Val::None),
                 }
             }
@@ -2553,15 +2557,19 @@ impl<'a> Interp<'a> {
                 self.charge(r.len() as u64 / 4)?;
                 match m {
                     M::Keys => Val::list(r.keys().map(|k| Val::Str(Str::B(k))).collect()),
-                    M::Values => Val::list(r.values().map(from_value).collect::<R<Vec<_>>>()?),
+                    M::Values => {
+                        Val::list(r.values().map(|v| self.rec_val(v)).collect::<R<Vec<_>>>()?)
+                    }
                     M::Items => Val::list(
                         r.iter()
-                            .map(|(k, v)| Ok(Val::tuple(vec![Val::Str(Str::B(k)), from_value(v)?])))
+                            .map(|(k, v)| {
+                                Ok(Val::tuple(vec![Val::Str(Str::B(k)), self.rec_val(v)?]))
+                            })
                             .collect::<R<Vec<_>>>()?,
                     ),
                     _ => Val::dict(
                         r.iter()
-                            .map(|(k, v)| Ok((Key::Str(Str::B(k)), from_value(v)?)))
+                            .map(|(k, v)| Ok((Key::Str(Str::B(k)), self.rec_val(v)?)))
                             .collect::<R<IndexMap<_, _>>>()?,
                     ),
                 }

@@ -31,6 +31,10 @@ pub(crate) struct Interp<'a> {
     pub depth: usize,
     pub stack_base: usize,
     pub re_cache: Vec<(String, i64, Rc<PatternObj>)>,
+    /// The lists read from the record in this evaluation, by the address
+    /// of the record value: a field read twice is the same list, so
+    /// `row.l.append(7)` then `row.l` sees the 7, as in Python.
+    pub shared: Vec<(*const Value, Val<'a>)>,
 }
 
 pub(crate) struct Frame<'a, 'f> {
@@ -593,6 +597,22 @@ impl<'a> Interp<'a> {
         Ok(v)
     }
 
+    /// A record value (a field, or an item of a map inside the record) as
+    /// a runtime value: a list is built once per evaluation and then
+    /// shared, like the one object Python would hand out each time.
+    pub(crate) fn rec_val(&mut self, v: &'a Value) -> R<Val<'a>> {
+        if !matches!(v, Value::List(_)) {
+            return from_value(v);
+        }
+        let key = v as *const Value;
+        if let Some((_, x)) = self.shared.iter().find(|(k, _)| *k == key) {
+            return Ok(x.clone());
+        }
+        let x = from_value(v)?;
+        self.shared.push((key, x.clone()));
+        Ok(x)
+    }
+
     fn field(&self, i: u32) -> Option<&'a Value> {
         let slot = &self.fields[i as usize];
         lookup(self.rec, &slot.name, Some(&slot.hint))
@@ -634,9 +654,9 @@ impl<'a> Interp<'a> {
     }
 
     #[inline(never)]
-    fn eval_field(&self, i: u32) -> R<Val<'a>> {
+    fn eval_field(&mut self, i: u32) -> R<Val<'a>> {
         match self.field(i) {
-            Some(v) => from_value(v),
+            Some(v) => self.rec_val(v),
             None => Err(self.missing_field(i)),
         }
     }
@@ -724,7 +744,7 @@ impl<'a> Interp<'a> {
     fn eval_other(&mut self, e: &'a Expr, f: &mut Frame<'a, '_>) -> R<Val<'a>> {
         match e {
             Expr::FieldOr(i, alt) => match self.field(*i) {
-                Some(v) => from_value(v),
+                Some(v) => self.rec_val(v),
                 None => self.eval(alt, f),
             },
             Expr::Builtin(b) => Ok(Val::Builtin(*b)),
@@ -839,7 +859,7 @@ impl<'a> Interp<'a> {
             Val::Rec(m) => {
                 self.charge(m.len() as u64)?;
                 m.iter()
-                    .map(|(k, v)| Ok((Key::Str(Str::B(k)), from_value(v)?)))
+                    .map(|(k, v)| Ok((Key::Str(Str::B(k)), self.rec_val(v)?)))
                     .collect()
             }
             other => Err(type_error(format!(
@@ -1162,7 +1182,7 @@ impl<'a> Interp<'a> {
         match &o {
             Val::Rec(m) => {
                 if let Some(v) = lookup(m, name, hint) {
-                    return from_value(v);
+                    return self.rec_val(v);
                 }
                 if let Some(meth) = Method::from_name(name)
                     && crate::builtins::has_method(&o, meth)
@@ -1277,7 +1297,7 @@ impl<'a> Interp<'a> {
             }
             Val::Rec(m) => match i {
                 Val::Str(s) => match m.get(s.as_str()) {
-                    Some(v) => from_value(v),
+                    Some(v) => self.rec_val(v),
                     None => Err(err(
                         "KeyError",
                         format!(
@@ -1288,7 +1308,11 @@ impl<'a> Interp<'a> {
                         ),
                     )),
                 },
-                other => Err(err("KeyError", repr(other, 1000).unwrap_or_default())),
+                other => {
+                    // an unhashable key is a TypeError, as in a dict
+                    self.key(other)?;
+                    Err(err("KeyError", repr(other, 1000).unwrap_or_default()))
+                }
             },
             Val::Range(a, b, s) => {
                 let n = range_len(*a, *b, *s);

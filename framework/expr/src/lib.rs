@@ -245,6 +245,7 @@ impl Program {
             depth: 0,
             stack_base: &marker as *const u8 as usize,
             re_cache: Vec::new(),
+            shared: Vec::new(),
         };
         // a walk over values (hashing, comparing) stops within the budget
         val::set_walk_cap(self.limits.max_steps.saturating_mul(8).saturating_add(8));
@@ -263,7 +264,7 @@ impl Program {
                 }
                 let f = it.eval(entry, &mut frame)?;
                 let a = match arg {
-                    Some(v) => val::from_value(v)?,
+                    Some(v) => it.rec_val(v)?,
                     None => val::Val::Rec(rec),
                 };
                 it.call_value(&f, &[a], &[])?

@@ -291,12 +291,7 @@ fn escape(
                 _ => ASCII_S,
             };
             let neg = c.is_ascii_uppercase();
-            if in_class {
-                if neg {
-                    return Err(format!(
-                        "\\{c} inside a character set is not supported with re.ASCII"
-                    ));
-                }
+            if in_class && !neg {
                 out.push_str(set);
             } else {
                 out.push_str(if neg { "[^" } else { "[" });
@@ -307,9 +302,22 @@ fn escape(
         'b' | 'B' if ascii => {
             out.push_str(if c == 'b' { "(?-u:\\b)" } else { "(?-u:\\B)" });
         }
+        // Python's classes, not the regex crate's: `\w` is what
+        // `str.isalnum()` accepts and `_` (letters and numbers, `²` and `½`
+        // included, combining marks not), `\s` is `str.isspace()`
+        // (`\x1c`-`\x1f` included). A class nests inside a set.
+        'w' | 'W' | 's' | 'S' => {
+            let set = if matches!(c, 'w' | 'W') {
+                "\\p{L}\\p{N}_"
+            } else {
+                "\\s\\x1C-\\x1F"
+            };
+            out.push_str(if c.is_ascii_uppercase() { "[^" } else { "[" });
+            out.push_str(set);
+            out.push(']');
+        }
         'N' => return Err("\\N{...} escapes are not supported".into()),
-        'A' | 'b' | 'B' | 'd' | 'D' | 'w' | 'W' | 's' | 'S' | 'n' | 't' | 'r' | 'f' | 'v' | 'a'
-        | 'x' | 'u' | 'U' => {
+        'A' | 'b' | 'B' | 'd' | 'D' | 'n' | 't' | 'r' | 'f' | 'v' | 'a' | 'x' | 'u' | 'U' => {
             out.push('\\');
             out.push(c);
         }
@@ -602,7 +610,11 @@ mod tests {
             translate(r"a{,3}b{2}c{x}", false).unwrap(),
             r"a{0,3}b{2}c\{x\}"
         );
-        assert_eq!(translate(r"(?P<n>\w+)\Z", false).unwrap(), r"(?P<n>\w+)\z");
+        assert_eq!(
+            translate(r"(?P<n>\w+)\Z", false).unwrap(),
+            r"(?P<n>[\p{L}\p{N}_]+)\z"
+        );
+        assert_eq!(translate(r"[\s,]", false).unwrap(), r"[[\s\x1C-\x1F],]");
         assert_eq!(translate(r"[[a]", false).unwrap(), r"[\[a]");
         assert!(
             translate(r"(\w)\1", false)

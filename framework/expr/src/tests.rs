@@ -278,11 +278,27 @@ fn records_and_rows() {
     // Fields shadow builtins; builtins still work when no field has the name.
     assert_eq!(ev("len + 1", &record! {"len" => 4}), Value::Int(5));
     assert_eq!(ev("len(tags)", &r), Value::Int(2));
-    // A record value is a row; mutation of a copy does not touch the record.
+    // A list read from the record is one object for the whole evaluation,
+    // as in Python: a change made through one read is seen by the next.
+    let mut with_c = match &r.fields["tags"] {
+        Value::List(l) => l.clone(),
+        _ => unreachable!(),
+    };
+    with_c.push(Value::from("c"));
     assert_eq!(
         call("lambda row: (row.tags.append('c'), row.tags)[1]", &r),
-        r.fields["tags"].clone()
+        Value::List(with_c.clone())
     );
+    assert_eq!(
+        call(
+            "lambda row: (row['tags'].append('c'), row.get('tags'))[1]",
+            &r
+        ),
+        Value::List(with_c.clone())
+    );
+    assert_eq!(ev("(tags.append('c'), tags)[1]", &r), Value::List(with_c));
+    // the record itself is untouched: the next evaluation starts afresh
+    assert_eq!(ev("len(tags)", &r), Value::Int(2));
 }
 
 #[test]
@@ -891,4 +907,37 @@ fn cpython_agrees_on_the_found_divergences() {
         let got = e_err(src);
         assert!(got.contains(want), "{src}: {got}");
     }
+    // Python's `\w` and `\s`, not the regex crate's
+    for (src, want) in [
+        (r"re.findall(r'\w+', 'x²½')", list(vec![s("x²½")])),
+        (r"re.findall(r'\w', 'e\u0301')", list(vec![s("e")])),
+        (r"re.split(r'\s', 'b\x1cc')", list(vec![s("b"), s("c")])),
+        (
+            r"re.findall(r'[^\W\d]+', 'ab12c')",
+            list(vec![s("ab"), s("c")]),
+        ),
+        (
+            r"re.findall(r'[\S]+', 'a\x1fb c')",
+            list(vec![s("a"), s("b"), s("c")]),
+        ),
+        (r"re.findall(r'[\W]', 'a-b', re.A)", list(vec![s("-")])),
+    ] {
+        assert_eq!(e(src), want, "{src}");
+    }
+    // a map inside a record is a dict to `reversed` and `get`
+    let mut m = rill_core::Fields::default();
+    m.insert("a".into(), Value::Int(1));
+    m.insert("b".into(), Value::Int(2));
+    let r = rill_core::record! {"d" => Value::Map(m)};
+    assert_eq!(ev("list(reversed(d))", &r), list(vec![s("b"), s("a")]));
+    let got = Program::expression("d.get([1], 2)")
+        .unwrap()
+        .eval(&r)
+        .unwrap_err();
+    assert!(
+        got.msg.starts_with("TypeError: unhashable type: 'list'"),
+        "{got}"
+    );
+    let got = Program::expression("d[[1]]").unwrap().eval(&r).unwrap_err();
+    assert!(got.msg.starts_with("TypeError"), "{got}");
 }
