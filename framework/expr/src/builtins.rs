@@ -1004,7 +1004,7 @@ impl<'a> Interp<'a> {
         Ok(acc)
     }
 
-    fn isinstance_one(v: &Val<'a>, cls: &Val<'a>) -> R<bool> {
+    pub(crate) fn isinstance_one(v: &Val<'a>, cls: &Val<'a>) -> R<bool> {
         let Val::Builtin(b) = cls else {
             return Err(type_error(
                 "isinstance() arg 2 must be a type, a tuple of types, or a union",
@@ -1909,28 +1909,35 @@ impl<'a> Interp<'a> {
             M::Isdigit | M::Isdecimal | M::Isnumeric | M::Isalpha | M::Isalnum | M::Isspace => {
                 n_args(fname, args, 0, 0)?;
                 let test: fn(char) -> bool = match m {
-                    M::Isdigit | M::Isdecimal => {
-                        |c: char| c.is_ascii_digit() || (!c.is_ascii() && c.is_numeric())
-                    }
+                    M::Isdecimal => py_decimal,
+                    M::Isdigit => py_digit,
                     M::Isnumeric => char::is_numeric,
-                    M::Isalpha => char::is_alphabetic,
-                    M::Isalnum => char::is_alphanumeric,
+                    M::Isalpha => py_alpha,
+                    M::Isalnum => |c| py_alpha(c) || c.is_numeric(),
                     _ => py_space,
                 };
                 Val::Bool(!text.is_empty() && text.chars().all(test))
             }
             M::Isupper | M::Islower => {
                 n_args(fname, args, 0, 0)?;
-                let cased: Vec<char> = text
-                    .chars()
-                    .filter(|c| c.is_uppercase() || c.is_lowercase())
-                    .collect();
-                let ok = if m == M::Isupper {
-                    cased.iter().all(|c| c.is_uppercase())
-                } else {
-                    cased.iter().all(|c| c.is_lowercase())
-                };
-                Val::Bool(!cased.is_empty() && ok)
+                // as CPython: a title-case letter (`ǅ`) is neither, and
+                // makes both false
+                let upper = m == M::Isupper;
+                let mut cased = false;
+                let mut ok = true;
+                for c in text.chars() {
+                    let (is, other) = if upper {
+                        (c.is_uppercase(), c.is_lowercase())
+                    } else {
+                        (c.is_lowercase(), c.is_uppercase())
+                    };
+                    if other || is_titlecase(c) {
+                        ok = false;
+                        break;
+                    }
+                    cased |= is;
+                }
+                Val::Bool(ok && cased)
             }
             M::Istitle => {
                 n_args(fname, args, 0, 0)?;
@@ -2776,11 +2783,8 @@ impl<'a> Interp<'a> {
                 Val::Float(y.atan2(x))
             }
             M::Hypot => {
-                let mut acc = 0.0f64;
-                for a in args {
-                    acc = acc.hypot(as_f64(a)?);
-                }
-                Val::Float(acc)
+                let xs = args.iter().map(as_f64).collect::<R<Vec<f64>>>()?;
+                Val::Float(vector_norm(&xs))
             }
             M::Degrees => Val::Float(one(args)?.to_degrees()),
             M::Radians => Val::Float(one(args)?.to_radians()),
@@ -2843,22 +2847,8 @@ impl<'a> Interp<'a> {
             M::Fsum => {
                 n_args(fname, args, 1, 1)?;
                 let items = self.collect(&args[0])?;
-                let (mut total, mut comp) = (0.0f64, 0.0f64);
-                for x in &items {
-                    let v = as_f64(x)?;
-                    let t = total + v;
-                    if total.abs() >= v.abs() {
-                        comp += (total - t) + v;
-                    } else {
-                        comp += (v - t) + total;
-                    }
-                    total = t;
-                }
-                Val::Float(if comp.is_finite() {
-                    total + comp
-                } else {
-                    total
-                })
+                let xs = items.iter().map(as_f64).collect::<R<Vec<f64>>>()?;
+                Val::Float(fsum(&xs)?)
             }
             _ => return Ok(None),
         }))
@@ -3225,4 +3215,184 @@ impl<'a> Interp<'a> {
             _ => return Ok(None),
         }))
     }
+}
+
+/// `str.isalpha()` of one character: Unicode's letters (general category
+/// L), as in CPython; `char::is_alphabetic` also takes `Ⅻ` and marks.
+pub(crate) fn py_alpha(c: char) -> bool {
+    use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+    c.general_category_group() == GeneralCategoryGroup::Letter
+}
+
+/// `str.isdecimal()` of one character: decimal digits (category Nd).
+fn py_decimal(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    c.is_ascii_digit() || (!c.is_ascii() && c.general_category() == GeneralCategory::DecimalNumber)
+}
+
+/// `str.isdigit()` of one character: decimal digits and the digits of
+/// Unicode's numeric type "Digit" (superscripts, subscripts, circled and
+/// parenthesised digits), not fractions or Roman numerals.
+fn py_digit(c: char) -> bool {
+    py_decimal(c)
+        || matches!(c as u32,
+            0xB2 | 0xB3 | 0xB9 | 0x1369..=0x1371 | 0x19DA | 0x2070 | 0x2074..=0x2079
+            | 0x2080..=0x2089 | 0x2460..=0x2468 | 0x2474..=0x247C | 0x2488..=0x2490
+            | 0x24EA | 0x24F5..=0x24FD | 0x24FF | 0x2776..=0x277E | 0x2780..=0x2788
+            | 0x278A..=0x2792 | 0x10A40..=0x10A43 | 0x10E60..=0x10E68 | 0x11052..=0x1105A
+            | 0x1F100..=0x1F10A)
+}
+
+/// `math.fsum`: the correctly rounded sum (Shewchuk's partials, as CPython
+/// computes it), with CPython's answers for infinities and NaN.
+fn fsum(xs: &[f64]) -> R<f64> {
+    let mut partials: Vec<f64> = Vec::new();
+    let (mut special, mut inf_sum) = (0.0f64, 0.0f64);
+    for &x0 in xs {
+        let mut x = x0;
+        let mut i = 0;
+        for j in 0..partials.len() {
+            let mut y = partials[j];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                partials[i] = lo;
+                i += 1;
+            }
+            x = hi;
+        }
+        partials.truncate(i);
+        if x != 0.0 {
+            if !x.is_finite() {
+                if x0.is_finite() {
+                    return Err(err("OverflowError", "intermediate overflow in fsum"));
+                }
+                if x0.is_infinite() {
+                    inf_sum += x0;
+                }
+                special += x0;
+                partials.clear();
+            } else {
+                partials.push(x);
+            }
+        }
+    }
+    if special != 0.0 {
+        if inf_sum.is_nan() {
+            return Err(err("ValueError", "-inf + inf in fsum"));
+        }
+        return Ok(special);
+    }
+    let mut hi = 0.0f64;
+    let mut n = partials.len();
+    if n > 0 {
+        n -= 1;
+        hi = partials[n];
+        let mut lo = 0.0f64;
+        while n > 0 {
+            let x = hi;
+            n -= 1;
+            let y = partials[n];
+            hi = x + y;
+            let yr = hi - x;
+            lo = y - yr;
+            if lo != 0.0 {
+                break;
+            }
+        }
+        if n > 0 && ((lo < 0.0 && partials[n - 1] < 0.0) || (lo > 0.0 && partials[n - 1] > 0.0)) {
+            let y = lo * 2.0;
+            let x = hi + y;
+            let yr = x - hi;
+            if y == yr {
+                hi = x;
+            }
+        }
+    }
+    Ok(hi)
+}
+
+/// `math.hypot(*coords)` as CPython computes it (`vector_norm`: scaled,
+/// with exact squares and a differential correction), so that the last
+/// digit agrees; `f64::hypot` differs in it now and then.
+fn vector_norm(xs: &[f64]) -> f64 {
+    let mut max = 0.0f64;
+    let mut nan = false;
+    for &x in xs {
+        let a = x.abs();
+        nan |= a.is_nan();
+        if a > max {
+            max = a;
+        }
+    }
+    if max.is_infinite() {
+        return max;
+    }
+    if nan {
+        return f64::NAN;
+    }
+    if max == 0.0 || xs.len() <= 1 {
+        return max;
+    }
+    let max_e = frexp_exp(max);
+    if max_e < -1023 {
+        let scaled: Vec<f64> = xs.iter().map(|x| x / f64::MIN_POSITIVE).collect();
+        return f64::MIN_POSITIVE * vector_norm(&scaled);
+    }
+    let scale = pow2(-max_e);
+    let (mut csum, mut frac1, mut frac2) = (1.0f64, 0.0f64, 0.0f64);
+    for &x in xs {
+        let x = x * scale;
+        let (hi, lo) = (x * x, x.mul_add(x, -(x * x)));
+        let s = csum + hi;
+        frac2 += (csum - s) + hi;
+        csum = s;
+        frac1 += lo;
+    }
+    let mut h = (csum - 1.0 + (frac1 + frac2)).sqrt();
+    let (hi, lo) = (-h * h, (-h).mul_add(h, h * h));
+    let s = csum + hi;
+    frac2 += (csum - s) + hi;
+    csum = s;
+    frac1 += lo;
+    let x = csum - 1.0 + (frac1 + frac2);
+    h += x / (2.0 * h);
+    h / scale
+}
+
+/// `2**e` exactly, also where it is subnormal (`powi` would go through
+/// `1 / 2**1024`, which is 0).
+fn pow2(e: i32) -> f64 {
+    if e >= -1022 {
+        f64::from_bits(((e + 1023) as u64) << 52)
+    } else {
+        f64::from_bits(1u64 << (52 + e + 1022))
+    }
+}
+
+/// The exponent `frexp` gives: `x = m * 2**e` with `0.5 <= m < 1`.
+fn frexp_exp(x: f64) -> i32 {
+    let bits = x.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i32;
+    if e == 0 {
+        // subnormal: normalise first
+        return frexp_exp(x * 2f64.powi(64)) - 64;
+    }
+    e - 1022
+}
+
+/// A value of the type `b` names, to ask which methods the type has
+/// (`str.lower` is a method of `str` because `''.lower` is).
+pub(crate) fn type_sample<'a>(b: Builtin) -> Option<Val<'a>> {
+    Some(match b {
+        Builtin::Str => Val::Str(Str::B("")),
+        Builtin::Bytes => Val::Bytes(Bin::B(b"")),
+        Builtin::List => Val::list(Vec::new()),
+        Builtin::Dict => Val::dict(IndexMap::new()),
+        Builtin::Float => Val::Float(0.0),
+        _ => return None,
+    })
 }

@@ -45,7 +45,16 @@ pub fn float_repr(f: f64) -> String {
             "0.0".into()
         };
     }
-    let s = format!("{f:e}");
+    let mut s = format!("{f:e}");
+    // the shortest digits that read back as `f`; where two such strings
+    // are equally near (`...586.25` between `.2` and `.3`), CPython takes
+    // the correctly rounded one (ties to even), which Rust's shortest form
+    // need not be
+    let n = split_exp(&s).0.chars().filter(char::is_ascii_digit).count();
+    let exact = format!("{:.*e}", n.saturating_sub(1), f);
+    if exact != s && exact.parse::<f64>() == Ok(f) {
+        s = exact;
+    }
     let (mant, exp) = split_exp(&s);
     let (neg, mant) = match mant.strip_prefix('-') {
         Some(m) => (true, m),
@@ -322,6 +331,15 @@ fn fmt_general(x: f64, prec: usize, alt: bool, upper: bool, repr_like: bool) -> 
 }
 
 fn format_float(f: f64, spec: &Spec) -> R<String> {
+    if let Some(t) = spec.ty
+        && !matches!(t, 'f' | 'F' | 'e' | 'E' | 'g' | 'G' | 'n' | '%')
+    {
+        // also for `inf` and `nan`
+        return Err(err(
+            "ValueError",
+            format!("Unknown format code '{t}' for object of type 'float'"),
+        ));
+    }
     let neg = f.is_sign_negative() && !f.is_nan();
     let x = f.abs();
     let upper = matches!(spec.ty, Some('E' | 'F' | 'G'));
@@ -583,7 +601,13 @@ pub(crate) fn percent_format(fmt: &str, args: &Val<'_>, limit: usize) -> R<Strin
                     (_, Some(crate::val::Num::I(i))) => i,
                     (_, Some(crate::val::Num::F(f))) if matches!(ty, 'd' | 'i' | 'u') => {
                         crate::val::float_as_int(f.trunc()).ok_or_else(|| {
-                            err("OverflowError", "cannot convert float to integer")
+                            if f.is_nan() {
+                                err("ValueError", "cannot convert float NaN to integer")
+                            } else if f.is_infinite() {
+                                err("OverflowError", "cannot convert float infinity to integer")
+                            } else {
+                                err("OverflowError", "int too large (rill ints are 64-bit)")
+                            }
                         })?
                     }
                     (Val::Str(s), _) if ty == 'c' && s.as_str().chars().count() == 1 => {

@@ -1209,6 +1209,17 @@ impl<'a> Interp<'a> {
                 "dtype" => Ok(Val::Str(Str::B(t.dtype().name()))),
                 _ => Err(self.no_attr(&o, name)),
             },
+            // `str.lower`: the method unbound, its receiver the first argument
+            Val::Builtin(b)
+                if let Some(sample) = crate::builtins::type_sample(*b)
+                    && let Some(meth) = Method::from_name(name)
+                    && crate::builtins::has_method(&sample, meth) =>
+            {
+                Ok(Val::Method(Rc::new(BoundMethod {
+                    recv: o.clone(),
+                    method: meth,
+                })))
+            }
             Val::Module(m) => crate::builtins::module_attr(*m, name).ok_or_else(|| {
                 err(
                     "AttributeError",
@@ -2058,6 +2069,13 @@ impl<'a> Interp<'a> {
             (_, None) => false,
         };
         if direct && let Some(m) = method {
+            // Python looks the method up before it evaluates the arguments:
+            // `x.startswith(f())` on a float fails on the attribute first
+            if !crate::builtins::has_method(&recv, m) {
+                let callee = self.get_attr(recv, name, Some(hint))?;
+                let (a, k) = self.eval_args(args, kw, f)?;
+                return self.call_value(&callee, &a, &k);
+            }
             if let Some(buf) = self.eval_small_args(args, kw, f)? {
                 return self.call_method(recv, m, name, &buf[..args.len()], &[], pattern);
             }
@@ -2080,6 +2098,23 @@ impl<'a> Interp<'a> {
             Val::Builtin(b) => self.call_builtin(*b, args, kw),
             Val::Method(m) => {
                 let name = m.method.name();
+                if let Val::Builtin(b) = &m.recv {
+                    // unbound (`str.lower`): the first argument is the receiver
+                    let Some(recv) = args.first() else {
+                        return Err(type_error(format!(
+                            "unbound method {}.{name}() needs an argument",
+                            b.name()
+                        )));
+                    };
+                    if !Self::isinstance_one(recv, &m.recv)? {
+                        return Err(type_error(format!(
+                            "descriptor '{name}' for '{}' objects doesn't apply to a '{}' object",
+                            b.name(),
+                            recv.type_name()
+                        )));
+                    }
+                    return self.call_method(recv.clone(), m.method, name, &args[1..], kw, None);
+                }
                 self.call_method(m.recv.clone(), m.method, name, args, kw, None)
             }
             other => Err(type_error(format!(

@@ -997,6 +997,25 @@ pub(crate) fn py_lt<'a>(a: &Val<'a>, b: &Val<'a>, w: &mut u64) -> R<bool> {
 // ---- str() and repr() ----------------------------------------------------------
 
 /// Appends Python's `repr` of a str.
+/// Whether `repr` shows `c` as it is (CPython's `str.isprintable()`): not
+/// a control, format, surrogate, private-use or unassigned character, nor
+/// a separator other than the space.
+pub(crate) fn py_printable(c: char) -> bool {
+    use unicode_properties::{GeneralCategory as G, UnicodeGeneralCategory};
+    c == ' '
+        || !matches!(
+            c.general_category(),
+            G::Control
+                | G::Format
+                | G::Surrogate
+                | G::PrivateUse
+                | G::Unassigned
+                | G::SpaceSeparator
+                | G::LineSeparator
+                | G::ParagraphSeparator
+        )
+}
+
 pub(crate) fn repr_str_into(s: &str, out: &mut String) {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
@@ -1017,7 +1036,7 @@ pub(crate) fn repr_str_into(s: &str, out: &mut String) {
             c if (c as u32) < 0x20 || c as u32 == 0x7f => {
                 out.push_str(&format!("\\x{:02x}", c as u32));
             }
-            c if c.is_control() || (c.is_whitespace() && c != ' ') => {
+            c if !py_printable(c) => {
                 let n = c as u32;
                 if n <= 0xff {
                     out.push_str(&format!("\\x{n:02x}"));
