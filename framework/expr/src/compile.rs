@@ -126,6 +126,11 @@ impl Scope {
     }
 }
 
+/// Ends the slot name of a comprehension's variable: reading one before
+/// its loop ran is an `UnboundLocalError` also at the top level, as in
+/// CPython, where a comprehension is a scope of its own.
+pub(crate) const COMP_MARK: char = '\u{1}';
+
 /// The result of compiling.
 pub(crate) struct Compiled {
     pub kind: Kind,
@@ -874,7 +879,8 @@ impl<'s> Compiler<'s> {
                 self.check_name(name, range)?;
                 if comp {
                     let scope = self.cur();
-                    let slot = scope.new_slot(name);
+                    // marked as a comprehension's (see `COMP_MARK`)
+                    let slot = scope.new_slot(&format!("{name}{COMP_MARK}"));
                     if let Some(m) = scope.comp.last_mut() {
                         m.insert(name.to_string(), slot);
                     }
@@ -1206,7 +1212,14 @@ impl<'s> Compiler<'s> {
         self.cur().comp.push(HashMap::new());
         let mut out = Vec::with_capacity(gens.len());
         let mut first_iter = Some(first_iter);
-        for g in gens {
+        // every `for` target is a local of the whole comprehension: a later
+        // iterable that names one reads it (unbound before its loop runs),
+        // not a field or an outer name of the same name, as in CPython
+        let targets = gens
+            .iter()
+            .map(|g| self.targets(&g.target, true))
+            .collect::<CR<Vec<_>>>()?;
+        for (g, target) in gens.iter().zip(targets) {
             if g.is_async {
                 return Err(self.error(g.range, "async comprehensions are not supported"));
             }
@@ -1214,7 +1227,6 @@ impl<'s> Compiler<'s> {
                 Some(i) => i,
                 None => self.expr(&g.iter)?,
             };
-            let target = self.targets(&g.target, true)?;
             let ifs = g.ifs.iter().map(|c| self.expr(c)).collect::<CR<Vec<_>>>()?;
             out.push(CompFor { target, iter, ifs });
         }

@@ -548,7 +548,11 @@ impl<'a> Interp<'a> {
             .get(slot as usize)
             .map(|s| &**s)
             .unwrap_or("?");
-        if code.name.as_ref() == "<module>" || code.name.as_ref() == "<expression>" {
+        let (name, comp) = match name.strip_suffix(crate::compile::COMP_MARK) {
+            Some(n) => (n, true),
+            None => (name, false),
+        };
+        if !comp && (code.name.as_ref() == "<module>" || code.name.as_ref() == "<expression>") {
             err("NameError", format!("name '{name}' is not defined"))
         } else {
             err(
