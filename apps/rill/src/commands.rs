@@ -429,6 +429,10 @@ pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
     };
     let run = match Run::start(pipeline.clone(), opts).await {
         Ok(r) => r,
+        Err(e @ RunError::AlreadyFinished { .. }) => {
+            eprintln!("{e}");
+            return OK;
+        }
         Err(RunError::BadInput(e)) => {
             eprintln!("error: {e}");
             return BAD_INPUT;

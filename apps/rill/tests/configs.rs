@@ -295,7 +295,8 @@ fn mltransform_train_then_apply() {
             "transforms: [{type: ScaleToZScore, config: {columns: [temp_c]}}]",
         );
     std::fs::write(dir.path().join("other.yaml"), yaml).unwrap();
-    let out = rill(dir.path(), &["run", "-q", "other.yaml"]);
+    // (`--reset-state`: the same pipeline, `mltransform-apply`, finished)
+    let out = rill(dir.path(), &["run", "-q", "--reset-state", "other.yaml"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(

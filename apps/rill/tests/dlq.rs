@@ -206,7 +206,10 @@ fn a_replay_killed_midway_delivers_each_letter_once() {
     .unwrap();
     // (the file of the first run goes: its lines must not count here)
     std::fs::remove_file(d.join("bad.jsonl")).unwrap();
-    let run = command(d, &["run", "-q", "p.yaml"]).spawn().unwrap();
+    // (the pipeline finished above: run again on purpose)
+    let run = command(d, &["run", "-q", "--reset-state", "p.yaml"])
+        .spawn()
+        .unwrap();
     let t = std::time::Instant::now();
     while lines(&d.join("bad.jsonl")) < 100 {
         assert!(

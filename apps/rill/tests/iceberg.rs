@@ -72,7 +72,16 @@ fn pyiceberg_and_duckdb_read_what_rill_writes() {
     for (k, rows) in [&first, &second].into_iter().enumerate() {
         let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
         std::fs::write(dir.path().join("in.jsonl"), text).unwrap();
-        let o = run_yaml(dir.path(), WRITE);
+        // the second batch: the same pipeline again, on purpose (a run
+        // that finished is not run again without `--reset-state`, which
+        // leaves the table and appends to it)
+        std::fs::write(dir.path().join("p.yaml"), WRITE).unwrap();
+        let args: &[&str] = if k == 0 {
+            &["run", "p.yaml"]
+        } else {
+            &["run", "--reset-state", "p.yaml"]
+        };
+        let o = rill(dir.path(), args);
         assert!(o.status.success(), "run {k}: {}", stderr(&o));
     }
     tables("read", dir.path(), "db.events");

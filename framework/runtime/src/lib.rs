@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorRef};
 use rill_core::node::Extensions;
 use rill_core::spec::{Delivery, Pipeline, Strategy};
-use rill_core::state::{MemStore, StateStore};
+use rill_core::state::{MemStore, StateStore, WriteBatch};
 use tokio::sync::Mutex;
 
 pub use metrics::{StageMetrics, StageSnapshot};
@@ -103,9 +103,47 @@ pub enum RunError {
     /// Stopped by a signal before the end.
     #[error("stopped before the end")]
     Stopped(RunReport),
+    /// Every stage this process runs finished an earlier run, which left
+    /// its mark (`m/finished`) instead of its state: running it again would
+    /// start over and cut its sinks' outputs back. Nothing was run; the CLI
+    /// says so and exits 0 (`--reset-state` runs it again on purpose).
+    #[error(
+        "pipeline `{pipeline}` already finished{}: its outputs are as that run left them; nothing was run (to run it again from the start, discarding that run's record, use --reset-state)",
+        finished_at(*at)
+    )]
+    AlreadyFinished {
+        pipeline: String,
+        /// When the last of its stages finished (seconds since the epoch).
+        at: u64,
+        stages: Vec<String>,
+    },
     #[error("runtime error: {0}")]
     Internal(String),
 }
+
+/// ` at <UTC time>`, or nothing for an unknown time.
+fn finished_at(secs: u64) -> String {
+    if secs == 0 {
+        return String::new();
+    }
+    let days = secs / 86_400;
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!(" at {y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02} UTC")
+}
+
+/// The key a finished run leaves in each of its stages' stores, in place
+/// of their state: the time it finished (seconds since the epoch, decimal).
+pub const FINISHED_KEY: &[u8] = b"m/finished";
 
 fn history_text(h: &[String]) -> String {
     if h.len() <= 1 {
@@ -189,6 +227,9 @@ impl Run {
 
         let stores = open_stores(&pipeline, &local, &base_dir, opts.reset_state)
             .map_err(RunError::BadInput)?;
+        if !opts.keep_state {
+            check_finished(&pipeline, &local, &stores)?;
+        }
         let mut stages = Vec::new();
         let mut metrics = Vec::new();
         for (s, store) in local.iter().zip(stores) {
@@ -419,11 +460,22 @@ impl Run {
         let outcome = self.outcome.lock().unwrap().clone();
         match outcome {
             Outcome::Completed => {
-                // a finished run leaves no state behind: the next run of the
-                // pipeline starts over
+                // a finished run leaves no state behind, only the mark that
+                // it finished: running the same stages again says so instead
+                // of starting over and cutting their outputs back
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
                 for st in self.stores.iter().filter(|_| !self.keep_state) {
-                    if let Err(e) = st.clear().and_then(|_| st.flush()) {
-                        tracing::warn!("cannot clear the finished run's state: {e}");
+                    let mut mark = WriteBatch::default();
+                    mark.put(FINISHED_KEY, now.to_string());
+                    if let Err(e) = st
+                        .clear()
+                        .and_then(|_| st.commit(mark))
+                        .and_then(|_| st.flush())
+                    {
+                        tracing::warn!("cannot record that the run finished: {e}");
                     }
                 }
                 Ok(report)
@@ -502,6 +554,49 @@ fn open_stores(
         out.push(store);
     }
     Ok(out)
+}
+
+/// Refuses to run stages that finished an earlier run: all of them
+/// finished is [`RunError::AlreadyFinished`]; some is bad input (the
+/// process runs a different set of stages than the run that finished).
+fn check_finished(
+    pipeline: &Pipeline,
+    local: &[&rill_core::spec::Stage],
+    stores: &[Arc<dyn StateStore>],
+) -> Result<(), RunError> {
+    let mut done = Vec::new();
+    let mut not_done = Vec::new();
+    let mut at = 0;
+    for (s, st) in local.iter().zip(stores) {
+        match st.get(FINISHED_KEY) {
+            Ok(Some(v)) => {
+                at = at.max(
+                    std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0),
+                );
+                done.push(s.name.clone());
+            }
+            _ => not_done.push(s.name.clone()),
+        }
+    }
+    if done.is_empty() {
+        return Ok(());
+    }
+    if not_done.is_empty() {
+        return Err(RunError::AlreadyFinished {
+            pipeline: pipeline.name.clone(),
+            at,
+            stages: done,
+        });
+    }
+    Err(RunError::BadInput(format!(
+        "in pipeline `{}`, stage(s) {} finished an earlier run and {} did not: this process runs another set of stages than that run did; run the stages as they were, or start the pipeline over with --reset-state",
+        pipeline.name,
+        done.join(", "),
+        not_done.join(", ")
+    )))
 }
 
 /// Runs a pipeline to its end.

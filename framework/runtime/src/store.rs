@@ -91,13 +91,13 @@ fn err(e: sled::Error) -> StoreError {
 
 impl SledStore {
     /// Whether the store holds a stage's state (anything but its format
-    /// marker): a run that has not finished left it (a finished run clears
-    /// its stores).
+    /// marker and the mark that a run finished): a run that has not
+    /// finished left it (a finished run clears its stores).
     pub fn has_state(&self) -> bool {
         self.db
             .iter()
             .keys()
-            .any(|k| k.is_ok_and(|k| k.as_ref() != FORMAT_KEY))
+            .any(|k| k.is_ok_and(|k| k.as_ref() != FORMAT_KEY && k.as_ref() != crate::FINISHED_KEY))
     }
 
     /// Opens (or creates) the store in `dir` and checks it is rill's.
