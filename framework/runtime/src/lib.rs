@@ -227,8 +227,10 @@ impl Run {
 
         let stores = open_stores(&pipeline, &local, &base_dir, opts.reset_state)
             .map_err(RunError::BadInput)?;
-        if !opts.keep_state {
-            check_finished(&pipeline, &local, &stores)?;
+        if !opts.keep_state
+            && let Some(e) = check_finished(&pipeline, &local, &stores)
+        {
+            return Err(e);
         }
         let mut stages = Vec::new();
         let mut metrics = Vec::new();
@@ -556,14 +558,14 @@ fn open_stores(
     Ok(out)
 }
 
-/// Refuses to run stages that finished an earlier run: all of them
+/// Why stages that finished an earlier run are not run: all of them
 /// finished is [`RunError::AlreadyFinished`]; some is bad input (the
 /// process runs a different set of stages than the run that finished).
 fn check_finished(
     pipeline: &Pipeline,
     local: &[&rill_core::spec::Stage],
     stores: &[Arc<dyn StateStore>],
-) -> Result<(), RunError> {
+) -> Option<RunError> {
     let mut done = Vec::new();
     let mut not_done = Vec::new();
     let mut at = 0;
@@ -582,16 +584,16 @@ fn check_finished(
         }
     }
     if done.is_empty() {
-        return Ok(());
+        return None;
     }
     if not_done.is_empty() {
-        return Err(RunError::AlreadyFinished {
+        return Some(RunError::AlreadyFinished {
             pipeline: pipeline.name.clone(),
             at,
             stages: done,
         });
     }
-    Err(RunError::BadInput(format!(
+    Some(RunError::BadInput(format!(
         "in pipeline `{}`, stage(s) {} finished an earlier run and {} did not: this process runs another set of stages than that run did; run the stages as they were, or start the pipeline over with --reset-state",
         pipeline.name,
         done.join(", "),
