@@ -191,3 +191,159 @@ fn a_rerun_of_a_finished_run_keeps_its_output() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), first);
 }
+
+const END_CUT: &str = r#"
+pipeline:
+  name: endcut
+  transforms:
+    - {type: Generate, name: gen, config: {count: 600, seed: 1}}
+    - type: MapToFields
+      name: slow
+      input: gen
+      config:
+        language: python
+        fields: {id: id, v: "sum(range(150000)) + id"}
+    - {type: WriteToJson, name: sink, input: slow, config: {path: out.jsonl}}
+# the producer listens nowhere: its one way to the consumer is the link
+options: {batch_size: 16, zenoh: {listen: []}}
+"#;
+
+/// The split `END_CUT` run, the link between its processes cut after the
+/// producer sent its last record and its end while the consumer still
+/// works: the consumer (`slow,sink`, listening on the returned endpoint,
+/// with `RILL_END_WAIT_SECS=end_wait`), the producer (`gen`, connected
+/// through the link) and the link.
+fn end_cut(d: &Path, end_wait: &str) -> (Spawned, Spawned, Link, String) {
+    std::fs::write(d.join("p.yaml"), END_CUT).unwrap();
+    let out = d.join("out.jsonl");
+    let port = free_port();
+    let ep = format!("tcp/127.0.0.1:{port}");
+    let link = Link::to(port);
+    let consumer: Spawned = command(
+        d,
+        &["run", "p.yaml", "--stages", "slow,sink", "--listen", &ep],
+    )
+    .env("RILL_END_WAIT_SECS", end_wait)
+    .spawn()
+    .unwrap()
+    .into();
+    std::thread::sleep(Duration::from_millis(300));
+    let producer = spawn(
+        d,
+        &[
+            "run",
+            "p.yaml",
+            "--stages",
+            "gen",
+            "--connect",
+            &link.endpoint(),
+        ],
+    );
+    // all 600 records (fewer than a window) and the end are sent long
+    // before the slow consumer (8 s in all, in batches of 16) has written
+    // its first ones
+    wait_lines(&out, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let cut_at = lines(&out);
+    assert!(cut_at < 600, "the consumer finished before the cut");
+    link.cut();
+    eprintln!("cut when {cut_at} of 600 rows were written");
+    (consumer, producer, link, ep)
+}
+
+/// The end of the stream survives a link cut (issue 23, findings 1 and
+/// 4): the link between the processes is cut after the producer sent its
+/// last record and its end, while the consumer still works; the consumer
+/// finishes during the cut, longer than Zenoh's lease (10 s), so its last
+/// acknowledgement is lost. Before, the consumer left once the producer's
+/// token was gone, and the producer, back, waited forever for that
+/// acknowledgement, without a word. Now the consumer says what it waits
+/// for and acknowledges again until the producer confirms it, each side
+/// warns of the other being unreachable and back, and both exit by
+/// themselves.
+#[test]
+fn the_end_of_the_stream_survives_a_cut() {
+    let dir = sandbox();
+    let d = dir.path();
+    let out = d.join("out.jsonl");
+    let (mut consumer, producer, link, _) = end_cut(d, "300");
+    wait_lines_for(&out, 600, Duration::from_secs(120));
+    // the consumer finished during the cut; the lease ends, the producer is
+    // unreachable: before, the consumer left here
+    std::thread::sleep(Duration::from_secs(16));
+    let still = consumer.running();
+    link.heal();
+    assert!(
+        still,
+        "the consumer left while its producer had not confirmed the end: {}",
+        stderr(&consumer.kill_and_output())
+    );
+    let c = consumer.wait(Duration::from_secs(60), "consumer process");
+    let p = producer.wait(Duration::from_secs(60), "producer process");
+    assert!(c.status.success(), "consumer: {}", stderr(&c));
+    assert!(p.status.success(), "producer: {}", stderr(&p));
+    assert!(
+        stderr(&c).contains("waiting for producer `gen`")
+            && stderr(&c).contains("unreachable for")
+            && stderr(&c).contains("producer `gen` confirmed the end of its stream"),
+        "the consumer did not say what it waited for: {}",
+        stderr(&c)
+    );
+    assert!(
+        stderr(&p).contains("consumer `slow` is unreachable")
+            && stderr(&p).contains("consumer `slow` is reachable again"),
+        "the producer did not say its consumer was unreachable: {}",
+        stderr(&p)
+    );
+    let ids = int_column(&out, "id");
+    assert_eq!(ids, (0..600).collect::<Vec<_>>(), "exactly once, in order");
+}
+
+/// A consumer that gave up waiting for its unreachable producer (here
+/// after 2 s) leaves a producer that waits for the last acknowledgement;
+/// running the consumer's command again once the link is back says the
+/// pipeline finished, sends that acknowledgement again, and the producer
+/// confirms it and exits by itself; the output is untouched.
+#[test]
+fn a_rerun_sends_a_lost_last_acknowledgement_again() {
+    let dir = sandbox();
+    let d = dir.path();
+    let out = d.join("out.jsonl");
+    let (consumer, mut producer, link, ep) = end_cut(d, "2");
+    let c = consumer.wait(Duration::from_secs(120), "consumer process");
+    assert!(c.status.success(), "consumer: {}", stderr(&c));
+    assert!(
+        stderr(&c).contains("gave up after") && stderr(&c).contains("producer `gen`"),
+        "{}",
+        stderr(&c)
+    );
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written.lines().count(), 600);
+    link.heal();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        producer.running(),
+        "the producer left without the last acknowledgement: {}",
+        stderr(&producer.kill_and_output())
+    );
+    let again = wait(
+        command(
+            d,
+            &["run", "p.yaml", "--stages", "slow,sink", "--listen", &ep],
+        )
+        .spawn()
+        .unwrap(),
+        Duration::from_secs(60),
+        "the consumer run again",
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already finished")
+            && stderr(&again).contains("sent the last acknowledgement again: producer `gen`"),
+        "{}",
+        stderr(&again)
+    );
+    let p = producer.wait(Duration::from_secs(30), "producer process");
+    assert!(p.status.success(), "producer: {}", stderr(&p));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), written);
+}

@@ -41,6 +41,7 @@ use ractor::{Actor, ActorRef};
 use rill_core::node::Extensions;
 use rill_core::spec::{Delivery, Pipeline, Strategy};
 use rill_core::state::{MemStore, StateStore, WriteBatch};
+use rill_core::wire::{CtlMsg, encode_ctl};
 use tokio::sync::Mutex;
 
 pub use metrics::{StageMetrics, StageSnapshot};
@@ -141,9 +142,37 @@ fn finished_at(secs: u64) -> String {
     format!(" at {y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02} UTC")
 }
 
+/// How long a finished consumer waits for an unreachable producer to
+/// confirm the end of its stream (`RILL_END_WAIT_SECS`, default 300 s).
+fn end_wait() -> Duration {
+    Duration::from_secs(
+        std::env::var("RILL_END_WAIT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    )
+}
+
 /// The key a finished run leaves in each of its stages' stores, in place
 /// of their state: the time it finished (seconds since the epoch, decimal).
 pub const FINISHED_KEY: &[u8] = b"m/finished";
+
+/// Beside [`FINISHED_KEY`]: the last acknowledgements a finished stage sent
+/// to producers in other processes (JSON, a list of [`FinalAck`]), sent
+/// again when the same stages are run again, for a producer that never
+/// got them (it was cut off at the end, past the consumer's wait).
+pub const FINAL_ACKS_KEY: &[u8] = b"m/final_acks";
+
+/// A last acknowledgement kept with the finished mark.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FinalAck {
+    stage: String,
+    producer: String,
+    ctl: String,
+    consumer: String,
+    epoch: u64,
+    next: u64,
+}
 
 fn history_text(h: &[String]) -> String {
     if h.len() <= 1 {
@@ -230,6 +259,10 @@ impl Run {
         if !opts.keep_state
             && let Some(e) = check_finished(&pipeline, &local, &stores)
         {
+            if matches!(e, RunError::AlreadyFinished { .. }) {
+                send_final_acks(&session, &pipeline.name, &stores).await;
+            }
+            let _ = session.close().await;
             return Err(e);
         }
         let mut stages = Vec::new();
@@ -341,45 +374,142 @@ impl Run {
     }
 
     /// A consumer's last acknowledgement (of its input's end) can be lost
-    /// on the way, and a producer in another process waits for it: until
-    /// every remote producer of a local stage has left (its liveliness
-    /// token is gone), or for at most [`LINGER`], the acknowledgements are
-    /// sent again. A producer in this process has them already.
+    /// on the way (a link cut at the end of the stream), and a producer in
+    /// another process waits for it: it is sent again, every 200 ms, until
+    /// the producer shows it has it (its [`protocol::ended_key`] token for
+    /// this consumer). While the producer is unreachable the process says
+    /// what it waits for (after 10 s, then every 30 s), and gives up after
+    /// `RILL_END_WAIT_SECS` (300 s) of it, with a warning naming the
+    /// producer. A producer in this process has the acknowledgements
+    /// already.
     async fn last_acks(&self) {
         let local = self.stage_keys_here();
-        let until = Instant::now() + LINGER;
+        let end_wait = end_wait();
         for sh in &self.shared {
             let mut sh = sh.lock().await;
+            let me = sh.consumer_id.clone();
+            let stage = sh.stage.name.clone();
             for i in 0..sh.inputs.len() {
                 let producer = sh.inputs[i].producer_key.clone();
                 if local.contains(producer.as_str()) {
                     continue;
                 }
-                let keys = protocol::alive_keys(&self.pipeline.name, &producer);
-                while Instant::now() < until {
+                let ended = protocol::ended_key(&self.pipeline.name, &producer, &me);
+                let alive = protocol::alive_keys(&self.pipeline.name, &producer);
+                let started = Instant::now();
+                let mut unreachable: Option<Instant> = None;
+                let mut next_note = stage::UNREACHABLE_WARN;
+                let mut said_unreachable = false;
+                loop {
                     if sh.ack(i).await.is_err() {
                         break;
                     }
-                    let live = match self.session.liveliness().get(&keys).await {
-                        Ok(replies) => {
-                            let mut any = false;
-                            while let Ok(Ok(r)) = tokio::time::timeout(
-                                Duration::from_millis(500),
-                                replies.recv_async(),
-                            )
-                            .await
-                            {
-                                any |= r.result().is_ok();
-                            }
-                            any
+                    // the producer has our acknowledgement of its end
+                    if self.any_token(&ended).await {
+                        if said_unreachable {
+                            tracing::warn!(
+                                stage,
+                                "producer `{producer}` confirmed the end of its stream after {:.1} s",
+                                started.elapsed().as_secs_f64()
+                            );
                         }
-                        Err(_) => false,
-                    };
-                    if !live {
                         break;
+                    }
+                    let live = self.any_token(&alive).await;
+                    if live {
+                        unreachable = None;
+                    } else if unreachable.is_none() {
+                        unreachable = Some(Instant::now());
+                    }
+                    let waited = started.elapsed();
+                    if let Some(t) = unreachable
+                        && t.elapsed() >= end_wait
+                    {
+                        tracing::warn!(
+                            stage,
+                            "gave up after {:.0} s waiting for producer `{producer}` to confirm the end of its stream (unreachable for {:.0} s): if it still waits, run this command again once it is reachable; it acknowledges again and exits",
+                            waited.as_secs_f64(),
+                            t.elapsed().as_secs_f64()
+                        );
+                        break;
+                    }
+                    if waited >= next_note {
+                        next_note += Duration::from_secs(30);
+                        said_unreachable |= unreachable.is_some();
+                        match unreachable {
+                            Some(t) => tracing::warn!(
+                                stage,
+                                "finished; waiting for producer `{producer}` to confirm it has the acknowledgement of its end: unreachable for {:.0} s (waiting at most {:.0} s for it)",
+                                t.elapsed().as_secs_f64(),
+                                end_wait.as_secs_f64()
+                            ),
+                            None => tracing::info!(
+                                stage,
+                                "finished; waiting for producer `{producer}` (reachable) to confirm it has the acknowledgement of its end ({:.0} s)",
+                                waited.as_secs_f64()
+                            ),
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+            }
+        }
+    }
+
+    /// Per stage, the last acknowledgements of its inputs whose producers
+    /// run in other processes.
+    async fn final_acks(&self) -> Vec<Vec<FinalAck>> {
+        let local = self.stage_keys_here();
+        let mut all = Vec::new();
+        for sh in &self.shared {
+            let sh = sh.lock().await;
+            let mut v = Vec::new();
+            for port in &sh.inputs {
+                if local.contains(port.producer_key.as_str()) {
+                    continue;
+                }
+                if let Some(epoch) = port.committed.epoch {
+                    v.push(FinalAck {
+                        stage: sh.stage.name.clone(),
+                        producer: port.producer_key.clone(),
+                        ctl: port.ctl.key_expr().as_str().to_owned(),
+                        consumer: sh.consumer_id.clone(),
+                        epoch,
+                        next: port.committed.next,
+                    });
+                }
+            }
+            all.push(v);
+        }
+        all
+    }
+
+    /// Whether a liveliness token matching `keys` is visible now.
+    async fn any_token(&self, keys: &str) -> bool {
+        any_token(&self.session, keys).await
+    }
+
+    /// A producer that finished stays reachable until the consumers of its
+    /// outputs in other processes have left (they leave once they see that
+    /// their acknowledgement of its end arrived), for at most [`LINGER`].
+    async fn linger_for_consumers(&self) {
+        let local = self.stage_keys_here();
+        let mut remote = std::collections::BTreeSet::new();
+        for sh in &self.shared {
+            let sh = sh.lock().await;
+            for port in &sh.outputs {
+                for (c, _) in port.log.log.acks() {
+                    if !local.contains(c) {
+                        remote.insert(c.to_owned());
+                    }
+                }
+            }
+        }
+        let until = Instant::now() + LINGER;
+        for c in remote {
+            let keys = protocol::alive_keys(&self.pipeline.name, &c);
+            while Instant::now() < until && self.any_token(&keys).await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -457,6 +587,7 @@ impl Run {
         };
         if matches!(*self.outcome.lock().unwrap(), Outcome::Completed) {
             self.last_acks().await;
+            self.linger_for_consumers().await;
         }
         let _ = self.session.close().await;
         let outcome = self.outcome.lock().unwrap().clone();
@@ -469,9 +600,15 @@ impl Run {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0);
-                for st in self.stores.iter().filter(|_| !self.keep_state) {
+                let finals = self.final_acks().await;
+                for (st, finals) in self.stores.iter().zip(finals).filter(|_| !self.keep_state) {
                     let mut mark = WriteBatch::default();
                     mark.put(FINISHED_KEY, now.to_string());
+                    if !finals.is_empty()
+                        && let Ok(v) = serde_json::to_vec(&finals)
+                    {
+                        mark.put(FINAL_ACKS_KEY, v);
+                    }
                     if let Err(e) = st
                         .clear()
                         .and_then(|_| st.commit(mark))
@@ -599,6 +736,90 @@ fn check_finished(
         done.join(", "),
         not_done.join(", ")
     )))
+}
+
+/// Whether a liveliness token matching `keys` is visible now.
+async fn any_token(session: &zenoh::Session, keys: &str) -> bool {
+    match session.liveliness().get(keys).await {
+        Ok(replies) => {
+            let mut any = false;
+            while let Ok(Ok(r)) =
+                tokio::time::timeout(Duration::from_millis(500), replies.recv_async()).await
+            {
+                any |= r.result().is_ok();
+            }
+            any
+        }
+        Err(_) => false,
+    }
+}
+
+/// The stages of a finished run are run again: their last acknowledgements
+/// to producers in other processes are sent again, for a producer that
+/// still waits for one (it was unreachable when the run finished). A
+/// producer that confirms, or cannot be reached within a few seconds, ends
+/// it; one that is reachable is given up to 30 s.
+async fn send_final_acks(session: &zenoh::Session, pipeline: &str, stores: &[Arc<dyn StateStore>]) {
+    let finals: Vec<FinalAck> = stores
+        .iter()
+        .filter_map(|st| st.get(FINAL_ACKS_KEY).ok().flatten())
+        .filter_map(|v| serde_json::from_slice::<Vec<FinalAck>>(&v).ok())
+        .flatten()
+        .collect();
+    tracing::info!("{} last acknowledgement(s) to send again", finals.len());
+    for f in finals {
+        let ended = protocol::ended_key(pipeline, &f.producer, &f.consumer);
+        let alive = protocol::alive_keys(pipeline, &f.producer);
+        let Ok(msg) = encode_ctl(&CtlMsg::Ack {
+            consumer: f.consumer.clone(),
+            epoch: f.epoch,
+            next: f.next,
+        }) else {
+            continue;
+        };
+        let started = Instant::now();
+        let mut seen_live = false;
+        loop {
+            let _ = session.put(f.ctl.as_str(), msg.clone()).await;
+            if any_token(session, &ended).await {
+                tracing::warn!(
+                    stage = f.stage,
+                    "sent the last acknowledgement again: producer `{}` confirmed the end of its stream",
+                    f.producer
+                );
+                break;
+            }
+            let live = any_token(session, &alive).await;
+            if seen_live && !live {
+                // it finished at once (no stage of this process holds it)
+                tracing::warn!(
+                    stage = f.stage,
+                    "sent the last acknowledgement again: producer `{}` took it and finished",
+                    f.producer
+                );
+                break;
+            }
+            seen_live |= live;
+            let limit = if live { 30 } else { 10 };
+            if started.elapsed() >= Duration::from_secs(limit) {
+                if live {
+                    tracing::warn!(
+                        stage = f.stage,
+                        "producer `{}` did not confirm the end of its stream in {limit} s",
+                        f.producer
+                    );
+                } else {
+                    tracing::info!(
+                        stage = f.stage,
+                        "producer `{}` is not reachable: the last acknowledgement sent to it again went nowhere (run this again while it runs, if it waits for it)",
+                        f.producer
+                    );
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// Runs a pipeline to its end.

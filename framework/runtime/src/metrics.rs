@@ -49,6 +49,9 @@ pub struct StageMetrics {
     pub node: std::sync::Arc<rill_core::metrics::NodeMetrics>,
     /// The stage's request queue, when it has `serve:`.
     pub requests: std::sync::OnceLock<std::sync::Arc<rill_core::serve::RequestQueue>>,
+    /// How long (ms) the consumers of an output have left its records
+    /// unacknowledged, once past the warning threshold (0 otherwise).
+    pub unreachable_ms: AtomicU64,
 }
 
 impl StageMetrics {
@@ -76,6 +79,7 @@ impl StageMetrics {
             watermark: AtomicI64::new(i64::MIN),
             node: Default::default(),
             requests: std::sync::OnceLock::new(),
+            unreachable_ms: AtomicU64::new(0),
         }
     }
 

@@ -89,7 +89,7 @@ type Fmt = Result<(), std::fmt::Error>;
 impl Collector for StagesCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Fmt {
         use Read::{Counter, Gauge, GaugeF, Seconds};
-        let simple: [(&str, &str, Read); 13] = [
+        let simple: [(&str, &str, Read); 14] = [
             (
                 "rill_stage_records_in",
                 "records handed to the node (again after a restart)",
@@ -158,6 +158,11 @@ impl Collector for StagesCollector {
                 "rill_stage_log_high_water",
                 "most records an output held unacknowledged at once",
                 Gauge(|m| m.log_high_water.load(Relaxed) as i64),
+            ),
+            (
+                "rill_peer_unreachable_seconds",
+                "how long a consumer of the stage's outputs with records to acknowledge has been unreachable (0: none is)",
+                GaugeF(|m| m.unreachable_ms.load(Relaxed) as f64 / 1000.0),
             ),
         ];
         for (name, help, read) in simple {

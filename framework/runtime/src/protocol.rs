@@ -45,6 +45,14 @@ pub fn alive_key(pipeline: &str, stage_key: &str, epoch: u64, session: &str) -> 
     format!("rill/{pipeline}/{stage_key}/alive/{epoch:016x}/{session}")
 }
 
+/// The liveliness token a producer holds once consumer `consumer` has
+/// acknowledged the end of its stream: a consumer that finished waits for
+/// it before its process leaves, so an acknowledgement lost in a link cut
+/// is sent again rather than waited for forever by the producer.
+pub fn ended_key(pipeline: &str, producer_key: &str, consumer_key: &str) -> String {
+    format!("rill/{pipeline}/{producer_key}/ended/{consumer_key}")
+}
+
 /// The key expression of every token of a stage.
 pub fn alive_keys(pipeline: &str, stage_key: &str) -> String {
     format!("rill/{pipeline}/{stage_key}/alive/**")

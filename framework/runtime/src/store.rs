@@ -94,10 +94,11 @@ impl SledStore {
     /// marker and the mark that a run finished): a run that has not
     /// finished left it (a finished run clears its stores).
     pub fn has_state(&self) -> bool {
-        self.db
-            .iter()
-            .keys()
-            .any(|k| k.is_ok_and(|k| k.as_ref() != FORMAT_KEY && k.as_ref() != crate::FINISHED_KEY))
+        self.db.iter().keys().any(|k| {
+            k.is_ok_and(|k| {
+                ![FORMAT_KEY, crate::FINISHED_KEY, crate::FINAL_ACKS_KEY].contains(&k.as_ref())
+            })
+        })
     }
 
     /// Opens (or creates) the store in `dir` and checks it is rill's.

@@ -101,6 +101,13 @@ impl Spawned {
         self.0.as_ref().map_or(0, Child::id)
     }
 
+    /// Whether it has not exited yet.
+    pub fn running(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("try_wait").is_none())
+    }
+
     /// Sends it `sig` (`-TERM`, `-INT`, ...).
     pub fn signal(&self, sig: &str) {
         let st = Command::new("kill")
@@ -214,11 +221,16 @@ pub fn lines(path: &Path) -> usize {
 
 /// Waits until `path` has at least `n` lines (at most 30 s).
 pub fn wait_lines(path: &Path, n: usize) {
-    let end = Instant::now() + Duration::from_secs(30);
+    wait_lines_for(path, n, Duration::from_secs(30));
+}
+
+/// Waits until `path` has at least `n` lines, at most `limit`.
+pub fn wait_lines_for(path: &Path, n: usize, limit: Duration) {
+    let end = Instant::now() + limit;
     while lines(path) < n {
         assert!(
             Instant::now() < end,
-            "fewer than {n} lines in {} after 30 s",
+            "fewer than {n} lines in {} after {limit:?}",
             path.display()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -454,4 +466,90 @@ pub fn python_outputs(setup: &Path, script: &Path) -> tempfile::TempDir {
         String::from_utf8_lossy(&ran.stderr)
     );
     dir
+}
+
+/// A TCP link between two processes on loopback that a test can cut and
+/// heal, as a pulled cable would: while cut, the connections it carries
+/// stay open and everything sent on them is lost (no reset, no close: the
+/// peers find out by their own timeouts), and connections made during the
+/// cut hang the same way. Connections made after [`Link::heal`] carry
+/// traffic again; those of before the cut stay dead, as a real peer's
+/// would after its lease expired.
+pub struct Link {
+    port: u16,
+    state: std::sync::Arc<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    cut: std::sync::atomic::AtomicBool,
+    cuts: std::sync::atomic::AtomicU64,
+}
+
+impl Link {
+    /// A link to `127.0.0.1:target`; connect to [`Link::endpoint`].
+    pub fn to(target: u16) -> Link {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the link");
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(LinkState::default());
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(a) = conn else { continue };
+                let Ok(b) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                // a connection made during a cut is dead from the start
+                let born = if st.cut.load(SeqCst) {
+                    u64::MAX
+                } else {
+                    st.cuts.load(SeqCst)
+                };
+                for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)]
+                {
+                    let st = st.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if born != st.cuts.load(SeqCst) {
+                                continue; // cut: lost on the way
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        if born == st.cuts.load(SeqCst) {
+                            let _ = to.shutdown(std::net::Shutdown::Write);
+                        }
+                    });
+                }
+            }
+        });
+        Link { port, state }
+    }
+
+    /// The endpoint to connect to (`tcp/127.0.0.1:PORT`).
+    pub fn endpoint(&self) -> String {
+        format!("tcp/127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts the link: nothing passes any more on the connections it has.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.state.cut.store(true, SeqCst);
+        self.state.cuts.fetch_add(1, SeqCst);
+    }
+
+    /// Heals it: new connections carry traffic.
+    pub fn heal(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }

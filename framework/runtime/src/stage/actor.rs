@@ -35,8 +35,20 @@ pub enum StageMsg {
     Ctl { output: usize, msg: CtlMsg },
     /// The producer of input `input` came up (its liveliness token).
     ProducerUp { input: usize },
+    /// No token of the producer of input `input` is live any more.
+    ProducerDown { input: usize },
     /// A consumer of output `output` came up.
-    ConsumerUp { output: usize },
+    ConsumerUp {
+        output: usize,
+        consumer: String,
+        token: String,
+    },
+    /// A token of consumer `consumer` of output `output` went away.
+    ConsumerDown {
+        output: usize,
+        consumer: String,
+        token: String,
+    },
     /// Commit what is pending (queued behind the input that arrived before
     /// it, so one commit covers all of it).
     Commit,
@@ -329,12 +341,83 @@ impl Actor for StageActor {
             }
             StageMsg::ProducerUp { input } => {
                 let from = sh.inputs[input].received.lock().unwrap().next;
+                if let Some(since) = sh.inputs[input].gone.take() {
+                    let port = &sh.inputs[input];
+                    warn!(
+                        stage = %sh.stage.name,
+                        input = %port.label,
+                        "producer `{}` is reachable again after {:.1} s; asking it for the records from {from} on",
+                        port.producer_key,
+                        since.elapsed().as_secs_f64()
+                    );
+                }
                 sh.request_resend(input, from, true).await?;
                 sh.ack(input).await?;
             }
-            StageMsg::ConsumerUp { output } => {
-                let from = sh.outputs[output].log.log.min_acked();
+            StageMsg::ProducerDown { input } => {
+                let stage = sh.stage.name.clone();
+                let port = &mut sh.inputs[input];
+                if !port.ended && port.gone.is_none() {
+                    port.gone = Some(Instant::now());
+                    let from = port.received.lock().unwrap().next;
+                    warn!(
+                        stage = %stage,
+                        input = %port.label,
+                        "producer `{}` is unreachable: its process left or its link is cut (waiting for it; it resends from record {from} when it is back)",
+                        port.producer_key
+                    );
+                }
+            }
+            StageMsg::ConsumerUp {
+                output,
+                consumer,
+                token,
+            } => {
+                let port = &mut sh.outputs[output];
+                port.tokens
+                    .entry(consumer.clone())
+                    .or_default()
+                    .insert(token);
+                let from = port.log.log.min_acked();
+                let waiting = port.log.log.next_seq().saturating_sub(from);
+                if let Some(since) = port.gone.remove(&consumer) {
+                    let name = port.name.clone();
+                    warn!(
+                        stage = %sh.stage.name,
+                        output = name.as_deref().unwrap_or("main"),
+                        "consumer `{consumer}` is reachable again after {:.1} s; resending the {waiting} records it has not acknowledged",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
                 sh.resend(output, from).await?;
+            }
+            StageMsg::ConsumerDown {
+                output,
+                consumer,
+                token,
+            } => {
+                let port = &mut sh.outputs[output];
+                let left = port.tokens.get_mut(&consumer).map(|t| {
+                    t.remove(&token);
+                    t.is_empty()
+                });
+                let acked = port
+                    .log
+                    .log
+                    .acks()
+                    .find(|(c, _)| *c == consumer)
+                    .map_or(0, |(_, a)| a);
+                let pending = port.log.log.next_seq().saturating_sub(acked);
+                let ended = port.log.log.end_seq().is_some_and(|e| acked > e);
+                if left == Some(true) && !ended && !port.gone.contains_key(&consumer) {
+                    port.gone.insert(consumer.clone(), Instant::now());
+                    let name = port.name.clone();
+                    warn!(
+                        stage = %sh.stage.name,
+                        output = name.as_deref().unwrap_or("main"),
+                        "consumer `{consumer}` is unreachable: its process left or its link is cut ({pending} records it has not acknowledged are kept for it, and sent again when it is back)"
+                    );
+                }
             }
             StageMsg::Ctl { output, msg } => match msg {
                 CtlMsg::Ack {
@@ -349,16 +432,40 @@ impl Actor for StageActor {
                     if epoch == port.producer.epoch && port.log.log.ack(&consumer, next) {
                         port.last_progress = Instant::now();
                         port.rto = RTO_MIN;
-                        if port.log.log.finished() {
-                            // the last ack: made durable at once (the
-                            // consumer may finish and leave now)
+
+                        let ended_now = port
+                            .log
+                            .log
+                            .end_seq()
+                            .is_some_and(|e| next > e && !port.ended.contains_key(&consumer));
+                        if port.log.log.finished() || ended_now {
+                            // the last ack (of all, or of one consumer):
+                            // made durable at once (the consumer may finish
+                            // and leave now)
                             sh.commit(&mut st.node).await?;
                         } else if port.log.log.has_trimmed() {
                             queue_commit(&mut sh, &myself)?;
                         }
+
                         drive(&mut sh, st, &myself).await?;
                         if matches!(st.node, Node::Source(_)) && st.poll_at.is_none() {
                             poll_source(&mut sh, st, &myself).await?;
+                        }
+                    }
+                    // a consumer that acknowledged the end (durably: that
+                    // ack was committed at once, or loaded from the store)
+                    // is told so by a token it waits for before it leaves;
+                    // a repeated ack after a restart gets it too
+                    let port = &sh.outputs[output];
+                    let ended = epoch == port.producer.epoch
+                        && !port.ended.contains_key(&consumer)
+                        && port.log.log.end_seq().is_some_and(|e| {
+                            port.log.log.acks().any(|(c, a)| c == consumer && a > e)
+                        });
+                    if ended {
+                        let key = ended_key(&sh.pipeline, &sh.stage.key_name(), &consumer);
+                        if let Ok(t) = sh.session.liveliness().declare_token(key).await {
+                            sh.outputs[output].ended.insert(consumer, t);
                         }
                     }
                 }
@@ -426,7 +533,21 @@ impl Actor for StageActor {
                 if sh.commit_due() {
                     sh.commit(&mut st.node).await?;
                 }
+                let mut unreachable_ms = sh
+                    .inputs
+                    .iter()
+                    .filter_map(|i| i.gone.map(|t| t.elapsed().as_millis() as u64))
+                    .max()
+                    .unwrap_or(0);
                 for o in 0..sh.outputs.len() {
+                    let port = &mut sh.outputs[o];
+                    let gone = port
+                        .gone
+                        .values()
+                        .map(|t| t.elapsed().as_millis() as u64)
+                        .max()
+                        .unwrap_or(0);
+                    unreachable_ms = unreachable_ms.max(gone);
                     let port = &mut sh.outputs[o];
                     if port.log.log.unacked() > 0 && port.last_progress.elapsed() >= port.rto {
                         port.rto = (port.rto * 2).min(RTO_MAX);
@@ -436,6 +557,9 @@ impl Actor for StageActor {
                         sh.resend(o, from).await?;
                     }
                 }
+                sh.metrics
+                    .unreachable_ms
+                    .store(unreachable_ms, std::sync::atomic::Ordering::Relaxed);
                 if st.poll_at.is_some_and(|t| Instant::now() >= t) {
                     st.poll_at = None;
                     poll_source(&mut sh, st, &myself).await?;

@@ -22,6 +22,7 @@ pub(crate) use build::{BuildError, build_node};
 pub use outputs::dead_letter;
 pub(crate) use shared::SetupError;
 pub use shared::StageShared;
+pub(crate) use shared::UNREACHABLE_WARN;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -52,7 +53,7 @@ use crate::log::{Arrival, InCursor};
 use crate::metrics::StageMetrics;
 use crate::protocol::{
     CtlMsg, DataHead, DataMsg, ProducerId, alive_key, alive_keys, ctl_key, data_key, decode_ctl,
-    decode_data_head, decode_records, encode_ctl, encode_data, token_of_alive_key,
+    decode_data_head, decode_records, encode_ctl, encode_data, ended_key, token_of_alive_key,
 };
 use crate::resume::Replay;
 use clock::Clock;

@@ -156,7 +156,8 @@ impl StageShared {
         } else {
             port.log.committed_seq()
         };
-        for payload in port.log.log.resend_between(from, upto, port.window) {
+        let payloads: Vec<ZBytes> = port.log.log.resend_between(from, upto, port.window);
+        for payload in payloads {
             port.publisher.put(payload).await?;
         }
         Ok(())

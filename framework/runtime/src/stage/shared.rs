@@ -12,7 +12,18 @@ pub(crate) struct OutPort {
     pub window: u64,
     pub(crate) last_progress: Instant,
     pub(crate) rto: Duration,
+    /// The live liveliness tokens of each consumer, and since when a
+    /// consumer with records to acknowledge has had none (unreachable).
+    pub(crate) tokens: std::collections::HashMap<String, std::collections::HashSet<String>>,
+    pub(crate) gone: std::collections::HashMap<String, Instant>,
+    /// The tokens that tell each consumer its acknowledgement of the end
+    /// arrived ([`ended_key`]), by consumer.
+    pub(crate) ended: std::collections::HashMap<String, LivelinessToken>,
 }
+
+/// How long a finished consumer waits for a producer's confirmation before
+/// it says what it waits for.
+pub(crate) const UNREACHABLE_WARN: Duration = Duration::from_secs(10);
 
 /// One input of a stage.
 pub(crate) struct InPort {
@@ -36,6 +47,9 @@ pub(crate) struct InPort {
     #[allow(clippy::type_complexity)]
     pub announced: Arc<std::sync::Mutex<std::collections::HashMap<(u64, String), bool>>>,
     pub(crate) last_resend: Option<Instant>,
+    /// Since when no token of the producer is live (while the input has
+    /// not ended): it is unreachable.
+    pub(crate) gone: Option<Instant>,
 }
 
 /// The part of a stage that survives restarts of its actor: its store and
@@ -83,6 +97,7 @@ pub struct StageShared {
     /// The stage's request queue (`serve:`), shared with the servers.
     pub(crate) requests: Option<Arc<rill_core::serve::RequestQueue>>,
     pub(crate) _alive: Option<LivelinessToken>,
+    pub(crate) session: Session,
 }
 
 /// Why the shared part of a stage could not be set up.
@@ -159,6 +174,9 @@ impl StageShared {
                 window,
                 last_progress: Instant::now(),
                 rto: RTO_MIN,
+                tokens: std::collections::HashMap::new(),
+                gone: std::collections::HashMap::new(),
+                ended: std::collections::HashMap::new(),
             });
         }
         let mut inputs = Vec::new();
@@ -186,6 +204,7 @@ impl StageShared {
                 lossy: inp.delivery == Some(Delivery::BestEffort)
                     || pipeline.options.delivery == Delivery::BestEffort,
                 announced: Arc::default(),
+                gone: None,
                 last_resend: None,
             });
         }
@@ -286,6 +305,7 @@ impl StageShared {
             clock,
             last_heard: vec![Instant::now(); stage.inputs.len()],
             _alive: alive,
+            session: session.clone(),
         })
     }
     /// Forgets everything since the last commit: a new incarnation of the

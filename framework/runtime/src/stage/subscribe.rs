@@ -155,9 +155,15 @@ pub(crate) async fn subscribe(
                     return;
                 };
                 let live = sample.kind() == zenoh::sample::SampleKind::Put;
-                announced.lock().unwrap().insert(token, live);
+                let any = {
+                    let mut a = announced.lock().unwrap();
+                    a.insert(token, live);
+                    a.values().any(|l| *l)
+                };
                 if live {
                     let _ = me.cast(StageMsg::ProducerUp { input: i });
+                } else if !any {
+                    let _ = me.cast(StageMsg::ProducerDown { input: i });
                 }
             })
             .await?;
@@ -185,14 +191,28 @@ pub(crate) async fn subscribe(
         subs.push(sub);
         for c in &consumers_of[o] {
             let me = myself.clone();
+            let consumer = c.clone();
             let sub = session
                 .liveliness()
                 .declare_subscriber(alive_keys(&sh.pipeline, c))
                 .history(true)
                 .callback(move |sample| {
-                    if sample.kind() == zenoh::sample::SampleKind::Put {
-                        let _ = me.cast(StageMsg::ConsumerUp { output: o });
-                    }
+                    let token = sample.key_expr().as_str().to_owned();
+                    let consumer = consumer.clone();
+                    let msg = if sample.kind() == zenoh::sample::SampleKind::Put {
+                        StageMsg::ConsumerUp {
+                            output: o,
+                            consumer,
+                            token,
+                        }
+                    } else {
+                        StageMsg::ConsumerDown {
+                            output: o,
+                            consumer,
+                            token,
+                        }
+                    };
+                    let _ = me.cast(msg);
                 })
                 .await?;
             subs.push(sub);
