@@ -215,6 +215,45 @@ pub fn graph(cli: &Cli, file: &Path, mermaid: bool) -> u8 {
     OK
 }
 
+/// `rill router`: an embedded Zenoh router (no `zenohd` needed) that the
+/// processes of a pipeline on several boxes connect to; it runs until
+/// SIGTERM or Ctrl-C.
+#[derive(clap::Args, Debug)]
+pub struct RouterArgs {
+    /// Endpoint to listen on, e.g. tcp/0.0.0.0:7447 (repeatable).
+    #[arg(long = "listen", value_name = "ENDPOINT", required = true)]
+    listen: Vec<String>,
+    /// Another router to connect to (repeatable).
+    #[arg(long = "connect", value_name = "ENDPOINT")]
+    connect: Vec<String>,
+}
+
+pub async fn router(args: RouterArgs) -> u8 {
+    let mut signals = StopSignals::register();
+    let opts = rill_core::spec::ZenohOptions {
+        mode: "router".into(),
+        listen: args.listen,
+        connect: args.connect,
+        ..Default::default()
+    };
+    let session = match rill_runtime::transport::open(&opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return BAD_INPUT;
+        }
+    };
+    eprintln!(
+        "rill router {} listening on {} (SIGTERM or Ctrl-C stops it)",
+        session.zid(),
+        opts.listen.join(", ")
+    );
+    let why = signals.next().await;
+    eprintln!("router stopping ({why})");
+    let _ = session.close().await;
+    OK
+}
+
 /// The flags of `rill run`.
 #[derive(clap::Args, Debug)]
 pub struct RunFlags {
@@ -227,6 +266,11 @@ pub struct RunFlags {
     /// Zenoh endpoint to connect to (replaces options.zenoh.connect).
     #[arg(long = "connect", value_name = "ENDPOINT")]
     connect: Vec<String>,
+    /// Zenoh mode of this process (replaces options.zenoh.mode): a router
+    /// routes for the processes connected to it, and once finished stays
+    /// up until the other processes of the pipeline have left.
+    #[arg(long, value_parser = ["peer", "client", "router"])]
+    mode: Option<String>,
     /// No progress and no summary.
     #[arg(long, short)]
     quiet: bool,
@@ -291,6 +335,7 @@ impl ServeArgs {
             stages: None,
             listen: Vec::new(),
             connect: Vec::new(),
+            mode: None,
             quiet: self.quiet,
             reset_state: false,
             metrics_addr: self.metrics_addr,
@@ -400,6 +445,7 @@ pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
         stages,
         listen,
         connect,
+        mode,
         quiet,
         reset_state,
         metrics_addr,
@@ -422,6 +468,7 @@ pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
         stages,
         listen: (!listen.is_empty()).then_some(listen),
         connect: (!connect.is_empty()).then_some(connect),
+        mode,
         base_dir: None,
         reset_state,
         keep_state: false,

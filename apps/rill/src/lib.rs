@@ -156,6 +156,7 @@ impl Cli {
             Command::Run { file, flags } => {
                 commands::with_runtime(commands::run(&self, file, flags))
             }
+            Command::Router(args) => commands::with_runtime(commands::router(args)),
             Command::Serve(args) => match commands::serve_pipeline(&args) {
                 Ok(file) => commands::with_runtime(commands::run(&self, file, args.run_flags())),
                 Err(e) => {
@@ -196,6 +197,10 @@ enum Command {
     /// written to `.rill/serve/NAME.yaml` (copy it into a pipeline of your
     /// own to serve beside a stream).
     Serve(commands::ServeArgs),
+    /// Run an embedded Zenoh router that the processes of a pipeline on
+    /// several boxes connect to (`rill run --connect` to it); no `zenohd`
+    /// needed. Runs until SIGTERM or Ctrl-C.
+    Router(commands::RouterArgs),
     /// Check a pipeline without running it: against this machine, or the
     /// one described in a JSON file (`rill machine` prints this one's).
     Validate {

@@ -58,6 +58,9 @@ pub struct RunOptions {
     /// Zenoh endpoints to listen on / connect to, replacing `options.zenoh`.
     pub listen: Option<Vec<String>>,
     pub connect: Option<Vec<String>>,
+    /// Zenoh mode (`peer`, `client` or `router`), replacing
+    /// `options.zenoh.mode`.
+    pub mode: Option<String>,
     /// Directory relative paths in configs resolve against (default: the
     /// working directory).
     pub base_dir: Option<PathBuf>,
@@ -207,6 +210,11 @@ pub struct Run {
     keep_state: bool,
     /// The local stages' shared state, for the last acknowledgements.
     shared: Vec<Arc<Mutex<stage::StageShared>>>,
+    /// The process is a Zenoh router: once finished, it stays up while
+    /// stages of other processes may route through it.
+    router: bool,
+    /// Set by [`Stopper::stop`]: ends the routing after the run too.
+    stop_asked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long a finished process keeps acknowledging the end of its input to
@@ -245,6 +253,14 @@ impl Run {
         }
         if let Some(c) = &opts.connect {
             zopts.connect = c.clone();
+        }
+        if let Some(m) = &opts.mode {
+            if !matches!(m.as_str(), "peer" | "client" | "router") {
+                return Err(RunError::BadInput(format!(
+                    "unknown Zenoh mode `{m}`: expected peer, client or router"
+                )));
+            }
+            zopts.mode = m.clone();
         }
         let session = transport::open(&zopts).await.map_err(RunError::BadInput)?;
         let base_dir = match opts.base_dir {
@@ -370,6 +386,8 @@ impl Run {
             stores,
             keep_state: opts.keep_state,
             shared,
+            router: zopts.mode == "router",
+            stop_asked: Arc::default(),
         })
     }
 
@@ -399,14 +417,14 @@ impl Run {
                 let started = Instant::now();
                 let mut unreachable: Option<Instant> = None;
                 let mut next_note = stage::UNREACHABLE_WARN;
-                let mut said_unreachable = false;
+                let mut said_waiting = false;
                 loop {
                     if sh.ack(i).await.is_err() {
                         break;
                     }
                     // the producer has our acknowledgement of its end
                     if self.any_token(&ended).await {
-                        if said_unreachable {
+                        if said_waiting {
                             tracing::warn!(
                                 stage,
                                 "producer `{producer}` confirmed the end of its stream after {:.1} s",
@@ -422,20 +440,26 @@ impl Run {
                         unreachable = Some(Instant::now());
                     }
                     let waited = started.elapsed();
-                    if let Some(t) = unreachable
-                        && t.elapsed() >= end_wait
-                    {
+                    // unreachable that long, or reachable and silent that
+                    // long (a producer of an older rill never confirms)
+                    let gone_too_long = unreachable.is_some_and(|t| t.elapsed() >= end_wait);
+                    if gone_too_long || waited >= end_wait * 2 {
+                        let why = match unreachable {
+                            Some(t) => {
+                                format!("unreachable for {:.0} s", t.elapsed().as_secs_f64())
+                            }
+                            None => "reachable, but it did not confirm".to_owned(),
+                        };
                         tracing::warn!(
                             stage,
-                            "gave up after {:.0} s waiting for producer `{producer}` to confirm the end of its stream (unreachable for {:.0} s): if it still waits, run this command again once it is reachable; it acknowledges again and exits",
+                            "gave up after {:.0} s waiting for producer `{producer}` to confirm the end of its stream ({why}): if it still waits, run this command again once it is reachable; it acknowledges again and exits",
                             waited.as_secs_f64(),
-                            t.elapsed().as_secs_f64()
                         );
                         break;
                     }
                     if waited >= next_note {
                         next_note += Duration::from_secs(30);
-                        said_unreachable |= unreachable.is_some();
+                        said_waiting = true;
                         match unreachable {
                             Some(t) => tracing::warn!(
                                 stage,
@@ -443,7 +467,7 @@ impl Run {
                                 t.elapsed().as_secs_f64(),
                                 end_wait.as_secs_f64()
                             ),
-                            None => tracing::info!(
+                            None => tracing::warn!(
                                 stage,
                                 "finished; waiting for producer `{producer}` (reachable) to confirm it has the acknowledgement of its end ({:.0} s)",
                                 waited.as_secs_f64()
@@ -574,7 +598,59 @@ impl Run {
 
     /// A handle to ask the run to stop.
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.supervisor.clone())
+        Stopper(self.supervisor.clone(), self.stop_asked.clone())
+    }
+
+    /// A router that finished stays up while stages of this pipeline run
+    /// in other processes (their traffic may pass through it), until they
+    /// have all left or the run is asked to stop; it says for whom.
+    async fn route_for_others(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let me = self.session.zid().to_string();
+        let keys = format!("rill/{}/*/alive/**", self.pipeline.name);
+        let started = Instant::now();
+        let mut next_note = Duration::ZERO;
+        while !self.stop_asked.load(Relaxed) {
+            let others = self.others_alive(&keys, &me).await;
+            if others.is_empty() {
+                if started.elapsed() >= Duration::from_secs(1) {
+                    tracing::info!(
+                        "every other process of the pipeline has left after {:.1} s; the router stops",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                break;
+            }
+            if started.elapsed() >= next_note {
+                let list = others.into_iter().collect::<Vec<_>>().join(", ");
+                tracing::warn!(
+                    "finished; still routing for the stages of other processes ({list}) until they leave (SIGTERM stops it)"
+                );
+                next_note += Duration::from_secs(60);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The stage keys of other sessions' liveliness tokens under `keys`.
+    async fn others_alive(&self, keys: &str, me: &str) -> std::collections::BTreeSet<String> {
+        let mut others = std::collections::BTreeSet::new();
+        if let Ok(replies) = self.session.liveliness().get(keys).await {
+            while let Ok(Ok(r)) =
+                tokio::time::timeout(Duration::from_millis(500), replies.recv_async()).await
+            {
+                if let Ok(sample) = r.result() {
+                    let key = sample.key_expr().as_str();
+                    if let Some((_, session)) = protocol::token_of_alive_key(key)
+                        && session != me
+                    {
+                        let stage = key.split('/').nth(2).unwrap_or_default();
+                        others.insert(stage.to_owned());
+                    }
+                }
+            }
+        }
+        others
     }
 
     /// Waits for the end of the run.
@@ -588,6 +664,9 @@ impl Run {
         if matches!(*self.outcome.lock().unwrap(), Outcome::Completed) {
             self.last_acks().await;
             self.linger_for_consumers().await;
+            if self.router {
+                self.route_for_others().await;
+            }
         }
         let _ = self.session.close().await;
         let outcome = self.outcome.lock().unwrap().clone();
@@ -641,10 +720,11 @@ impl Run {
 
 /// Asks a run to stop.
 #[derive(Clone)]
-pub struct Stopper(ActorRef<SupervisorMsg>);
+pub struct Stopper(ActorRef<SupervisorMsg>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Stopper {
     pub fn stop(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.0.cast(SupervisorMsg::Shutdown);
     }
 }

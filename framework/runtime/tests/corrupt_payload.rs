@@ -167,6 +167,13 @@ pipeline:
         seq: 10,
     })
     .unwrap();
+    // the producer confirms the sink's acknowledgement of its end, as a
+    // real one does once it holds it
+    let _ended = session
+        .liveliness()
+        .declare_token("rill/forged/gen/ended/sink")
+        .await
+        .unwrap();
     let waited = run.wait();
     tokio::pin!(waited);
     let report = loop {

@@ -17,11 +17,11 @@ pub(super) fn check_options(cx: &mut Cx, o: &Options, node: Option<&YNode>) {
             "`checkpoint_interval.records` must be at least 1",
         );
     }
-    if !matches!(o.zenoh.mode.as_str(), "peer" | "client") {
+    if !matches!(o.zenoh.mode.as_str(), "peer" | "client" | "router") {
         cx.err(
             at("zenoh"),
             format!(
-                "unknown zenoh mode `{}`: expected `peer` or `client`",
+                "unknown zenoh mode `{}`: expected `peer`, `client` or `router`",
                 o.zenoh.mode
             ),
         );
