@@ -86,23 +86,35 @@ pub fn machine() -> u8 {
     }
 }
 
-pub fn validate(cli: &Cli, file: &Path, machine: Option<&Path>) -> u8 {
-    let m = match machine {
-        None => rill_ml::detect_machine(),
-        Some(path) => {
-            let shown = path.display().to_string();
-            match std::fs::read_to_string(path)
-                .map_err(|e| format!("{shown}: {e}"))
-                .and_then(|t| spec::Machine::from_json(&t, &shown))
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return BAD_INPUT;
-                }
-            }
-        }
+pub fn validate(cli: &Cli, file: &Path, machines: &[String]) -> u8 {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("{path}: {e}"))
+            .and_then(|t| spec::Machine::from_json(&t, path))
     };
+    let mut m = None;
+    let mut hosts = std::collections::BTreeMap::new();
+    for arg in machines {
+        // `NAME=FILE`: a host's machine (a host name has no `/` or `.`)
+        let host = arg
+            .split_once('=')
+            .filter(|(h, _)| !h.is_empty() && !h.contains(['/', '.']));
+        let got = match host {
+            Some((h, path)) => read(path).map(|mm| {
+                hosts.insert(h.to_owned(), mm);
+            }),
+            None if m.is_some() => Err(format!(
+                "--machine `{arg}`: only one machine without a host name (NAME=FILE for a host)"
+            )),
+            None => read(arg).map(|mm| m = Some(mm)),
+        };
+        if let Err(e) = got {
+            eprintln!("error: {e}");
+            return BAD_INPUT;
+        }
+    }
+    let mut m = m.unwrap_or_else(rill_ml::detect_machine);
+    m.hosts = hosts;
     match load_for(cli, file, &m) {
         Ok(p) => {
             println!(
@@ -119,7 +131,17 @@ pub fn validate(cli: &Cli, file: &Path, machine: Option<&Path>) -> u8 {
                 } else {
                     format!(" <- {}", inputs.join(", "))
                 };
-                println!("  {} ({}, {}){from}", s.name, s.type_name, s.kind);
+                let on = s
+                    .placement
+                    .as_ref()
+                    .map(|p| format!(" on {}", p.host))
+                    .unwrap_or_default();
+                println!("  {} ({}, {}){on}{from}", s.name, s.type_name, s.kind);
+            }
+            for h in m.hosts.keys() {
+                if !p.options.hosts.contains_key(h) {
+                    eprintln!("warning: --machine {h}=...: the pipeline has no host `{h}`");
+                }
             }
             OK
         }
@@ -150,6 +172,11 @@ fn dot_id(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// Whether stage `s` is placed on host `h`.
+fn on_host(s: &spec::Stage, h: &str) -> bool {
+    s.placement.as_ref().is_some_and(|p| p.host == h)
+}
+
 pub fn graph(cli: &Cli, file: &Path, mermaid: bool) -> u8 {
     let p = match load(cli, file) {
         Ok(p) => p,
@@ -164,9 +191,26 @@ pub fn graph(cli: &Cli, file: &Path, mermaid: bool) -> u8 {
                 p.stages.iter().position(|s| s.name == name).unwrap_or(0)
             )
         };
-        for s in &p.stages {
+        let node = |s: &spec::Stage| {
             let label = format!("{}<br/><i>{}</i>", s.name, s.type_name).replace('"', "#quot;");
-            out.push_str(&format!("    {}[\"{label}\"]\n", id(&s.name)));
+            format!("{}[\"{label}\"]", id(&s.name))
+        };
+        if p.options.hosts.is_empty() {
+            for s in &p.stages {
+                out.push_str(&format!("    {}\n", node(s)));
+            }
+        } else {
+            // one box per host
+            for (i, h) in p.options.hosts.keys().enumerate() {
+                out.push_str(&format!(
+                    "    subgraph h{i}[\"host {}\"]\n",
+                    h.replace('"', "#quot;")
+                ));
+                for s in p.stages.iter().filter(|s| on_host(s, h)) {
+                    out.push_str(&format!("        {}\n", node(s)));
+                }
+                out.push_str("    end\n");
+            }
         }
         for s in &p.stages {
             for i in &s.inputs {
@@ -185,12 +229,28 @@ pub fn graph(cli: &Cli, file: &Path, mermaid: bool) -> u8 {
             "digraph {} {{\n    rankdir=LR;\n    node [shape=box];\n",
             dot_id(&p.name)
         ));
-        for s in &p.stages {
-            out.push_str(&format!(
-                "    {} [label={}];\n",
+        let node = |s: &spec::Stage| {
+            format!(
+                "{} [label={}];",
                 dot_id(&s.name),
                 dot_id(&format!("{}\n{}", s.name, s.type_name))
-            ));
+            )
+        };
+        if p.options.hosts.is_empty() {
+            for s in &p.stages {
+                out.push_str(&format!("    {}\n", node(s)));
+            }
+        } else {
+            for (i, h) in p.options.hosts.keys().enumerate() {
+                out.push_str(&format!(
+                    "    subgraph cluster_{i} {{\n        label={};\n",
+                    dot_id(&format!("host {h}"))
+                ));
+                for s in p.stages.iter().filter(|s| on_host(s, h)) {
+                    out.push_str(&format!("        {}\n", node(s)));
+                }
+                out.push_str("    }\n");
+            }
         }
         for s in &p.stages {
             for i in &s.inputs {
@@ -258,8 +318,13 @@ pub async fn router(args: RouterArgs) -> u8 {
 #[derive(clap::Args, Debug)]
 pub struct RunFlags {
     /// Run only these stages (comma separated); run the rest elsewhere.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "host")]
     stages: Option<Vec<String>>,
+    /// Run the stages placed on this host (`placement: {host: NAME}`),
+    /// with its endpoints and mode from `options.hosts.NAME` (flags given
+    /// here win).
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
     /// Zenoh endpoint to listen on (replaces options.zenoh.listen).
     #[arg(long = "listen", value_name = "ENDPOINT")]
     listen: Vec<String>,
@@ -333,6 +398,7 @@ impl ServeArgs {
     pub fn run_flags(&self) -> RunFlags {
         RunFlags {
             stages: None,
+            host: None,
             listen: Vec::new(),
             connect: Vec::new(),
             mode: None,
@@ -442,19 +508,57 @@ impl StopSignals {
 
 pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
     let RunFlags {
-        stages,
+        mut stages,
+        host,
         listen,
         connect,
-        mode,
+        mut mode,
         quiet,
         reset_state,
         metrics_addr,
     } = flags;
     let mut signals = StopSignals::register();
-    let pipeline = match load(cli, &file) {
+    let mut listen = (!listen.is_empty()).then_some(listen);
+    let mut connect = (!connect.is_empty()).then_some(connect);
+    let mut machine = rill_ml::detect_machine();
+    machine.only_host = host.clone();
+    let pipeline = match load_for(cli, &file, &machine) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
     };
+    if let Some(h) = &host {
+        let Some(spec) = pipeline.options.hosts.get(h) else {
+            let names: Vec<&str> = pipeline.options.hosts.keys().map(String::as_str).collect();
+            eprintln!(
+                "error: --host `{h}`: {}",
+                if names.is_empty() {
+                    format!("pipeline `{}` has no `options.hosts`", pipeline.name)
+                } else {
+                    format!(
+                        "`options.hosts` has no such host (hosts: {})",
+                        names.join(", ")
+                    )
+                }
+            );
+            return BAD_INPUT;
+        };
+        let here: Vec<String> = pipeline
+            .stages
+            .iter()
+            .filter(|s| on_host(s, h))
+            .map(|s| s.name.clone())
+            .collect();
+        if here.is_empty() {
+            eprintln!(
+                "error: --host `{h}`: no stage is placed on it (to route for the other hosts, run `rill router --listen ...` there)"
+            );
+            return BAD_INPUT;
+        }
+        stages = Some(here);
+        listen = listen.or_else(|| spec.listen.clone());
+        connect = connect.or_else(|| spec.connect.clone());
+        mode = mode.or_else(|| spec.mode.clone());
+    }
     // bound before any stage starts: a taken port is bad input, not a
     // half-started run
     let mut http = match bind_http(&pipeline, stages.as_deref(), metrics_addr).await {
@@ -466,8 +570,8 @@ pub async fn run(cli: &Cli, file: PathBuf, flags: RunFlags) -> u8 {
     };
     let opts = RunOptions {
         stages,
-        listen: (!listen.is_empty()).then_some(listen),
-        connect: (!connect.is_empty()).then_some(connect),
+        listen,
+        connect,
         mode,
         base_dir: None,
         reset_state,

@@ -131,9 +131,7 @@ impl Cli {
             .with_target(false)
             .try_init();
         let code = match args.command {
-            Command::Validate { file, machine } => {
-                commands::validate(&self, &file, machine.as_deref())
-            }
+            Command::Validate { file, machine } => commands::validate(&self, &file, &machine),
             Command::Machine => commands::machine(),
             Command::Graph { file, format } => {
                 commands::graph(&self, &file, format == GraphFormat::Mermaid)
@@ -205,9 +203,11 @@ enum Command {
     /// one described in a JSON file (`rill machine` prints this one's).
     Validate {
         file: PathBuf,
-        /// A machine's description (cores, memory, CUDA devices), as JSON.
+        /// A machine's description (cores, memory, CUDA devices), as JSON;
+        /// `NAME=MACHINE.json` is the machine of host NAME of a pipeline that
+        /// spans hosts (repeat it per host; a plain one is the others').
         #[arg(long, value_name = "MACHINE.json")]
-        machine: Option<PathBuf>,
+        machine: Vec<String>,
     },
     /// Print this machine's cores, memory and CUDA devices as JSON (for
     /// `rill validate --machine` elsewhere).

@@ -134,3 +134,67 @@ fn an_unknown_mode_is_refused() {
         stderr(&o)
     );
 }
+
+/// The same star written with `placement` and `options.hosts`: each
+/// process is `rill run p.yaml --host NAME`, with its endpoints and mode
+/// from the file; `rill validate` and `rill graph` show the hosts.
+#[test]
+fn placement_runs_each_host_with_its_own_endpoints() {
+    let dir = sandbox();
+    let d = dir.path();
+    let ep = format!("tcp/127.0.0.1:{}", free_port());
+    let yaml = PIPELINE
+        .replace(
+            "options: {batch_size: 16, zenoh: {listen: []}}",
+            &format!(
+                "options:\n  batch_size: 16\n  hosts:\n    hub: {{listen: ['{ep}'], mode: router}}\n    src: {{connect: ['{ep}'], mode: client}}\n    far: {{connect: ['{ep}'], mode: client}}\n"
+            ),
+        )
+        .replace(
+            "config: {count: 600, seed: 2}}",
+            "config: {count: 600, seed: 2}, placement: {host: src}}",
+        )
+        .replace(
+            "config: {path: near.jsonl}}",
+            "config: {path: near.jsonl}, placement: {host: hub}}",
+        )
+        .replace("      name: slow\n", "      name: slow\n      placement: {host: far}\n")
+        .replace(
+            "config: {path: far.jsonl}}",
+            "config: {path: far.jsonl}, placement: {host: far}}",
+        );
+    std::fs::write(d.join("p.yaml"), &yaml).unwrap();
+
+    let v = rill(d, &["validate", "p.yaml"]);
+    assert!(v.status.success(), "{}", stderr(&v));
+    assert!(
+        stdout(&v).contains("slow (MapToFields, transform) on far <- gen"),
+        "{}",
+        stdout(&v)
+    );
+    let g = rill(d, &["graph", "p.yaml", "--format", "mermaid"]);
+    assert!(
+        stdout(&g).contains("subgraph h1[\"host hub\"]"),
+        "{}",
+        stdout(&g)
+    );
+    let bad = rill(d, &["run", "p.yaml", "--host", "nope"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad)
+            .contains("--host `nope`: `options.hosts` has no such host (hosts: far, hub, src)"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let hub = spawn(d, &["run", "p.yaml", "--host", "hub"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let far = spawn(d, &["run", "p.yaml", "--host", "far"]);
+    let src = spawn(d, &["run", "p.yaml", "--host", "src"]);
+    for (p, what) in [(src, "src"), (far, "far"), (hub, "hub")] {
+        let o = p.wait(Duration::from_secs(90), what);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+    }
+    exact(d, "near.jsonl");
+    exact(d, "far.jsonl");
+}

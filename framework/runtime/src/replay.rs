@@ -74,6 +74,7 @@ fn replay_pipeline(p: &Pipeline, stage: &Stage, records: Vec<Record>, state: &Pa
         timeout: Timeouts::default(),
         restart: stage.restart,
         resources: Default::default(),
+        placement: None,
         windowing_key: None,
         windowing: stage.windowing,
         watermark: stage.watermark,

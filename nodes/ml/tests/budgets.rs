@@ -12,6 +12,7 @@ fn machine(gpus: Vec<u64>) -> Machine {
         memory: 16 * GIB,
         gpus,
         described: None,
+        ..Machine::default()
     }
 }
 

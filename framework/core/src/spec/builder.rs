@@ -80,6 +80,7 @@ impl PipelineBuilder {
             timeout: Timeouts::default(),
             restart: self.options.restart,
             resources: Resources::default(),
+            placement: None,
             serve: None,
             windowing_key: None,
             windowing: Windowing::default(),

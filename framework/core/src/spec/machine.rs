@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 /// What the machine offers, for checking stage budgets.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Machine {
     pub cpus: usize,
     pub memory: u64,
@@ -13,6 +13,13 @@ pub struct Machine {
     /// The file the machine was described in (`rill validate --machine`);
     /// `None` for this machine.
     pub described: Option<String>,
+    /// Where a pipeline spans hosts (`placement`): the machine of each
+    /// host that has its own (`rill validate --machine NAME=FILE`); the
+    /// other hosts' stages are checked against this one.
+    pub hosts: std::collections::BTreeMap<String, Machine>,
+    /// Check only the stages placed on this host (`rill run --host NAME`
+    /// checks its own against the machine it runs on).
+    pub only_host: Option<String>,
 }
 
 /// A machine as `rill machine` prints it and `--machine` reads it.
@@ -86,6 +93,7 @@ impl Machine {
                 })
                 .collect::<Result<_, _>>()?,
             described: Some(file.to_owned()),
+            ..Machine::default()
         })
     }
 
@@ -106,6 +114,7 @@ impl Machine {
             memory,
             gpus: Vec::new(),
             described: None,
+            ..Machine::default()
         }
     }
 }

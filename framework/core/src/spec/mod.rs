@@ -33,6 +33,7 @@ mod machine;
 mod nested;
 mod options;
 mod parse;
+mod placement;
 mod resources;
 mod transform;
 mod types;
@@ -121,6 +122,8 @@ pub struct Stage {
     pub timeout: Timeouts,
     pub restart: RestartPolicy,
     pub resources: Resources,
+    /// `placement:`: the host that runs it, when the pipeline spans hosts.
+    pub placement: Option<Placement>,
     /// `serve:` (a node that answers requests, see [`ServeSpec`]).
     pub serve: Option<ServeSpec>,
     /// `windowing:` as written on the stage: a transform's applies to its
@@ -277,6 +280,9 @@ fn compile(
     cx.ok()?;
     // every named output is read by someone
     graph::check_outputs_read(cx, &p.stages);
+    // every stage has a host, where the pipeline spans hosts
+    placement::check(cx, &p.stages, &p.options);
+    cx.ok()?;
     // the stages' budgets fit the machine
     resources::check(cx, &p.stages, machine);
     cx.ok()?;

@@ -297,6 +297,7 @@ pub(super) fn pipeline(
             timeout: r.timeout,
             restart: r.restart,
             resources: r.resources,
+            placement: r.placement.clone(),
             serve: r.serve.clone(),
             windowing_key: r.windowing,
             windowing: Windowing::default(),

@@ -7,6 +7,26 @@ use super::{Cx, Device, Machine, Stage};
 use crate::units::ByteSize;
 
 pub(super) fn check(cx: &mut Cx, stages: &[Stage], machine: &Machine) {
+    // where the pipeline spans hosts, each host's stages share that host
+    let mut hosts: std::collections::BTreeMap<Option<&str>, Vec<&Stage>> = Default::default();
+    for s in stages {
+        hosts
+            .entry(s.placement.as_ref().map(|p| p.host.as_str()))
+            .or_default()
+            .push(s);
+    }
+    for (host, group) in hosts {
+        if let (Some(h), Some(only)) = (host, &machine.only_host)
+            && h != only
+        {
+            continue;
+        }
+        let m = host.and_then(|h| machine.hosts.get(h)).unwrap_or(machine);
+        check_host(cx, &group, m);
+    }
+}
+
+fn check_host(cx: &mut Cx, stages: &[&Stage], machine: &Machine) {
     let mut threads = 0usize;
     let mut gpu_mem: HashMap<usize, u64> = HashMap::new();
     for s in stages {

@@ -118,6 +118,7 @@ fn laptop() -> Machine {
         memory: 8 << 30,
         gpus: Vec::new(),
         described: Some("laptop.json".into()),
+        ..Machine::default()
     }
 }
 
@@ -127,6 +128,7 @@ fn gpu_box() -> Machine {
         memory: 128 << 30,
         gpus: vec![24 << 30],
         described: Some("box.json".into()),
+        ..Machine::default()
     }
 }
 
@@ -381,4 +383,55 @@ fn options_are_checked_where_they_are_written() {
         e[1].starts_with("3:3: queue `size` must be at least 1"),
         "{e:#?}"
     );
+}
+
+/// `Src` on host `a`, `Model` (on cuda:0, 16 GiB) on host `gpu`.
+const PLACED: &str = "options:\n  hosts:\n    a: {connect: ['tcp/10.0.0.2:7447']}\n    gpu: {listen: ['tcp/0.0.0.0:7447'], mode: router}\npipeline:\n  transforms:\n    - type: Src\n      placement: {host: a}\n      resources: {cpu_threads: 3}\n    - type: Model\n      input: Src\n      placement: {host: gpu}\n      resources: {device: 'cuda:0', gpu_memory: 16GiB, cpu_threads: 3}\n";
+
+#[test]
+fn placement_names_a_host_of_options_hosts() {
+    // each host's budget on its own: 3 + 3 threads fit two 4-core hosts
+    let p = parse(PLACED, &gpu_box()).unwrap();
+    assert_eq!(p.stages[1].placement.as_ref().unwrap().host, "gpu");
+    assert_eq!(p.options.hosts["gpu"].mode.as_deref(), Some("router"));
+    let mut four = gpu_box();
+    four.cpus = 4;
+    parse(PLACED, &four).unwrap();
+    // on one host they do not
+    let e = errors(&PLACED.replace("{host: a}", "{host: gpu}"), &four);
+    assert!(e.iter().any(|e| e.contains("add up to 6")), "{e:#?}");
+    // the laptop has no GPU: host `gpu` does not fit it, host `a` does; a
+    // run of host `a` checks its own stages only; host `gpu` may have its
+    // own machine
+    let e = errors(PLACED, &laptop());
+    assert!(e[0].contains("asks for device cuda:0"), "{e:#?}");
+    let mut only_a = laptop();
+    only_a.only_host = Some("a".into());
+    parse(PLACED, &only_a).unwrap();
+    let mut per_host = laptop();
+    per_host.hosts.insert("gpu".into(), gpu_box());
+    parse(PLACED, &per_host).unwrap();
+
+    // every stage names a host, and a host that exists
+    let e = one_error(&PLACED.replace("      placement: {host: a}\n", ""));
+    assert!(
+        e.starts_with("7:7:") && e.contains("`Src` has no `placement: {host: NAME}`"),
+        "{e}"
+    );
+    let e = errors(&PLACED.replace("{host: gpu}", "{host: gpus}"), &gpu_box());
+    assert!(
+        e[0].contains(
+            "`Model` is placed on host `gpus`, which `options.hosts` does not name (hosts: a, gpu)"
+        ),
+        "{e:#?}"
+    );
+    let e = one_error("pipeline:\n  transforms:\n    - type: Src\n      placement: {host: a}\n");
+    assert!(e.contains("there is no `options.hosts`"), "{e}");
+    let e = errors(&PLACED.replace("mode: router", "mode: hub"), &gpu_box());
+    assert!(
+        e[0].contains("host `gpu`: unknown zenoh mode `hub`"),
+        "{e:#?}"
+    );
+    let e = errors(&PLACED.replace("{host: a}", "{hots: a}"), &gpu_box());
+    assert!(e[0].contains("hots"), "{e:#?}");
 }

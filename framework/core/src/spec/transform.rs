@@ -19,6 +19,7 @@ const TRANSFORM_KEYS: &[&str] = &[
     "watermark",
     "resources",
     "resource_hints",
+    "placement",
     "restart",
     "timeout",
     "serve",
@@ -38,6 +39,7 @@ pub(super) struct Raw<'a> {
     pub(super) timeout: Timeouts,
     pub(super) restart: RestartPolicy,
     pub(super) resources: Resources,
+    pub(super) placement: Option<Placement>,
     pub(super) serve: Option<ServeSpec>,
     pub(super) windowing: Option<Windowing>,
     pub(super) watermark: Option<WatermarkSpec>,
@@ -224,6 +226,7 @@ pub(super) fn parse_transform<'a>(
     {
         apply_hints(&mut resources, &hints);
     }
+    let placement = node.get("placement").and_then(|p| cx.parse::<Placement>(p));
     let serve = node.get("serve").and_then(|s| {
         let spec = cx.parse::<ServeSpec>(s)?;
         if spec.http.is_none() && !spec.zenoh {
@@ -272,6 +275,7 @@ pub(super) fn parse_transform<'a>(
         timeout,
         restart,
         resources,
+        placement,
         serve,
         windowing,
         watermark,

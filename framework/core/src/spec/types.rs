@@ -363,6 +363,30 @@ impl Default for ZenohOptions {
     }
 }
 
+/// A stage's `placement:`: the host (a name in `options.hosts`) whose
+/// process runs it (`rill run FILE --host NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    pub host: String,
+}
+
+/// One host of `options.hosts`: the Zenoh endpoints and mode of the process
+/// that runs the stages placed on it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Endpoints it listens on (default: `options.zenoh.listen`).
+    #[serde(default)]
+    pub listen: Option<Vec<String>>,
+    /// Endpoints it connects to (default: `options.zenoh.connect`).
+    #[serde(default)]
+    pub connect: Option<Vec<String>>,
+    /// `peer`, `client` or `router` (default: `options.zenoh.mode`).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
 /// The pipeline's `options`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -400,6 +424,10 @@ pub struct Options {
     /// feature it names is built in here, so it is accepted and ignored.
     #[serde(default)]
     pub yaml_experimental_features: Option<serde_json::Value>,
+    /// The boxes a pipeline spans, by name: each stage's `placement.host`
+    /// names one (see [`Placement`]).
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, HostSpec>,
 }
 
 /// `options.checkpoint_interval`: `{records: N, time: T}`, or just a
@@ -478,6 +506,7 @@ impl Default for Options {
             checkpoint_interval: CheckpointInterval::default(),
             watermark: Default::default(),
             yaml_experimental_features: None,
+            hosts: Default::default(),
         }
     }
 }
