@@ -72,6 +72,10 @@ const EXPECT: &[(&str, &str)] = &[
         "refused: needs Java",
     ),
     (
+        "two-boxes.yaml",
+        "run by hil-tests/tests/netns.rs (over two network namespaces)",
+    ),
+    (
         "sensor-anomaly.yaml",
         "run by apps/sensor-anomaly/tests/alerts.rs (needs generated data)",
     ),
