@@ -347,3 +347,35 @@ fn a_rerun_sends_a_lost_last_acknowledgement_again() {
     assert!(p.status.success(), "producer: {}", stderr(&p));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), written);
 }
+
+/// A consumer's process killed after its stages finished but before its
+/// producer confirmed the end (the link is cut) resumes when run again:
+/// its stages' own finished flags are state, not the mark of a finished
+/// run (they once shared a key: the rerun said the pipeline had finished,
+/// and the producer waited forever for the last acknowledgement).
+#[test]
+fn a_consumer_killed_while_it_waits_for_the_confirmation_resumes() {
+    let dir = sandbox();
+    let d = dir.path();
+    let out = d.join("out.jsonl");
+    let (consumer, producer, link, ep) = end_cut(d, "300");
+    wait_lines_for(&out, 600, Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(2));
+    let mut consumer = consumer;
+    assert!(consumer.running(), "the consumer did not wait");
+    consumer.signal("-KILL");
+    let _ = consumer.kill_and_output();
+    let written = std::fs::read_to_string(&out).unwrap();
+    link.heal();
+    let again = spawn(
+        d,
+        &["run", "p.yaml", "--stages", "slow,sink", "--listen", &ep],
+    );
+    let p = producer.wait(Duration::from_secs(60), "producer process");
+    let c = again.wait(Duration::from_secs(60), "the consumer run again");
+    assert!(p.status.success(), "producer: {}", stderr(&p));
+    assert!(c.status.success(), "consumer: {}", stderr(&c));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), written);
+    let ids = int_column(&out, "id");
+    assert_eq!(ids, (0..600).collect::<Vec<_>>(), "exactly once, in order");
+}

@@ -158,7 +158,10 @@ fn end_wait() -> Duration {
 
 /// The key a finished run leaves in each of its stages' stores, in place
 /// of their state: the time it finished (seconds since the epoch, decimal).
-pub const FINISHED_KEY: &[u8] = b"m/finished";
+/// Not the node's own `m/finished` ([`durable::FINISHED_KEY`]), which is
+/// state: a stage whose node finished in a run that was then killed
+/// resumes with the others.
+pub const FINISHED_KEY: &[u8] = b"m/run_finished";
 
 /// Beside [`FINISHED_KEY`]: the last acknowledgements a finished stage sent
 /// to producers in other processes (JSON, a list of [`FinalAck`]), sent
