@@ -184,18 +184,26 @@ fn ok(p: Spawned, what: &str, limit: u64) -> String {
     stderr(&o)
 }
 
-/// Cut for `secs` mid-stream; also the rerun of a finished sink.
-fn cut_mid_stream(net: &Net, secs: u64) {
+/// `n` records at 1,000/s from `edge` to `central`, the link cut once the
+/// sink has 3,000 rows: the folder, and the `central` and `edge` processes.
+fn cut_after_3000_rows(net: &Net, n: u64) -> (tempfile::TempDir, Spawned, Spawned) {
     let dir = sandbox();
     let d = dir.path();
-    let n = 14_000;
     std::fs::write(d.join("p.yaml"), two_hosts(n, Some(1000), false)).unwrap();
-    let out = d.join("out.jsonl");
     let central = net.rill(1, d, "central", &[]);
     std::thread::sleep(Duration::from_millis(300));
     let edge = net.rill(0, d, "edge", &[]);
-    wait_lines_for(&out, 3000, Duration::from_secs(60));
+    wait_lines_for(&d.join("out.jsonl"), 3000, Duration::from_secs(60));
     net.link(0, false);
+    (dir, central, edge)
+}
+
+/// Cut for `secs` mid-stream; also the rerun of a finished sink.
+fn cut_mid_stream(net: &Net, secs: u64) {
+    let n = 14_000;
+    let (dir, central, edge) = cut_after_3000_rows(net, n);
+    let d = dir.path();
+    let out = d.join("out.jsonl");
     let at = lines(&out);
     std::thread::sleep(Duration::from_secs(secs));
     assert!(
@@ -257,16 +265,10 @@ fn cut_at_the_end(net: &Net) {
 
 /// The sink's process SIGKILLed during a cut, started again after it.
 fn kill_during_a_cut(net: &Net) {
-    let dir = sandbox();
-    let d = dir.path();
     let n = 10_000;
-    std::fs::write(d.join("p.yaml"), two_hosts(n, Some(1000), false)).unwrap();
+    let (dir, central, edge) = cut_after_3000_rows(net, n);
+    let d = dir.path();
     let out = d.join("out.jsonl");
-    let central = net.rill(1, d, "central", &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    let edge = net.rill(0, d, "edge", &[]);
-    wait_lines_for(&out, 3000, Duration::from_secs(60));
-    net.link(0, false);
     std::thread::sleep(Duration::from_secs(3));
     let at = lines(&out);
     central.signal("-KILL");
