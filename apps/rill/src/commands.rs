@@ -177,6 +177,30 @@ fn on_host(s: &spec::Stage, h: &str) -> bool {
     s.placement.as_ref().is_some_and(|p| p.host == h)
 }
 
+/// A graph's stage lines: one per stage, or one box per host (`boxed`
+/// gives a host's opening and closing lines) around its stages.
+fn stage_lines(
+    p: &Pipeline,
+    out: &mut String,
+    node: impl Fn(&spec::Stage) -> String,
+    boxed: impl Fn(usize, &str) -> (String, String),
+) {
+    if p.options.hosts.is_empty() {
+        for s in &p.stages {
+            out.push_str(&format!("    {}\n", node(s)));
+        }
+        return;
+    }
+    for (i, h) in p.options.hosts.keys().enumerate() {
+        let (open, close) = boxed(i, h);
+        out.push_str(&open);
+        for s in p.stages.iter().filter(|s| on_host(s, h)) {
+            out.push_str(&format!("        {}\n", node(s)));
+        }
+        out.push_str(&close);
+    }
+}
+
 pub fn graph(cli: &Cli, file: &Path, mermaid: bool) -> u8 {
     let p = match load(cli, file) {
         Ok(p) => p,
@@ -195,23 +219,12 @@ pub fn graph(cli: &Cli, file: &Path, mermaid: bool) -> u8 {
             let label = format!("{}<br/><i>{}</i>", s.name, s.type_name).replace('"', "#quot;");
             format!("{}[\"{label}\"]", id(&s.name))
         };
-        if p.options.hosts.is_empty() {
-            for s in &p.stages {
-                out.push_str(&format!("    {}\n", node(s)));
-            }
-        } else {
-            // one box per host
-            for (i, h) in p.options.hosts.keys().enumerate() {
-                out.push_str(&format!(
-                    "    subgraph h{i}[\"host {}\"]\n",
-                    h.replace('"', "#quot;")
-                ));
-                for s in p.stages.iter().filter(|s| on_host(s, h)) {
-                    out.push_str(&format!("        {}\n", node(s)));
-                }
-                out.push_str("    end\n");
-            }
-        }
+        stage_lines(&p, &mut out, node, |i, h| {
+            (
+                format!("    subgraph h{i}[\"host {}\"]\n", h.replace('"', "#quot;")),
+                "    end\n".to_owned(),
+            )
+        });
         for s in &p.stages {
             for i in &s.inputs {
                 match &i.output {
@@ -236,22 +249,15 @@ pub fn graph(cli: &Cli, file: &Path, mermaid: bool) -> u8 {
                 dot_id(&format!("{}\n{}", s.name, s.type_name))
             )
         };
-        if p.options.hosts.is_empty() {
-            for s in &p.stages {
-                out.push_str(&format!("    {}\n", node(s)));
-            }
-        } else {
-            for (i, h) in p.options.hosts.keys().enumerate() {
-                out.push_str(&format!(
+        stage_lines(&p, &mut out, node, |i, h| {
+            (
+                format!(
                     "    subgraph cluster_{i} {{\n        label={};\n",
                     dot_id(&format!("host {h}"))
-                ));
-                for s in p.stages.iter().filter(|s| on_host(s, h)) {
-                    out.push_str(&format!("        {}\n", node(s)));
-                }
-                out.push_str("    }\n");
-            }
-        }
+                ),
+                "    }\n".to_owned(),
+            )
+        });
         for s in &p.stages {
             for i in &s.inputs {
                 match &i.output {

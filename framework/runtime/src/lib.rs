@@ -130,19 +130,7 @@ fn finished_at(secs: u64) -> String {
     if secs == 0 {
         return String::new();
     }
-    let days = secs / 86_400;
-    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    // civil date from days since 1970-01-01 (Howard Hinnant's algorithm)
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(" at {y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02} UTC")
+    format!(" at {}", rill_core::window::format_time(secs as i64 * 1000))
 }
 
 /// How long a finished consumer waits for an unreachable producer to
