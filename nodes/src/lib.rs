@@ -31,6 +31,7 @@
 //! Every node that can fail a record takes Beam's
 //! `error_handling: {output: NAME}` in its `config`.
 
+pub mod audio;
 pub mod combine;
 pub mod create;
 pub mod files;
@@ -60,6 +61,13 @@ pub fn register_all(r: &mut Registry) {
     r.register::<files::WriteToParquet>("WriteToParquet", "writes Parquet part files");
     r.register::<files::ReadFromAvro>("ReadFromAvro", "reads Avro container files");
     r.register::<files::WriteToAvro>("WriteToAvro", "writes Avro part files");
+    r.register::<files::ReadFromWav>("ReadFromWav", "reads WAV files as frames of audio");
+    r.register::<files::WriteToWav>("WriteToWav", "writes a segment of audio per record");
+    r.register::<audio::LogMel>("LogMel", "log-mel spectrogram of a frame of audio");
+    r.register::<audio::BestWindow>(
+        "BestWindow",
+        "the best-scoring window of each key, once its sequence is complete",
+    );
     r.register::<mapping::Filter>("Filter", "keeps records for which `keep` is true");
     r.register::<mapping::MapToFields>("MapToFields", "computes new fields from expressions");
     r.register::<mapping::Explode>("Explode", "one record per element of list fields");

@@ -23,12 +23,14 @@ mod set;
 #[cfg(test)]
 mod source_tests;
 mod sources;
+mod wav;
 
 pub use columnar_io::{ReadFromAvro, ReadFromParquet, WriteToAvro, WriteToParquet};
 pub use position::FilePos;
 pub use readers::infer_cell;
 pub use set::SETTLE;
 pub use sources::{ReadFromCsv, ReadFromJson, ReadFromText};
+pub use wav::{ReadFromWav, WriteToWav};
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
