@@ -336,7 +336,10 @@ fn samples_of(v: &Value) -> Result<Vec<f32>, String> {
             .map(|x| match x {
                 Value::Float(f) => Ok(*f as f32),
                 Value::Int(i) => Ok(*i as f32),
-                o => Err(format!("samples must be numbers, found a {}", o.type_name())),
+                o => Err(format!(
+                    "samples must be numbers, found a {}",
+                    o.type_name()
+                )),
             })
             .collect(),
         o => Err(format!(
@@ -354,7 +357,11 @@ impl LogMelNode {
         };
         let have = match r.get("sample_rate") {
             Some(Value::Int(i)) if *i > 0 && *i <= 768_000 => Some(*i as u32),
-            Some(o) => return Err(format!("`sample_rate` must be a positive int of Hz, found {o}")),
+            Some(o) => {
+                return Err(format!(
+                    "`sample_rate` must be a positive int of Hz, found {o}"
+                ));
+            }
             None => None,
         };
         let rate = self.target.or(have).ok_or(
@@ -376,9 +383,11 @@ impl LogMelNode {
         if !self.keep {
             r.fields.shift_remove(self.input.as_str());
         }
-        r.fields.insert(self.output.as_str().into(), Value::Tensor(Box::new(mel)));
+        r.fields
+            .insert(self.output.as_str().into(), Value::Tensor(Box::new(mel)));
         if have.is_some() || self.target.is_some() {
-            r.fields.insert("sample_rate".into(), Value::Int(rate as i64));
+            r.fields
+                .insert("sample_rate".into(), Value::Int(rate as i64));
         }
         Ok(())
     }
@@ -454,7 +463,10 @@ impl NodeConfig for BestWindow {
         check_language(&self.language)?;
         self.score.check("score")?;
         if self.length.0.is_zero() {
-            return Err(ConfigError::at("length", "the window must be longer than 0s"));
+            return Err(ConfigError::at(
+                "length",
+                "the window must be longer than 0s",
+            ));
         }
         Ok(())
     }
@@ -558,8 +570,8 @@ fn best(items: &[&Entry], length: f64) -> (usize, usize, f64) {
         }
         // only windows as long as they can be (or the whole sequence, if
         // shorter) compete: a short stretch of high scores is no preview
-        let full = items[hi].end - items[lo].start >= length - 1e-6
-            || (lo == 0 && hi + 1 == items.len());
+        let full =
+            items[hi].end - items[lo].start >= length - 1e-6 || (lo == 0 && hi + 1 == items.len());
         let mean = sum / (hi - lo + 1) as f64;
         if full && mean > best.2 {
             best = (lo, hi, mean);
@@ -593,7 +605,12 @@ impl BestWindowNode {
         };
         let count = num(r, &self.count)?;
         let index = num(r, &self.index)?;
-        if count < 1.0 || count.fract() != 0.0 || index < 0.0 || index >= count || index.fract() != 0.0 {
+        if count < 1.0
+            || count.fract() != 0.0
+            || index < 0.0
+            || index >= count
+            || index.fract() != 0.0
+        {
             return Err(format!(
                 "`{}` = {index} is not an index into a sequence of `{}` = {count} records",
                 self.index, self.count
@@ -731,7 +748,10 @@ mod tests {
             let band = loudest_band(&m, &sine(hz, 16_000, 16_000));
             let (lo, hi) = (hz_to_mel(0.0), hz_to_mel(8000.0));
             let expect = ((hz_to_mel(hz) - lo) / (hi - lo) * 41.0).round() as usize - 1;
-            assert!(band.abs_diff(expect) <= 1, "{hz} Hz: band {band}, expected {expect}");
+            assert!(
+                band.abs_diff(expect) <= 1,
+                "{hz} Hz: band {band}, expected {expect}"
+            );
             assert!(band > last || last == 0, "bands rise with frequency");
             last = band;
         }

@@ -529,7 +529,10 @@ mod tests {
         assert_ne!(a.samples, c.samples);
         assert_eq!(a.samples.len(), 60 * RATE as usize);
         let (s, e) = a.highlight;
-        assert!(s >= 8.0 && e <= 52.0 && (30.0..=40.0).contains(&(e - s)), "{s}..{e}");
+        assert!(
+            s >= 8.0 && e <= 52.0 && (30.0..=40.0).contains(&(e - s)),
+            "{s}..{e}"
+        );
         assert!(a.samples.iter().all(|v| v.abs() <= 0.9 + 1e-6));
         // not silent, in and out of the highlight
         let rms = |a: f64, b: f64| {
@@ -538,6 +541,31 @@ mod tests {
         };
         assert!(rms(c.highlight.0, c.highlight.1) > 0.01);
         assert!(rms(0.0, c.highlight.0) > 0.01);
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_saves_a_model_rill_loads() {
+        // small (a debug build trains slowly: about 250 ms a frame); the
+        // quality of a full training is floored by tests/previews.rs with
+        // the committed model, made by the same code (`train`)
+        let eps = vec![generate("t", 60.0, 5)];
+        let t = train(&eps, 2, 5);
+        assert!(
+            t.last_loss < t.first_loss,
+            "{} -> {}",
+            t.first_loss,
+            t.last_loss
+        );
+        let held = generate("held", 60.0, 31337);
+        let before = scores(&t.model, &held);
+        let dir = tempfile::tempdir().unwrap();
+        save(t.model, dir.path()).unwrap();
+        let files = rill_ml::nets::ModelFiles::find(dir.path(), None).unwrap();
+        assert_eq!(files.arch, arch());
+        let Net::Conv1d(loaded) = files.load::<Cpu>(&Default::default()).unwrap() else {
+            panic!("not a Conv1d net")
+        };
+        assert_eq!(scores(&loaded, &held), before);
     }
 
     #[test]

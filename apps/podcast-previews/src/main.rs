@@ -49,7 +49,10 @@ impl Args {
         while i < self.0.len() {
             let a = &self.0[i];
             if !known.contains(&a.as_str()) {
-                return Err(format!("unknown option `{a}` (options: {})", known.join(", ")));
+                return Err(format!(
+                    "unknown option `{a}` (options: {})",
+                    known.join(", ")
+                ));
             }
             if self.0.get(i + 1).is_none() {
                 return Err(format!("{a} needs a value"));
@@ -67,15 +70,24 @@ fn mkdir(d: &Path) -> Result<(), String> {
 /// Writes episodes `first..first+n` of the set made from `seed` into `dir`:
 /// `episode-NNNN.wav` (written aside, then renamed: a watched folder never
 /// sees half of one) and `episode-NNNN.labels.json`.
-fn write_episodes(dir: &Path, n: usize, first: usize, seconds: f64, seed: u64) -> Result<(), String> {
+fn write_episodes(
+    dir: &Path,
+    n: usize,
+    first: usize,
+    seconds: f64,
+    seed: u64,
+) -> Result<(), String> {
     mkdir(dir)?;
     for i in first..first + n {
         let e = generate(&episode_name(i), seconds, episode_seed(seed, i));
         let wav = dir.join(format!("{}.wav", e.name));
         let temp = dir.join(format!(".{}.wav.part", e.name));
         e.write_wav(&temp)?;
-        std::fs::write(dir.join(format!("{}.labels.json", e.name)), e.labels_json() + "\n")
-            .map_err(|err| format!("{}: {err}", dir.display()))?;
+        std::fs::write(
+            dir.join(format!("{}.labels.json", e.name)),
+            e.labels_json() + "\n",
+        )
+        .map_err(|err| format!("{}: {err}", dir.display()))?;
         std::fs::rename(&temp, &wav).map_err(|err| format!("{}: {err}", wav.display()))?;
     }
     Ok(())
@@ -87,7 +99,13 @@ fn cmd_generate(a: &Args) -> Result<(), String> {
     let n = a.num("--episodes", 50usize)?;
     let seconds = a.num("--seconds", 120.0)?;
     let started = Instant::now();
-    write_episodes(&dir, n, a.num("--first", 0usize)?, seconds, a.num("--seed", 1u64)?)?;
+    write_episodes(
+        &dir,
+        n,
+        a.num("--first", 0usize)?,
+        seconds,
+        a.num("--seed", 1u64)?,
+    )?;
     println!(
         "{n} episodes of {seconds} s (16 kHz mono WAV, labels beside them) in {} ({:.1} s)",
         dir.display(),
@@ -196,7 +214,12 @@ fn cmd_evaluate(a: &Args) -> Result<bool, String> {
 }
 
 /// Moves the episodes of `from` into `to` one by one, `every` apart.
-fn land(from: &Path, to: &Path, every: Duration, mut each: impl FnMut(&str, Instant)) -> Result<usize, String> {
+fn land(
+    from: &Path,
+    to: &Path,
+    every: Duration,
+    mut each: impl FnMut(&str, Instant),
+) -> Result<usize, String> {
     mkdir(to)?;
     let mut names: Vec<PathBuf> = std::fs::read_dir(from)
         .map_err(|e| format!("{}: {e}", from.display()))?
@@ -210,7 +233,11 @@ fn land(from: &Path, to: &Path, every: Duration, mut each: impl FnMut(&str, Inst
         }
         let name = p.file_name().unwrap_or_default();
         std::fs::rename(p, to.join(name)).map_err(|e| format!("{}: {e}", p.display()))?;
-        let stem = p.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let stem = p
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         each(&stem, Instant::now());
     }
     Ok(names.len())
@@ -219,9 +246,14 @@ fn land(from: &Path, to: &Path, every: Duration, mut each: impl FnMut(&str, Inst
 fn cmd_land(a: &Args) -> Result<(), String> {
     a.check(&["--from", "--to", "--every"])?;
     let every = Duration::from_secs_f64(a.num("--every", 10.0)?);
-    let n = land(&a.path("--from", STAGING), &a.path("--to", INBOX), every, |name, _| {
-        println!("landed {name}");
-    })?;
+    let n = land(
+        &a.path("--from", STAGING),
+        &a.path("--to", INBOX),
+        every,
+        |name, _| {
+            println!("landed {name}");
+        },
+    )?;
     println!("{n} episodes landed");
     Ok(())
 }
@@ -268,7 +300,10 @@ fn cmd_bench(a: &Args) -> Result<(), String> {
     if !status.success() {
         return Err(format!("the batch run failed: {status}"));
     }
-    let o = overlap(&read_jsonl(Path::new(PREVIEWS)), &labels(Path::new(EPISODES))?);
+    let o = overlap(
+        &read_jsonl(Path::new(PREVIEWS)),
+        &labels(Path::new(EPISODES))?,
+    );
     println!(
         "batch: {n} episodes ({:.0} min of audio) in {batch:.1} s, {:.1} s per episode, {:.0}x real time; overlap {:.1} %",
         n as f64 * seconds / 60.0,
@@ -329,7 +364,9 @@ fn cmd_bench(a: &Args) -> Result<(), String> {
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
-        eprintln!("usage: podcast-previews generate|train|evaluate|land|bench [options] (see README, \"Podcast previews\")");
+        eprintln!(
+            "usage: podcast-previews generate|train|evaluate|land|bench [options] (see README, \"Podcast previews\")"
+        );
         return ExitCode::from(2);
     }
     let cmd = args.remove(0);
@@ -340,7 +377,9 @@ fn main() -> ExitCode {
         "evaluate" => cmd_evaluate(&a),
         "land" => cmd_land(&a).map(|_| true),
         "bench" => cmd_bench(&a).map(|_| true),
-        other => Err(format!("unknown command `{other}` (generate, train, evaluate, land, bench)")),
+        other => Err(format!(
+            "unknown command `{other}` (generate, train, evaluate, land, bench)"
+        )),
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,

@@ -26,6 +26,14 @@ const EXPECT: &[(&str, &str)] = &[
     ),
     ("classify.yaml", "checked by classify_accuracy"),
     (
+        "podcast-previews.yaml",
+        "run by apps/podcast-previews/tests/previews.rs (needs generated episodes)",
+    ),
+    (
+        "podcast-previews-live.yaml",
+        "run by apps/podcast-previews/tests/previews.rs (killed and resumed)",
+    ),
+    (
         "serve-classify.yaml",
         "run by serving.rs (the_readme_serving_commands)",
     ),

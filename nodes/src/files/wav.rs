@@ -193,7 +193,11 @@ fn header(r: &mut impl Read) -> Result<Header, String> {
                     float: match tag {
                         1 => false,
                         3 => true,
-                        t => return Err(format!("a format rill does not decode (format tag {t:#06x}; rill reads integer and float PCM)")),
+                        t => {
+                            return Err(format!(
+                                "a format rill does not decode (format tag {t:#06x}; rill reads integer and float PCM)"
+                            ));
+                        }
                     },
                     data_start: at,
                     data_len: len,
@@ -230,7 +234,11 @@ fn layout(input: &mut Growing, frame_s: f64, hop_s: f64) -> Result<Layout, Strin
         (false, 1..=4, b) => b > 0 && b as usize <= bytes * 8,
         _ => false,
     };
-    if !known || channels == 0 || sample_rate == 0 || h.block_align as usize != bytes * channels as usize {
+    if !known
+        || channels == 0
+        || sample_rate == 0
+        || h.block_align as usize != bytes * channels as usize
+    {
         return Err(format!(
             "a format rill does not decode ({channels} channels at {sample_rate} Hz, {}-bit {}, {}-byte blocks; rill reads 8/16/24/32-bit integer and 32-bit float PCM)",
             h.bits,
@@ -287,9 +295,7 @@ fn sample(b: &[u8], float: bool) -> f32 {
         (true, _) => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         (false, 1) => (b[0] as f32 - 128.0) / 128.0,
         (false, 2) => i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0,
-        (false, 3) => {
-            (i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8) as f32 / 8_388_608.0
-        }
+        (false, 3) => (i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8) as f32 / 8_388_608.0,
         _ => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 / 2_147_483_648.0,
     }
 }
@@ -343,12 +349,17 @@ impl WavReader {
         let mut mono = vec![0f32; l.frame];
         let scale = 1.0 / l.channels as f32;
         for (s, out) in self.buf.chunks_exact(l.block).zip(mono.iter_mut()) {
-            *out = s.chunks_exact(l.bytes).map(|b| sample(b, l.float)).sum::<f32>() * scale;
+            *out = s
+                .chunks_exact(l.bytes)
+                .map(|b| sample(b, l.float))
+                .sum::<f32>()
+                * scale;
         }
         let rate = l.rate as f64;
         let start = first as f64 / rate;
         let end = (first + n as u64) as f64 / rate;
-        let samples = Tensor::new(vec![l.frame], TensorData::F32(mono)).map_err(|e| e.to_string())?;
+        let samples =
+            Tensor::new(vec![l.frame], TensorData::F32(mono)).map_err(|e| e.to_string())?;
         Ok(Record::default()
             .with_key(self.episode.as_str())
             .with_time((start * 1000.0).round() as i64)
@@ -366,7 +377,10 @@ impl WavReader {
     fn bad_file(&self) -> Record {
         let mut f = Fields::default();
         f.insert("file".into(), Value::String(self.name.as_str().into()));
-        f.insert("episode".into(), Value::String(self.episode.as_str().into()));
+        f.insert(
+            "episode".into(),
+            Value::String(self.episode.as_str().into()),
+        );
         Record::new(f).with_key(self.episode.as_str())
     }
 }
@@ -575,18 +589,11 @@ impl WavSink {
             match p {
                 Part::Lit(l) => s.push_str(l),
                 Part::Field(f) => {
-                    let v = r
-                        .get(f)
-                        .and_then(text_of)
-                        .ok_or_else(|| format!("the record has no text or number field `{f}` for the path"))?;
-                    if v.is_empty()
-                        || v == "."
-                        || v == ".."
-                        || v.contains(['/', '\\', '\0'])
-                    {
-                        return Err(format!(
-                            "`{f}` = {v:?} cannot be part of a file name"
-                        ));
+                    let v = r.get(f).and_then(text_of).ok_or_else(|| {
+                        format!("the record has no text or number field `{f}` for the path")
+                    })?;
+                    if v.is_empty() || v == "." || v == ".." || v.contains(['/', '\\', '\0']) {
+                        return Err(format!("`{f}` = {v:?} cannot be part of a file name"));
                     }
                     s.push_str(&v);
                 }
@@ -620,7 +627,9 @@ impl WavSink {
     fn from_samples(&self, r: &Record, field: &str, temp: &Path) -> Result<(), String> {
         let rate = match r.get("sample_rate") {
             Some(Value::Int(i)) if *i > 0 && *i <= 768_000 => *i as u32,
-            _ => return Err("the record has no `sample_rate` (an int of Hz) for its samples".into()),
+            _ => {
+                return Err("the record has no `sample_rate` (an int of Hz) for its samples".into());
+            }
         };
         let values: Vec<f32> = match r.get(field) {
             Some(Value::Tensor(t)) => match t.data() {
@@ -636,7 +645,12 @@ impl WavSink {
                     o => Err(format!("`{field}` holds a {}", o.type_name())),
                 })
                 .collect::<Result<_, _>>()?,
-            Some(o) => return Err(format!("`{field}` must be samples, found a {}", o.type_name())),
+            Some(o) => {
+                return Err(format!(
+                    "`{field}` must be samples, found a {}",
+                    o.type_name()
+                ));
+            }
             None => return Err(format!("the record has no field `{field}`")),
         };
         let spec = WavSpec {
@@ -645,7 +659,8 @@ impl WavSink {
             bits_per_sample: 16,
             sample_format: SampleFormat::Int,
         };
-        let mut w = hound::WavWriter::create(temp, spec).map_err(|e| format!("{}: {e}", temp.display()))?;
+        let mut w =
+            hound::WavWriter::create(temp, spec).map_err(|e| format!("{}: {e}", temp.display()))?;
         for x in values {
             w.write_sample((x.clamp(-1.0, 1.0) * 32767.0).round() as i16)
                 .map_err(|e| e.to_string())?;
@@ -656,13 +671,19 @@ impl WavSink {
     fn from_file(&self, r: &Record, temp: &Path) -> Result<(), String> {
         let src = match r.get(&self.file) {
             Some(Value::String(s)) => self.base.join(s.as_str()),
-            _ => return Err(format!("the record has no text field `{}` naming its source WAV file", self.file)),
+            _ => {
+                return Err(format!(
+                    "the record has no text field `{}` naming its source WAV file",
+                    self.file
+                ));
+            }
         };
         let (start, end) = (number(r, &self.start)?, number(r, &self.end)?);
         if start < 0.0 || end < start {
             return Err(format!("the segment [{start}, {end}) s is not a segment"));
         }
-        let mut reader = hound::WavReader::open(&src).map_err(|e| format!("{}: {e}", src.display()))?;
+        let mut reader =
+            hound::WavReader::open(&src).map_err(|e| format!("{}: {e}", src.display()))?;
         let spec = reader.spec();
         let rate = spec.sample_rate as f64;
         let first = ((start * rate).round() as u64).min(reader.duration() as u64) as u32;
@@ -671,7 +692,8 @@ impl WavSink {
             .seek(first)
             .map_err(|e| format!("{}: cannot seek to {start} s: {e}", src.display()))?;
         let n = (last - first) as usize * spec.channels as usize;
-        let mut w = hound::WavWriter::create(temp, spec).map_err(|e| format!("{}: {e}", temp.display()))?;
+        let mut w =
+            hound::WavWriter::create(temp, spec).map_err(|e| format!("{}: {e}", temp.display()))?;
         let bad = |e: hound::Error| format!("{}: {e}", src.display());
         match (spec.sample_format, spec.bits_per_sample) {
             (SampleFormat::Float, _) => {
@@ -698,8 +720,15 @@ impl Sink for WavSink {
     fn write(&mut self, batch: Vec<Record>, out: &mut Emitter) -> Result<(), NodeError> {
         for r in batch {
             if let Err(e) = self.write_one(&r) {
-                let at = self.target(&r).map(|p| p.display().to_string()).unwrap_or_default();
-                let msg = if at.is_empty() { e } else { format!("{at}: {e}") };
+                let at = self
+                    .target(&r)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let msg = if at.is_empty() {
+                    e
+                } else {
+                    format!("{at}: {e}")
+                };
                 out.fail(r, msg);
             }
         }
