@@ -65,7 +65,7 @@ impl MelParams {
                 self.f_min, self.f_max
             ));
         }
-        if !(self.floor > 0.0) {
+        if self.floor.is_nan() || self.floor <= 0.0 {
             return Err("floor must be above 0 (the logarithm of 0 is -inf)".into());
         }
         Ok(())
@@ -169,8 +169,8 @@ impl MelSpectrogram {
         let mut power = vec![0f32; spec.len()];
         for f in 0..t {
             let s = f * self.p.hop_length;
-            for i in 0..n {
-                input[i] = x.get(s + i).copied().unwrap_or(0.0) * self.window[i];
+            for (i, (v, w)) in input.iter_mut().zip(&self.window).enumerate().take(n) {
+                *v = x.get(s + i).copied().unwrap_or(0.0) * w;
             }
             // the lengths match the plan, so it cannot fail
             let _ = self.fft.process(&mut input, &mut spec);

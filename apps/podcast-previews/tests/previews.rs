@@ -166,7 +166,7 @@ fn a_streaming_run_killed_mid_stream_writes_each_preview_once() {
     let _ = run.kill_and_output();
     eprintln!("killed with {at_kill} of {n} previews written");
     assert!(at_kill < n, "the kill came after every preview was written");
-    let mut again = spawn(dir.path(), &["run", "configs/podcast-previews-live.yaml"]);
+    let again = spawn(dir.path(), &["run", "configs/podcast-previews-live.yaml"]);
     wait_lines_for(&previews, n, Duration::from_secs(120));
     // a moment for anything extra to show up, then stop it
     std::thread::sleep(Duration::from_millis(1500));

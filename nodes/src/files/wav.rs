@@ -224,11 +224,7 @@ fn layout(input: &mut Growing, frame_s: f64, hop_s: f64) -> Result<Layout, Strin
     input.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
     let h = header(&mut BufReader::new(&mut *input))?;
     let (channels, sample_rate, float) = (h.channels, h.rate, h.float);
-    let bytes = if h.channels > 0 {
-        (h.block_align / h.channels) as usize
-    } else {
-        0
-    };
+    let bytes = h.block_align.checked_div(h.channels).unwrap_or(0) as usize;
     let known = match (float, bytes, h.bits) {
         (true, 4, 32) => true,
         (false, 1..=4, b) => b > 0 && b as usize <= bytes * 8,
@@ -613,8 +609,8 @@ impl WavSink {
             .unwrap_or_default();
         let temp = dir.join(format!(".{name}.part"));
         match &self.samples {
-            Some(field) => self.from_samples(r, field, &temp)?,
-            None => self.from_file(r, &temp)?,
+            Some(field) => self.write_samples(r, field, &temp)?,
+            None => self.write_segment(r, &temp)?,
         }
         File::open(&temp)
             .and_then(|f| rill_core::perms::shared_file(&f).and_then(|_| f.sync_all()))
@@ -624,11 +620,13 @@ impl WavSink {
         Ok(())
     }
 
-    fn from_samples(&self, r: &Record, field: &str, temp: &Path) -> Result<(), String> {
+    fn write_samples(&self, r: &Record, field: &str, temp: &Path) -> Result<(), String> {
         let rate = match r.get("sample_rate") {
             Some(Value::Int(i)) if *i > 0 && *i <= 768_000 => *i as u32,
             _ => {
-                return Err("the record has no `sample_rate` (an int of Hz) for its samples".into());
+                return Err(
+                    "the record has no `sample_rate` (an int of Hz) for its samples".into(),
+                );
             }
         };
         let values: Vec<f32> = match r.get(field) {
@@ -668,7 +666,7 @@ impl WavSink {
         w.finalize().map_err(|e| format!("{}: {e}", temp.display()))
     }
 
-    fn from_file(&self, r: &Record, temp: &Path) -> Result<(), String> {
+    fn write_segment(&self, r: &Record, temp: &Path) -> Result<(), String> {
         let src = match r.get(&self.file) {
             Some(Value::String(s)) => self.base.join(s.as_str()),
             _ => {
