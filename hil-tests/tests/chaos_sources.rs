@@ -1,6 +1,7 @@
 //! SIGKILL chaos for every source that claims exactly-once: `Create`,
-//! `Generate`, `ReadFromJson` (one file, and a glob of four) and
-//! `ReadFromCsv`.
+//! `Generate`, `ReadFromJson` (one file, and a glob of four),
+//! `ReadFromCsv` and `ReadFromWav` (a WAV file of 1 ms frames, the frame
+//! index as the id).
 //!
 //! Each source feeds `MapToFields (v2: v * 2)` and a file sink
 //! (`WriteToCsv` behind the CSV source, `WriteToJson` behind the others).
@@ -43,6 +44,8 @@ enum Src {
     Csv,
     /// `ReadFromJson` over a glob of four files.
     Glob,
+    /// `ReadFromWav`: one frame of 8 samples (1 ms at 8 kHz) per record.
+    Wav,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +126,29 @@ fn write_input(dir: &Path, src: Src, n: u64) {
             }
             std::fs::write(dir.join("in.csv"), text).unwrap();
         }
+        Src::Wav => {
+            // 16-bit mono PCM at 8 kHz: frame i holds the sample i % 1000
+            let data_len = n as u32 * 8 * 2;
+            let mut b = Vec::with_capacity(44 + data_len as usize);
+            b.extend_from_slice(b"RIFF");
+            b.extend_from_slice(&(36 + data_len).to_le_bytes());
+            b.extend_from_slice(b"WAVEfmt ");
+            b.extend_from_slice(&16u32.to_le_bytes());
+            b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+            b.extend_from_slice(&1u16.to_le_bytes()); // mono
+            b.extend_from_slice(&8000u32.to_le_bytes());
+            b.extend_from_slice(&16000u32.to_le_bytes());
+            b.extend_from_slice(&2u16.to_le_bytes());
+            b.extend_from_slice(&16u16.to_le_bytes());
+            b.extend_from_slice(b"data");
+            b.extend_from_slice(&data_len.to_le_bytes());
+            for i in 0..n {
+                for _ in 0..8 {
+                    b.extend_from_slice(&((i % 1000) as i16).to_le_bytes());
+                }
+            }
+            std::fs::write(dir.join("in.wav"), b).unwrap();
+        }
         Src::Create | Src::Generate => {}
     }
 }
@@ -140,6 +166,11 @@ fn pipeline(case: &Case, n: u64) -> String {
         Src::Csv => (
             "type: ReadFromCsv\n      name: read\n      config: {path: in.csv}".to_owned(),
             "{v2: \"v * 2\"}",
+        ),
+        Src::Wav => (
+            "type: ReadFromWav\n      name: read\n      config: {path: in.wav, frame: 1ms}"
+                .to_owned(),
+            "{v: frame, v2: \"frame * 2\"}, drop: [samples]",
         ),
         Src::Generate => (
             format!(
@@ -533,7 +564,7 @@ fn all_cases_unfiltered() -> Vec<Case> {
             delivery: "exactly_once",
         });
     }
-    for src in [Src::Create, Src::Generate, Src::Json, Src::Csv] {
+    for src in [Src::Create, Src::Generate, Src::Json, Src::Csv, Src::Wav] {
         for split in [false, true] {
             cases.push(Case {
                 src,

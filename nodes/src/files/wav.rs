@@ -364,6 +364,7 @@ impl WavReader {
             .with("sample_rate", l.rate as i64)
             .with("frame", i as i64)
             .with("frames", l.frames as i64)
+            .with("offset", first as i64)
             .with("start", start)
             .with("end", end)
             .with("duration", l.len as f64 / rate)
