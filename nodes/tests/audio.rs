@@ -2,7 +2,8 @@
 //! same audio stored as 8-, 16-, 24-bit integer (mono and stereo), 32-bit
 //! float, WAVE_FORMAT_EXTENSIBLE and a streamed header (length unknown)
 //! reads as the same frames; overlapping frames; an encoding it does not
-//! decode is a dead letter naming the file.
+//! decode, and a header asking for gigabytes a frame, are dead letters
+//! naming the file.
 
 use std::path::Path;
 
@@ -117,7 +118,11 @@ fn every_encoding_reads_as_the_same_frames() {
     let mut b = std::fs::read(d.join("adpcm.wav")).unwrap();
     let at = b.windows(4).position(|w| w == b"fmt ").unwrap() + 8;
     b[at] = 2;
-    std::fs::write(d.join("adpcm.wav"), b).unwrap();
+    std::fs::write(d.join("adpcm.wav"), &b).unwrap();
+    // a hostile header: 4 GHz would make frames of gigabytes
+    b[at] = 1;
+    b[at + 4..at + 8].copy_from_slice(&4_000_000_000u32.to_le_bytes());
+    std::fs::write(d.join("huge.wav"), &b).unwrap();
     let out = run_yaml(
         dir.path(),
         r#"pipeline:
@@ -159,7 +164,11 @@ fn every_encoding_reads_as_the_same_frames() {
     }
     let bad = read_jsonl(&dir.path().join("bad.jsonl"));
     let text = serde_json::to_string(&bad).unwrap();
-    assert_eq!(bad.len(), 1, "{text}");
+    assert_eq!(bad.len(), 2, "{text}");
+    assert!(
+        text.contains("huge.wav: 1 channels at 4000000000 Hz: rill reads up to 64 channels"),
+        "{text}"
+    );
     assert!(
         text.contains("adpcm.wav: a format rill does not decode (format tag 0x0002"),
         "{text}"

@@ -230,6 +230,12 @@ fn layout(input: &mut Growing, frame_s: f64, hop_s: f64) -> Result<Layout, Strin
         (false, 1..=4, b) => b > 0 && b as usize <= bytes * 8,
         _ => false,
     };
+    // a hostile header must not make a frame of gigabytes
+    if channels > 64 || sample_rate > 768_000 {
+        return Err(format!(
+            "{channels} channels at {sample_rate} Hz: rill reads up to 64 channels at up to 768000 Hz"
+        ));
+    }
     if !known
         || channels == 0
         || sample_rate == 0
