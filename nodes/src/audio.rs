@@ -4,6 +4,7 @@
 //! complete). `ReadFromWav` and `WriteToWav` are with the file nodes. See
 //! `docs/audio.md`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -323,10 +324,12 @@ struct LogMelNode {
     made: HashMap<u32, MelSpectrogram>,
 }
 
-fn samples_of(v: &Value) -> Result<Vec<f32>, String> {
+/// The samples of a field: borrowed when they are f32 already (a frame
+/// from `ReadFromWav`), converted otherwise.
+fn samples_of(v: &Value) -> Result<Cow<'_, [f32]>, String> {
     match v {
         Value::Tensor(t) => match t.data() {
-            TensorData::F32(d) => Ok(d.clone()),
+            TensorData::F32(d) => Ok(Cow::Borrowed(d)),
             TensorData::F64(d) => Ok(d.iter().map(|x| *x as f32).collect()),
             TensorData::I64(d) => Ok(d.iter().map(|x| *x as f32).collect()),
             TensorData::U8(_) => Err("samples must be numbers, found a byte tensor".into()),
@@ -368,7 +371,7 @@ impl LogMelNode {
             "the record has no `sample_rate` field and the config sets none (`sample_rate:`)",
         )?;
         let x = match have {
-            Some(h) if h != rate => resample(&x, h, rate)?,
+            Some(h) if h != rate => Cow::Owned(resample(&x, h, rate)?),
             _ => x,
         };
         if !self.made.contains_key(&rate) {
