@@ -375,6 +375,7 @@ fn recovery() -> anyhow::Result<Vec<Duration>> {
     Ok(delays)
 }
 
+mod e2e;
 mod inference;
 mod resume;
 mod serve;
@@ -392,6 +393,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("inference") {
         return tokio::task::block_in_place(|| inference::main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some("e2e") {
+        return e2e::main(&args[2..]).await;
     }
     if args.get(1).map(String::as_str) == Some("serve") {
         return serve::main(&args[2..]).await;

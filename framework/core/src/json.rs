@@ -99,7 +99,89 @@ pub fn record_to_json(r: &Record) -> Json {
 
 /// A record's fields as one line of JSON (no trailing newline).
 pub fn record_to_json_line(r: &Record) -> String {
-    record_to_json(r).to_string()
+    let mut out = Vec::with_capacity(128);
+    write_record_json(&mut out, r);
+    // serde_json writes UTF-8 only
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends a record's fields to `out` as one line of JSON (no trailing
+/// newline): the same text as [`record_to_json_line`], written straight
+/// from the values without building a `serde_json::Value` first (the JSON
+/// sinks write every record through this).
+pub fn write_record_json(out: &mut Vec<u8>, r: &Record) {
+    // writing to a Vec cannot fail, and every value has a JSON form
+    let _ = serde_json::to_writer(out, &AsJson::Fields(&r.fields));
+}
+
+/// A value seen through the JSON mapping, for serde_json's serializer.
+enum AsJson<'a> {
+    Value(&'a Value),
+    Fields(&'a Fields),
+}
+
+impl serde::Serialize for AsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        let v = match self {
+            AsJson::Fields(f) => {
+                let mut m = s.serialize_map(Some(f.len()))?;
+                for (k, v) in f.iter() {
+                    m.serialize_entry(k.as_str(), &AsJson::Value(v))?;
+                }
+                return m.end();
+            }
+            AsJson::Value(v) => v,
+        };
+        match v {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            // serde_json writes NaN and ±inf as null, like `Number::from_f64`
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::String(t) => s.serialize_str(t),
+            Value::Bytes(b) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("$bytes", &B64.encode(b))?;
+                m.end()
+            }
+            Value::List(items) => {
+                let mut q = s.serialize_seq(Some(items.len()))?;
+                for i in items {
+                    q.serialize_element(&AsJson::Value(i))?;
+                }
+                q.end()
+            }
+            Value::Map(f) => AsJson::Fields(f).serialize(s),
+            Value::Tensor(t) => {
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry("dtype", t.dtype().name())?;
+                m.serialize_entry("shape", t.shape())?;
+                match t.data() {
+                    TensorData::F32(d) => {
+                        let wide = d.iter().map(|x| f64::from(*x));
+                        m.serialize_entry("data", &Seq(std::cell::Cell::new(Some(wide))))?
+                    }
+                    TensorData::F64(d) => m.serialize_entry("data", d)?,
+                    TensorData::I64(d) => m.serialize_entry("data", d)?,
+                    TensorData::U8(d) => {
+                        let wide = d.iter().map(|x| u64::from(*x));
+                        m.serialize_entry("data", &Seq(std::cell::Cell::new(Some(wide))))?
+                    }
+                }
+                m.end()
+            }
+        }
+    }
+}
+
+/// An iterator serialized once as a sequence.
+struct Seq<I>(std::cell::Cell<Option<I>>);
+
+impl<I: Iterator<Item = T>, T: serde::Serialize> serde::Serialize for Seq<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.take().into_iter().flatten())
+    }
 }
 
 /// JSON to a value (see the module docs for the mapping).
@@ -508,6 +590,25 @@ mod tests {
         let e = parse_json_line(r#"{"x": {"dtype": "f32", "shape": [2, 3], "data": [1,2]}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("needs 6 elements"), "{e}");
+    }
+
+    #[test]
+    fn the_direct_writer_writes_what_the_json_value_prints() {
+        let t = Tensor::new(vec![2], TensorData::F32(vec![0.1, f32::NAN])).unwrap();
+        let u = Tensor::new(vec![3], TensorData::U8(vec![0, 7, 255])).unwrap();
+        let r = crate::record! {
+            "a" => 1.0, "i" => -3, "n" => Value::Null, "b" => true,
+            "nan" => f64::NAN, "inf" => f64::INFINITY, "tiny" => 1e-300,
+            "s" => "quote \" and \\ and \u{1} and é",
+            "bytes" => Value::Bytes(vec![0, 255, 7]),
+            "list" => Value::List(vec![Value::Int(1), Value::Float(2.5), Value::Null]),
+            "t" => Value::Tensor(Box::new(t)), "u" => Value::Tensor(Box::new(u)),
+            "m" => Value::Map(crate::record! {"z" => 1, "a" => Value::List(vec![])}.fields)
+        };
+        assert_eq!(record_to_json_line(&r), record_to_json(&r).to_string());
+        let mut out = b"x".to_vec();
+        write_record_json(&mut out, &r);
+        assert_eq!(&out[1..], record_to_json(&r).to_string().as_bytes());
     }
 
     #[test]

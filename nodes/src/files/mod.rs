@@ -36,7 +36,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use rill_core::json::{record_to_json_line, value_to_json};
+use rill_core::json::{value_to_json, write_record_json};
 use rill_core::node::{
     BuildContext, ConfigError, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink,
 };
@@ -312,6 +312,7 @@ impl NodeConfig for WriteToJson {
             path,
             out: BufWriter::with_capacity(1 << 16, SinkFile::new(file, ctx.state, fresh)),
             state: ctx.state.clone(),
+            line: Vec::new(),
         })))
     }
 }
@@ -320,15 +321,18 @@ struct JsonSink {
     path: PathBuf,
     out: BufWriter<SinkFile>,
     state: KeyedState,
+    /// One line at a time, its buffer kept between records.
+    line: Vec<u8>,
 }
 
 impl Sink for JsonSink {
     fn write(&mut self, batch: Vec<Record>, _out: &mut Emitter) -> Result<(), NodeError> {
         for r in &batch {
-            let line = record_to_json_line(r);
+            self.line.clear();
+            write_record_json(&mut self.line, r);
+            self.line.push(b'\n');
             self.out
-                .write_all(line.as_bytes())
-                .and_then(|_| self.out.write_all(b"\n"))
+                .write_all(&self.line)
                 .map_err(|e| NodeError::io(&self.path, e))?;
         }
         Ok(())
