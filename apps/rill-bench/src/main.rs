@@ -70,7 +70,7 @@ fn record(i: u64) -> Record {
 
 /// A source that stamps each record with the time it was emitted.
 #[derive(Debug, Deserialize)]
-struct BenchSource {
+pub(crate) struct BenchSource {
     count: u64,
     rate: Option<f64>,
 }
@@ -376,23 +376,34 @@ fn recovery() -> anyhow::Result<Vec<Duration>> {
 }
 
 mod e2e;
+mod footprint;
 mod inference;
 mod resume;
 mod serve;
 mod windows;
 
-/// The allocator of the `rill` binary, so the figures are what it does.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator of the `rill` binary, so the figures are what it does:
+// `rill_cli` sets it (its `mimalloc` feature), huge pages off as in `rill`.
+use rill_cli::alloc::no_huge_pages;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    no_huge_pages();
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
         return child(&args[2]).await;
     }
     if args.get(1).map(String::as_str) == Some("inference") {
         return tokio::task::block_in_place(|| inference::main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some("footprint") {
+        return tokio::task::block_in_place(|| footprint::main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some("slow-sink") {
+        return tokio::task::block_in_place(|| footprint::slow_sink(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some("slow-sink-child") {
+        return footprint::child(&args[2..]).await;
     }
     if args.get(1).map(String::as_str) == Some("e2e") {
         return e2e::main(&args[2..]).await;

@@ -28,15 +28,15 @@ mod commands;
 mod dlq;
 mod summary;
 
-/// mimalloc rather than the system allocator: records are many small
-/// allocations made on one thread and freed on another, which glibc's
-/// allocator handles poorly (`rill-bench`, which uses it too, measured the
-/// 3-stage `best_effort` pipeline 1.35 times faster with it). An
-/// application with an allocator of its own turns the default `mimalloc`
-/// feature off.
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
+
+/// mimalloc for small blocks, the system allocator for large ones (see
+/// [`alloc`]). An application with an allocator of its own turns the
+/// default `mimalloc` feature off.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::Allocator = alloc::Allocator;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -114,6 +114,8 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
+        #[cfg(feature = "mimalloc")]
+        alloc::no_huge_pages();
         // state and dead letters hold whole records: owner-only (file sinks
         // give their outputs the usual permissions back)
         rill_core::perms::private_by_default();
