@@ -11,8 +11,9 @@
 //! actors, no Zenoh, no state. Both outputs are read back and their labels
 //! compared record by record.
 //!
-//! `rill-bench e2e [RECORDS] [rill|raw]` (200,000 by default; `rill` or
-//! `raw` runs that side alone, for a profiler).
+//! `rill-bench e2e [RECORDS] [rill|raw] [queue=N]` (200,000 by default;
+//! `rill` or `raw` runs that side alone, for a profiler; `queue=N` sets
+//! the pipeline's queues).
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -147,6 +148,19 @@ fn raw(input: &Path, output: &Path, files: &ModelFiles) -> anyhow::Result<f64> {
     Ok(n as f64 / secs)
 }
 
+/// Extra `options:` lines from the arguments (`queue=16384` sets every
+/// input's queue), to try a setting without a rebuild.
+fn extra_options() -> String {
+    std::env::args()
+        .filter_map(|a| {
+            Some(format!(
+                "  queue: {{size: {}}}\n",
+                a.strip_prefix("queue=")?
+            ))
+        })
+        .collect()
+}
+
 async fn rill(dir: &Path, input: &Path, output: &Path, records: usize) -> anyhow::Result<f64> {
     let state = dir.join("state");
     let _ = std::fs::remove_dir_all(&state);
@@ -169,11 +183,12 @@ pipeline:
 options:
   delivery: exactly_once
   state_dir: {state}
-"#,
+{extra}"#,
         input = input.display(),
         models = dir.join("models/mlp").display(),
         output = output.display(),
         state = state.display(),
+        extra = extra_options(),
     );
     let mut registry = rill_nodes::registry();
     rill_ml::register_all(&mut registry);

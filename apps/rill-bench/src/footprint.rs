@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rill_core::Record;
 use rill_core::node::{BuildContext, Emitter, Node, NodeConfig, NodeError, NodeKind, Sink};
 use rill_core::spec::{Machine, parse_str};
-use rill_core::Record;
 use serde::Deserialize;
 
 /// Resident memory of a process, in KiB (0 once it is gone).
@@ -74,7 +74,10 @@ pub fn main(_args: &[String]) -> anyhow::Result<()> {
     let rill = rill_binary()?;
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    println!("footprint of {} (resident memory, MB = MiB)", rill.display());
+    println!(
+        "footprint of {} (resident memory, MB = MiB)",
+        rill.display()
+    );
 
     // the quickstart, as the README runs it, in a copy of its files
     for f in ["configs/quickstart.yaml", "configs/data/readings.jsonl"] {
@@ -220,7 +223,10 @@ fn run_child(count: u64, ns: u64) -> anyhow::Result<(f64, Vec<(u64, u64)>)> {
     let s = samples.clone();
     let reader = std::thread::spawn(move || {
         let mut rate = 0.0;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(w) = line.strip_prefix("written ") {
                 let w: u64 = w.parse().unwrap_or(0);
                 s.lock().unwrap().push((rss_kib(pid), w));
@@ -257,7 +263,10 @@ pub fn slow_sink(args: &[String]) -> anyhow::Result<()> {
     );
     println!("  resident memory once a second (MB), with the records written by then:");
     for chunk in samples.chunks(10) {
-        let row: Vec<String> = chunk.iter().map(|(k, _)| format!("{:>5.1}", mb(*k))).collect();
+        let row: Vec<String> = chunk
+            .iter()
+            .map(|(k, _)| format!("{:>5.1}", mb(*k)))
+            .collect();
         println!(
             "    {}   ({} written)",
             row.join(" "),
@@ -268,7 +277,11 @@ pub fn slow_sink(args: &[String]) -> anyhow::Result<()> {
     let max = rss.iter().copied().max().unwrap_or(0);
     let q = rss.len() / 4;
     let (early, late) = (
-        rss[..q.max(1).min(rss.len())].iter().copied().max().unwrap_or(0),
+        rss[..q.max(1).min(rss.len())]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0),
         rss[rss.len() - q.max(1).min(rss.len())..]
             .iter()
             .copied()

@@ -203,6 +203,11 @@ async fn run_rill(
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     LATENCIES.lock().unwrap().clear();
     SUNK.store(0, Ordering::Relaxed);
+    // each run starts from nothing (a finished run's state would refuse
+    // to run the pipeline again)
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("rill-bench-{}", std::process::id())),
+    );
     let t = Instant::now();
     let report = rill_runtime::run(Arc::new(p), Default::default()).await?;
     let secs = t.elapsed().as_secs_f64();
