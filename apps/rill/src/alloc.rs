@@ -12,8 +12,14 @@
 //! alone and 41 MB with glibc alone (`rill-bench footprint`).
 //! Blocks of [`LARGE`] bytes and more go to the system allocator; the rest
 //! to mimalloc.
+//!
+//! `RILL_ALLOCATOR=system` in the environment sends every block to the
+//! system allocator: flatter memory under a long backlog, slower on records
+//! (see `docs/performance.md`). It is read once, at the process's first
+//! allocation, so a block is always freed by the allocator that made it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use mimalloc::MiMalloc;
 
@@ -23,8 +29,28 @@ pub const LARGE: usize = 256 << 10;
 /// mimalloc below [`LARGE`] bytes, the system allocator from there on.
 pub struct Allocator;
 
+/// The threshold in force; `usize::MAX` until the first allocation.
+static THRESHOLD: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+fn threshold() -> usize {
+    let t = THRESHOLD.load(Relaxed);
+    if t != usize::MAX {
+        return t;
+    }
+    // getenv does not allocate; the environment does not change the answer
+    // between two threads that get here first together
+    // SAFETY: a NUL-terminated name; the value is read before returning
+    let system = unsafe {
+        let v = libc::getenv(c"RILL_ALLOCATOR".as_ptr());
+        !v.is_null() && std::ffi::CStr::from_ptr(v).to_bytes() == b"system"
+    };
+    let t = if system { 0 } else { LARGE };
+    THRESHOLD.store(t, Relaxed);
+    t
+}
+
 fn large(size: usize) -> bool {
-    size >= LARGE
+    size >= threshold()
 }
 
 // SAFETY: each block is freed and resized by the allocator that made it:
