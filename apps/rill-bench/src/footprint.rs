@@ -274,25 +274,20 @@ pub fn slow_sink(args: &[String]) -> anyhow::Result<()> {
         );
     }
     let rss: Vec<u64> = samples.iter().map(|s| s.0).filter(|k| *k > 0).collect();
-    let max = rss.iter().copied().max().unwrap_or(0);
-    let q = rss.len() / 4;
-    let (early, late) = (
-        rss[..q.max(1).min(rss.len())]
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(0),
-        rss[rss.len() - q.max(1).min(rss.len())..]
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(0),
-    );
+    anyhow::ensure!(!rss.is_empty(), "no memory sample was taken");
+    let peak = |part: &[u64]| part.iter().copied().max().unwrap_or(0);
+    let q = (rss.len() / 4).max(1);
+    let (max, early, late) = (peak(&rss), peak(&rss[..q]), peak(&rss[rss.len() - q..]));
     println!(
-        "  max {:.1} MB (goal < 300); max of the first quarter {:.1} MB, of the last quarter {:.1} MB (flat: the last within 10% of the first)",
+        "  max {:.1} MB (goal < 300); max of the first quarter {:.1} MB, of the last quarter {:.1} MB: {}",
         mb(max),
         mb(early),
-        mb(late)
+        mb(late),
+        if late * 10 <= early * 11 {
+            "flat (the last within 10% of the first)"
+        } else {
+            "NOT flat (the last more than 10% above the first)"
+        }
     );
     Ok(())
 }
