@@ -12,8 +12,20 @@
 //! | `m/dlq_len` | the committed length of the stage's dead-letter queue (u64 BE) |
 //! | `i/<input>` | an input's committed `(epoch, next, ended)` |
 //! | `o/<output>\0n` | an output log's `(next_seq, end_seq)` |
-//! | `o/<output>\0e<first_seq BE>` | one held message: record count (u64 BE) + the encoded message |
+//! | `o/<output>\0g<first_seq BE>` | the messages one commit appended: for each, its record count (u64 BE), its length (u32 BE), the encoded message |
+//! | `o/<output>\0e<first_seq BE>` | one held message, as format 2 wrote them (read, trimmed, never written now): record count (u64 BE) + the encoded message |
 //! | `s/<key>` | the node's keyed state |
+//!
+//! A commit writes its new messages as one value, not one per message:
+//! sled's cost follows the keys a batch touches (tree pages rewritten and
+//! deltas logged per key, a process-wide lock held meanwhile), and a
+//! commit of a thousand records used to touch a dozen keys to write and a
+//! dozen to delete. A group is deleted once every consumer acknowledged
+//! all of it; a group acknowledged in part is kept whole (its first
+//! messages are sent again after a restart, and dropped by consumers as
+//! duplicates).
+
+use std::collections::VecDeque;
 
 use rill_core::state::{StateStore, WriteBatch};
 use serde::{Deserialize, Serialize};
@@ -158,6 +170,35 @@ pub struct OutputLog<P> {
     prefix: Vec<u8>,
     committed_seq: u64,
     committed_end: Option<u64>,
+    /// The values holding messages in the store, in order: key tag (`g` a
+    /// group, `e` a message of format 2), first number, number past the
+    /// last record.
+    stored: VecDeque<(u8, u64, u64)>,
+    /// What the batch being committed does to `stored`: values it deletes
+    /// from the front, the group it adds.
+    staged: (usize, Option<(u8, u64, u64)>),
+}
+
+/// The tag of a key holding the messages of one commit.
+const GROUP: u8 = b'g';
+/// The tag of a key holding one message (format 2).
+const SINGLE: u8 = b'e';
+
+/// Splits a group value into its messages `(count, payload)`.
+fn split_group(v: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        if rest.len() < 12 {
+            return None;
+        }
+        let count = u64::from_be_bytes(rest[..8].try_into().ok()?);
+        let len = u32::from_be_bytes(rest[8..12].try_into().ok()?) as usize;
+        let body = rest.get(12..12 + len)?;
+        out.push((count, body));
+        rest = &rest[12 + len..];
+    }
+    Some(out)
 }
 
 impl<P: Clone> OutputLog<P> {
@@ -178,22 +219,41 @@ impl<P: Clone> OutputLog<P> {
             Some(b) => decode(&format!("the log header of output `{label}`"), &b)?,
             None => OutMeta::default(),
         };
-        let mut entry_prefix = prefix.clone();
-        entry_prefix.push(b'e');
         let mut entries = Vec::new();
-        let mut expect: Option<u64> = None;
-        for (k, v) in store
-            .scan_prefix(&entry_prefix)
-            .map_err(|e| e.to_string())?
-        {
-            let seq_bytes: [u8; 8] = k[entry_prefix.len()..]
-                .try_into()
-                .map_err(|_| format!("output `{label}` has a malformed log key"))?;
-            let first = u64::from_be_bytes(seq_bytes);
-            if v.len() < 8 {
-                return Err(format!("output `{label}`: message {first} is truncated"));
+        let mut stored = VecDeque::new();
+        // format 2's single messages, then groups: both in number order
+        for tag in [SINGLE, GROUP] {
+            let mut key_prefix = prefix.clone();
+            key_prefix.push(tag);
+            for (k, v) in store.scan_prefix(&key_prefix).map_err(|e| e.to_string())? {
+                let seq_bytes: [u8; 8] = k[key_prefix.len()..]
+                    .try_into()
+                    .map_err(|_| format!("output `{label}` has a malformed log key"))?;
+                let first = u64::from_be_bytes(seq_bytes);
+                let truncated = || format!("output `{label}`: message {first} is truncated");
+                let messages = if tag == SINGLE {
+                    if v.len() < 8 {
+                        return Err(truncated());
+                    }
+                    vec![(
+                        u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+                        &v[8..],
+                    )]
+                } else {
+                    split_group(&v)
+                        .filter(|m| !m.is_empty())
+                        .ok_or_else(truncated)?
+                };
+                let mut seq = first;
+                for (count, body) in messages {
+                    entries.push((seq, count, decode_payload(body)));
+                    seq += count;
+                }
+                stored.push_back((tag, first, seq));
             }
-            let count = u64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+        }
+        let mut expect: Option<u64> = None;
+        for &(first, count, _) in &entries {
             if expect.is_some_and(|e| e != first) {
                 return Err(format!(
                     "output `{label}`: the log skips from {} to {first}",
@@ -201,7 +261,6 @@ impl<P: Clone> OutputLog<P> {
                 ));
             }
             expect = Some(first + count);
-            entries.push((first, count, decode_payload(&v[8..])));
         }
         if let Some(e) = expect
             && e != meta.next_seq
@@ -217,6 +276,8 @@ impl<P: Clone> OutputLog<P> {
             prefix,
             committed_seq: meta.next_seq,
             committed_end: meta.end_seq,
+            stored,
+            staged: (0, None),
         })
     }
 
@@ -227,6 +288,8 @@ impl<P: Clone> OutputLog<P> {
             prefix: out_prefix(name),
             committed_seq: 0,
             committed_end: None,
+            stored: VecDeque::new(),
+            staged: (0, None),
         }
     }
 
@@ -244,26 +307,42 @@ impl<P: Clone> OutputLog<P> {
         self.committed_seq
     }
 
-    /// Adds to `batch` what changed since the last commit: new messages,
-    /// deletes of trimmed ones, the header.
+    /// Adds to `batch` what changed since the last commit: the new
+    /// messages (one value), deletes of values every consumer acknowledged,
+    /// the header.
     pub fn stage_commit(&mut self, batch: &mut WriteBatch, bytes: impl Fn(&P) -> Vec<u8>) {
-        for first in self.log.take_trimmed() {
-            batch.delete(self.entry_key(first));
+        self.log.take_trimmed();
+        // the first number the log still holds: what precedes it was
+        // acknowledged by every consumer
+        let low = self
+            .log
+            .entries_from(0)
+            .next()
+            .map_or(self.log.next_seq(), |(first, _, _)| first);
+        self.staged = (0, None);
+        for &(tag, first, end) in &self.stored {
+            if end > low {
+                break;
+            }
+            batch.delete(self.key(tag, first));
+            self.staged.0 += 1;
         }
         if !self.dirty() {
             return;
         }
-        let new: Vec<(u64, Vec<u8>)> = self
-            .log
-            .entries_from(self.committed_seq)
-            .map(|(first, count, p)| {
-                let mut v = count.to_be_bytes().to_vec();
-                v.extend_from_slice(&bytes(p));
-                (first, v)
-            })
-            .collect();
-        for (first, v) in new {
-            batch.put(self.entry_key(first), v);
+        let mut group = Vec::new();
+        let mut span = None;
+        for (first, count, p) in self.log.entries_from(self.committed_seq) {
+            let body = bytes(p);
+            group.extend_from_slice(&count.to_be_bytes());
+            group.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            group.extend_from_slice(&body);
+            let start = span.map_or(first, |(s, _)| s);
+            span = Some((start, first + count));
+        }
+        if let Some((first, end)) = span {
+            batch.put(self.key(GROUP, first), group);
+            self.staged.1 = Some((GROUP, first, end));
         }
         let mut meta_key = self.prefix.clone();
         meta_key.push(b'n');
@@ -278,12 +357,16 @@ impl<P: Clone> OutputLog<P> {
 
     /// The batch from [`Self::stage_commit`] is durable.
     pub fn committed(&mut self) {
+        let (deleted, added) = std::mem::take(&mut self.staged);
+        self.stored.drain(..deleted);
+        self.stored.extend(added);
         self.committed_seq = self.log.next_seq();
         self.committed_end = self.log.end_seq();
     }
 
     /// Forgets what was appended since the last commit.
     pub fn rollback(&mut self) {
+        self.staged = (0, None);
         self.log.truncate_to(self.committed_seq);
         if self.committed_end.is_some() && self.log.end_seq().is_none() {
             // cannot happen: the end is the last thing appended
@@ -291,9 +374,9 @@ impl<P: Clone> OutputLog<P> {
         }
     }
 
-    fn entry_key(&self, first: u64) -> Vec<u8> {
+    fn key(&self, tag: u8, first: u64) -> Vec<u8> {
         let mut k = self.prefix.clone();
-        k.push(b'e');
+        k.push(tag);
         k.extend_from_slice(&first.to_be_bytes());
         k
     }
@@ -335,6 +418,78 @@ mod tests {
         v
     }
 
+    #[test]
+    fn a_format_2_log_is_read_and_its_messages_deleted_once_acknowledged() {
+        // format 2 kept one value per message: `e` keys, count + message
+        let store = MemStore::new();
+        let mut batch = WriteBatch::default();
+        for (first, count) in [(0u64, 3u64), (3, 2)] {
+            let mut k = b"o/x\0e".to_vec();
+            k.extend_from_slice(&first.to_be_bytes());
+            let mut v = count.to_be_bytes().to_vec();
+            v.extend_from_slice(&payload(first, count));
+            batch.put(k, v);
+        }
+        batch.put(
+            b"o/x\0n".to_vec(),
+            encode(&OutMeta {
+                next_seq: 5,
+                end_seq: None,
+            }),
+        );
+        store.commit(batch).unwrap();
+        let consumers = vec![("a".to_owned(), 100)];
+        let mut out =
+            OutputLog::load(&store, Some("x"), consumers.clone(), |b: &[u8]| b.to_vec()).unwrap();
+        let held: Vec<_> = out.log.entries_from(0).map(|(f, c, _)| (f, c)).collect();
+        assert_eq!(held, [(0, 3), (3, 2)]);
+        // new messages go into one group after them
+        out.log.append(4, payload(5, 4));
+        out.log.append(1, payload(9, 1));
+        out.log.ack("a", 3);
+        let mut batch = WriteBatch::default();
+        out.stage_commit(&mut batch, |p| p.clone());
+        store.commit(batch).unwrap();
+        out.committed();
+        let keys: Vec<Vec<u8>> = store
+            .scan_prefix(b"o/x\0")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let key = |tag: u8, n: u64| [b"o/x\0".as_slice(), &[tag], &n.to_be_bytes()].concat();
+        assert_eq!(keys, [key(b'e', 3), key(b'g', 5), b"o/x\0n".to_vec()]);
+        // a reload reads both kinds, in order
+        let mut out = OutputLog::load(&store, Some("x"), consumers, |b: &[u8]| b.to_vec()).unwrap();
+        let held: Vec<_> = out
+            .log
+            .entries_from(0)
+            .map(|(f, c, p)| (f, c, p.clone()))
+            .collect();
+        assert_eq!(
+            held,
+            [
+                (3, 2, payload(3, 2)),
+                (5, 4, payload(5, 4)),
+                (9, 1, payload(9, 1))
+            ]
+        );
+        // a group acknowledged in part stays whole; wholly, it goes
+        out.log.ack("a", 9);
+        let mut batch = WriteBatch::default();
+        out.stage_commit(&mut batch, |p| p.clone());
+        store.commit(batch).unwrap();
+        out.committed();
+        assert!(store.get(&key(b'e', 3)).unwrap().is_none());
+        assert!(store.get(&key(b'g', 5)).unwrap().is_some());
+        out.log.ack("a", 10);
+        let mut batch = WriteBatch::default();
+        out.stage_commit(&mut batch, |p| p.clone());
+        store.commit(batch).unwrap();
+        out.committed();
+        assert!(store.get(&key(b'g', 5)).unwrap().is_none());
+    }
+
     proptest! {
         #[test]
         fn durable_log_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
@@ -353,6 +508,7 @@ mod tests {
             let mut live_end: Option<u64> = None;
             let mut acked = [0u64; 2];
             for op in ops {
+                let just_committed = matches!(op, Op::Commit);
                 match op {
                     Op::Append(k) if live_end.is_none() => {
                         let first = out.log.next_seq();
@@ -423,11 +579,26 @@ mod tests {
                 }
                 // the store holds only committed messages not yet trimmed at
                 // the last commit, and nothing past the committed end
-                let stored = store.scan_prefix(b"o/x\0e").unwrap();
+                // (one value per commit, each message numbered on from
+                // the value's key; values wholly acknowledged are deleted)
+                let stored = store.scan_prefix(b"o/x\0g").unwrap();
                 for (k, v) in &stored {
-                    let first = u64::from_be_bytes(k[5..].try_into().unwrap());
-                    let count = u64::from_be_bytes(v[..8].try_into().unwrap());
-                    prop_assert!(first + count <= m_next);
+                    let mut seq = u64::from_be_bytes(k[5..].try_into().unwrap());
+                    let messages = split_group(v).unwrap();
+                    prop_assert!(!messages.is_empty());
+                    for (count, body) in messages {
+                        prop_assert_eq!(body, &payload(seq, count)[..]);
+                        seq += count;
+                    }
+                    prop_assert!(seq <= m_next);
+                }
+                if just_committed {
+                    // a commit deletes every value wholly acknowledged
+                    for (k, v) in &stored {
+                        let first = u64::from_be_bytes(k[5..].try_into().unwrap());
+                        let end = first + split_group(v).unwrap().iter().map(|m| m.0).sum::<u64>();
+                        prop_assert!(end > low, "value {first}..{end} is held past the low mark {low}");
+                    }
                 }
             }
         }

@@ -18,10 +18,15 @@ use rill_core::state::{Entries, StateStore, StoreError, StoreResult, WriteBatch}
 
 /// The key that marks a store as rill's, with its layout version.
 pub const FORMAT_KEY: &[u8] = b"m/format";
-/// Version 2: every value carries a CRC-32 of itself (sled does not see
-/// every bit that flips on disk; rill refuses a damaged value instead of
-/// acting on it).
-pub const FORMAT: &[u8] = b"rill-state-2";
+/// Version 3: an output log keeps the messages of one commit in one value
+/// (see [`crate::durable`]). Every value carries a CRC-32 of itself (sled
+/// does not see every bit that flips on disk; rill refuses a damaged value
+/// instead of acting on it).
+pub const FORMAT: &[u8] = b"rill-state-3";
+/// Version 2: one value per output message. Read as it is, and marked
+/// version 3 on opening (an older rill then refuses the store instead of
+/// missing the messages it cannot read).
+pub const FORMAT_2: &[u8] = b"rill-state-2";
 
 /// A value as stored: the bytes, then their CRC-32 (little-endian).
 fn seal(mut v: Vec<u8>) -> Vec<u8> {
@@ -83,6 +88,8 @@ pub fn stage_dir(state_dir: &Path, pipeline: &str, stage: &str) -> PathBuf {
 pub struct SledStore {
     db: sled::Db,
     dir: PathBuf,
+    /// The blob files already synced (see [`SledStore::sync_blobs`]).
+    blobs_synced: std::sync::Mutex<std::collections::HashSet<u64>>,
 }
 
 fn err(e: sled::Error) -> StoreError {
@@ -172,6 +179,11 @@ impl SledStore {
         };
         match db.get(FORMAT_KEY) {
             Ok(Some(v)) if v.as_ref() == FORMAT => {}
+            Ok(Some(v)) if v.as_ref() == FORMAT_2 => {
+                db.insert(FORMAT_KEY, FORMAT)
+                    .and_then(|_| db.flush())
+                    .map_err(|e| fail(format!("cannot mark it version 3: {e}")))?;
+            }
             Ok(Some(v)) => {
                 return Err(fail(format!(
                     "it was written in an unknown layout ({:?})",
@@ -189,6 +201,7 @@ impl SledStore {
         Ok(SledStore {
             db,
             dir: dir.to_owned(),
+            blobs_synced: Default::default(),
         })
     }
 
@@ -201,6 +214,52 @@ impl SledStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Syncs the blob files written since the last call, and their folder.
+    ///
+    /// sled 0.34 writes a value or page too large for its log (a quarter of
+    /// a segment, 128 KB here) to a file of its own under `blobs/`, and
+    /// syncs only its log: the log entry pointing to a blob is durable at
+    /// `flush`, the blob is not, and after a power cut (not a killed
+    /// process: the page cache survives that) the store would refuse to
+    /// open. rill syncs the new blobs before the log that points to them.
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        let dir = self.dir.join("blobs");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut synced = self.blobs_synced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut present = std::collections::HashSet::with_capacity(synced.len());
+        let mut new = false;
+        for entry in entries {
+            let entry = entry?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            present.insert(id);
+            if synced.contains(&id) {
+                continue;
+            }
+            // sled removes the blobs it no longer needs at any time
+            match std::fs::File::open(entry.path()) {
+                Ok(f) => f.sync_data()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            new = true;
+        }
+        if new {
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        *synced = present;
+        Ok(())
     }
 }
 
@@ -251,6 +310,8 @@ impl StateStore for SledStore {
     }
 
     fn flush(&self) -> StoreResult<()> {
+        self.sync_blobs()
+            .map_err(|e| StoreError(format!("cannot sync sled's blob files: {e}")))?;
         self.db.flush().map(|_| ()).map_err(err)
     }
 
@@ -360,6 +421,59 @@ mod tests {
         }
         let e = SledStore::open(&other, "o").unwrap_err();
         assert!(e.reason.contains("format marker"), "{e}");
+    }
+
+    #[test]
+    fn a_value_past_the_log_goes_to_a_blob_file_synced_before_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p/s");
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        {
+            let st = SledStore::open(&dir, "s").unwrap();
+            let mut b = WriteBatch::default();
+            b.put(b"o/\0g1".to_vec(), big.clone());
+            st.commit(b).unwrap();
+            st.flush().unwrap();
+            let on_disk: std::collections::HashSet<u64> = std::fs::read_dir(dir.join("blobs"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+                .collect();
+            assert!(!on_disk.is_empty(), "sled wrote no blob file");
+            assert_eq!(*st.blobs_synced.lock().unwrap(), on_disk);
+        }
+        let st = SledStore::open(&dir, "s").unwrap();
+        assert_eq!(st.get(b"o/\0g1").unwrap(), Some(big));
+    }
+
+    #[test]
+    fn a_version_2_store_opens_and_is_marked_version_3() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p/s");
+        {
+            let st = SledStore::open(&dir, "s").unwrap();
+            let mut b = WriteBatch::default();
+            b.put(b"i/in".to_vec(), b"7".to_vec());
+            st.commit(b).unwrap();
+            st.db.insert(FORMAT_KEY, FORMAT_2).unwrap();
+            st.flush().unwrap();
+        }
+        let st = SledStore::open(&dir, "s").unwrap();
+        assert_eq!(st.get(b"i/in").unwrap(), Some(b"7".to_vec()));
+        assert_eq!(st.db.get(FORMAT_KEY).unwrap().as_deref(), Some(FORMAT));
+        drop(st);
+        // and a layout this build does not know is refused, named
+        {
+            let st = SledStore::open(&dir, "s").unwrap();
+            st.db
+                .insert(FORMAT_KEY, b"rill-state-9".as_slice())
+                .unwrap();
+            st.flush().unwrap();
+        }
+        let e = SledStore::open(&dir, "s").unwrap_err();
+        assert!(
+            e.reason.contains("unknown layout (\"rill-state-9\")"),
+            "{e}"
+        );
     }
 
     #[test]
