@@ -62,10 +62,10 @@ fn threshold() -> usize {
 /// and pages it writes to files of their own, a commit's output log) come
 /// from its arenas, where blocks of changing sizes leave holes the arenas
 /// keep. Under a long backlog the process grew from 47 to 126 MB over
-/// 4,000,000 records, most of it in glibc's arenas (`/proc/<pid>/smaps`),
-/// and from 35.5 to at most 53.8 MB over 10,000,000 with the threshold
-/// fixed (`rill-bench slow-sink`). Mapping each block costs its page faults:
-/// `rill-bench e2e` ran 5 to 10 % slower.
+/// 4,000,000 records, most of it in glibc's arenas (`/proc/<pid>/smaps`);
+/// with the threshold fixed it peaked at 53.8 to 62.9 MB over 10,000,000
+/// in three runs (`rill-bench slow-sink`). Mapping each block costs its
+/// page faults: `rill-bench e2e` ran about 8 % slower.
 fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: getenv and strstr read NUL-terminated strings and do not
