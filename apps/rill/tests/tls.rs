@@ -341,8 +341,15 @@ async fn mutual_tls_and_access_control_keep_forgers_out() {
     // and dropped
     assert!(counted >= 1.0, "no forged batch was counted");
     drop(publishers);
+    // teardown, after every assertion: a loaded machine once made Zenoh's
+    // close of a forger's session time out (CI, fresh clone); that says
+    // nothing of what this test checks, so it is reported, not a failure
     for (_, s) in sessions {
-        s.close().await.unwrap();
+        if let Err(e) = s.close().await {
+            eprintln!("closing a session: {e}");
+        }
     }
-    sniffer.close().await.unwrap();
+    if let Err(e) = sniffer.close().await {
+        eprintln!("closing the sniffer: {e}");
+    }
 }
