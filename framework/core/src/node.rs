@@ -309,6 +309,13 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// Whether the sink publishes in two phases ([`Sink::committed`]): its
+    /// stage then commits with the flush in line, not in the background,
+    /// so nothing is written between the checkpoint and the second phase.
+    fn two_phase(&self) -> bool {
+        false
+    }
+
     /// Whether the sink has work due on time alone (records staged for a
     /// part whose interval passed while no new record came): the stage
     /// then commits without new input, calling [`Sink::checkpoint`].

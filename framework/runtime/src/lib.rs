@@ -328,6 +328,10 @@ impl Run {
             metrics.push(m);
             stages.push(((*s).clone(), store, Arc::new(Mutex::new(shared))));
         }
+        if let Err(e) = link_local_outputs(&stages, &local).await {
+            let _ = session.close().await;
+            return Err(e);
+        }
         let stores: Vec<Arc<dyn StateStore>> = stages.iter().map(|(_, st, _)| st.clone()).collect();
         let names: Vec<String> = stages.iter().map(|(s, _, _)| s.name.clone()).collect();
         let shared: Vec<_> = stages.iter().map(|(_, _, sh)| sh.clone()).collect();
@@ -483,14 +487,14 @@ impl Run {
                 if local.contains(port.producer_key.as_str()) {
                     continue;
                 }
-                if let Some(epoch) = port.committed.epoch {
+                if let Some(epoch) = port.durable.epoch {
                     v.push(FinalAck {
                         stage: sh.stage.name.clone(),
                         producer: port.producer_key.clone(),
                         ctl: port.ctl.key_expr().as_str().to_owned(),
                         consumer: sh.consumer_id.clone(),
                         epoch,
-                        next: port.committed.next,
+                        next: port.durable.next,
                     });
                 }
             }
@@ -761,9 +765,21 @@ fn open_stores(
             Some(n) => Arc::new(store::FailingStore::new(store, n)),
             None => store,
         };
+        let store: Arc<dyn StateStore> = match slow_flush(&s.name) {
+            Some(d) => Arc::new(store::SlowFlushStore::new(store, d)),
+            None => store,
+        };
         out.push(store);
     }
     Ok(out)
+}
+
+/// `RILL_TEST_SLOW_FLUSH=STAGE:MS`: the flushes of stage STAGE's store
+/// take MS milliseconds longer (a slow disk, for the fault tests).
+fn slow_flush(stage: &str) -> Option<Duration> {
+    let v = std::env::var("RILL_TEST_SLOW_FLUSH").ok()?;
+    let (name, ms) = v.split_once(':')?;
+    (name == stage).then_some(Duration::from_millis(ms.parse().ok()?))
 }
 
 /// Why stages that finished an earlier run are not run: all of them
@@ -896,4 +912,58 @@ async fn send_final_acks(session: &zenoh::Session, pipeline: &str, stores: &[Arc
 /// Runs a pipeline to its end.
 pub async fn run(pipeline: Arc<Pipeline>, opts: RunOptions) -> Result<RunReport, RunError> {
     Run::start(pipeline, opts).await?.wait().await
+}
+
+/// A stage of this process: its spec, its store, its shared part.
+type LocalStage = (
+    rill_core::spec::Stage,
+    Arc<dyn StateStore>,
+    Arc<Mutex<StageShared>>,
+);
+
+/// Under `exactly_once`, an output whose consumers all run in this process
+/// publishes each commit as soon as it is written, before its flush; each
+/// consumer's flushes wait for the producer's ([`stage::StageShared`]'s
+/// durable marks), so a crash cannot leave a consumer's state durable with
+/// input its producer lost. A record crossing N stages of one process then
+/// waits for no flush on its way; the flushes follow it in order.
+async fn link_local_outputs(
+    stages: &[LocalStage],
+    local: &[&rill_core::spec::Stage],
+) -> Result<(), RunError> {
+    let here: std::collections::HashSet<String> = local.iter().map(|s| s.key_name()).collect();
+    let mut marks = std::collections::HashMap::new();
+    for (_, store, sh) in stages {
+        let mut sh = sh.lock().await;
+        let exactly = sh.delivery == Delivery::ExactlyOnce && store.durable();
+        for port in &mut sh.outputs {
+            let mut consumers = port.log.log.acks().map(|(c, _)| c).peekable();
+            port.local_early =
+                exactly && consumers.peek().is_some() && consumers.all(|c| here.contains(c));
+            marks.insert(
+                port.publisher.key_expr().as_str().to_owned(),
+                port.mark.clone(),
+            );
+        }
+    }
+    for (_, _, sh) in stages {
+        let mut sh = sh.lock().await;
+        let stage = sh.stage.name.clone();
+        for port in &mut sh.inputs {
+            let Some(mark) = marks.get(&port.data_key) else {
+                continue;
+            };
+            // what the flush order promises, checked at every start: no
+            // consumer's durable position passes its producer's durable log
+            let (epoch, held) = *mark.borrow();
+            if port.committed.epoch == Some(epoch) && port.committed.next > held {
+                return Err(RunError::BadInput(format!(
+                    "stage `{stage}` has consumed the records of `{}` up to {}, but the state of `{}` holds them only up to {held}: its state is older than `{stage}`'s (restored from an older copy?); run again with --reset-state",
+                    port.label, port.committed.next, port.producer_key
+                )));
+            }
+            port.upstream = Some(mark.subscribe());
+        }
+    }
+    Ok(())
 }

@@ -384,6 +384,81 @@ impl StateStore for FailingStore {
     }
 }
 
+/// A slow disk under one stage, for the fault tests of flush ordering:
+/// commits stay in a cache in memory (what the stage reads sees them), and
+/// reach the store only at a flush, which first waits `delay`. A SIGKILL
+/// loses every commit since the last flush, as a power cut loses what was
+/// not synced. Enabled with `RILL_TEST_SLOW_FLUSH=STAGE:MS` (see
+/// `docs/runtime-semantics.md`).
+#[derive(Debug)]
+pub struct SlowFlushStore {
+    inner: Arc<dyn StateStore>,
+    delay: std::time::Duration,
+    cache: std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl SlowFlushStore {
+    pub fn new(inner: Arc<dyn StateStore>, delay: std::time::Duration) -> SlowFlushStore {
+        SlowFlushStore {
+            inner,
+            delay,
+            cache: Default::default(),
+        }
+    }
+}
+
+impl StateStore for SlowFlushStore {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        let cache = self.cache.lock().unwrap();
+        match cache.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.inner.get(key),
+        }
+    }
+    fn scan_prefix(&self, prefix: &[u8]) -> StoreResult<Entries> {
+        let cache = self.cache.lock().unwrap();
+        let mut all: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+            self.inner.scan_prefix(prefix)?.into_iter().collect();
+        for (k, v) in cache
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            match v {
+                Some(v) => all.insert(k.clone(), v.clone()),
+                None => all.remove(k),
+            };
+        }
+        Ok(all.into_iter().collect())
+    }
+    fn commit(&self, batch: WriteBatch) -> StoreResult<()> {
+        let mut cache = self.cache.lock().unwrap();
+        for (k, v) in batch.ops {
+            cache.insert(k, v);
+        }
+        Ok(())
+    }
+    fn flush(&self) -> StoreResult<()> {
+        std::thread::sleep(self.delay);
+        {
+            // all cached commits in one atomic write: a crash keeps all
+            // of them or none
+            let mut cache = self.cache.lock().unwrap();
+            let ops: Vec<_> = std::mem::take(&mut *cache).into_iter().collect();
+            if !ops.is_empty() {
+                self.inner.commit(WriteBatch { ops })?;
+            }
+        }
+        self.inner.flush()
+    }
+    fn clear(&self) -> StoreResult<()> {
+        self.cache.lock().unwrap().clear();
+        self.inner.clear()
+    }
+    fn durable(&self) -> bool {
+        self.inner.durable()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

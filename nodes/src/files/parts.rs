@@ -595,6 +595,10 @@ impl<T: PartTarget> Sink for PartSink<T> {
         self.target.committed(&self.state)
     }
 
+    fn two_phase(&self) -> bool {
+        true
+    }
+
     fn checkpoint_due(&self) -> bool {
         !self.finished && self.due()
     }

@@ -52,6 +52,9 @@ pub enum StageMsg {
     /// Commit what is pending (queued behind the input that arrived before
     /// it, so one commit covers all of it).
     Commit,
+    /// A background flush ended ([`StageShared::commit_soon`]): its report
+    /// waits in the stage's shared part (taken at every message).
+    Flushed,
     /// Timers.
     Tick,
     /// A gathering batch reached its `max_batch_delay`.
@@ -163,8 +166,11 @@ impl Actor for StageActor {
         args: StageArgs,
     ) -> Result<StageState, ActorProcessingErr> {
         let mut sh = args.shared.lock().await;
-        // a new incarnation starts from the last commit
+        // a new incarnation starts from the last commit; one whose flush
+        // was still running when the last incarnation stopped makes it
+        // durable first, before anything of it is sent again
         sh.rollback();
+        sh.settle().await?;
         let prebuilt = sh.prebuilt.get_mut().unwrap().take();
         let mut node = match prebuilt {
             Some(n) => n,
@@ -266,6 +272,9 @@ impl Actor for StageActor {
     ) -> Result<(), ActorProcessingErr> {
         let shared = st.shared.clone();
         let mut sh = shared.lock().await;
+        // a background flush that ended: what waited for it goes out first,
+        // whatever queued behind its report
+        sh.reap(&myself).await?;
         match msg {
             StageMsg::Data {
                 input,
@@ -509,8 +518,15 @@ impl Actor for StageActor {
             },
             StageMsg::Commit => {
                 sh.commit_queued = false;
-                sh.commit(&mut st.node).await?;
+                let was_frozen = sh.frozen;
+                sh.commit_soon(&mut st.node, &myself).await?;
+                // the input held back while the commit waited goes on
+                if was_frozen && !sh.frozen {
+                    drive(&mut sh, st, &myself).await?;
+                }
             }
+            // taken above
+            StageMsg::Flushed => {}
             StageMsg::Tick => {
                 if sh.node_uses_watermarks() && !sh.finished_node && !node_pending(&sh, st) {
                     // an input that went quiet stops holding the watermark
@@ -531,7 +547,7 @@ impl Actor for StageActor {
                     sh.commit(&mut st.node).await?;
                 }
                 if sh.commit_due() {
-                    sh.commit(&mut st.node).await?;
+                    sh.commit_soon(&mut st.node, &myself).await?;
                 }
                 let mut unreachable_ms = sh
                     .inputs

@@ -14,7 +14,7 @@ pub(crate) async fn after_work(
         return Ok(());
     }
     if sh.commit_due() {
-        sh.commit(&mut st.node).await
+        sh.commit_soon(&mut st.node, myself).await
     } else {
         queue_commit(sh, myself)
     }
@@ -87,7 +87,7 @@ pub(crate) async fn drive(
         if sh.outputs_blocked() {
             // under exactly_once the consumers see nothing before a commit
             if sh.dirty() {
-                sh.commit(&mut st.node).await?;
+                sh.commit_soon(&mut st.node, myself).await?;
             }
             // requests send nothing downstream: they go on
             if serve_requests(sh, st, myself).await? {
@@ -106,7 +106,9 @@ pub(crate) async fn drive(
             finish_node(sh, st).await?;
             continue;
         }
-        let Some(front) = st.pending.front() else {
+        // a commit waits for a producer's flush: no input until it is written
+        let front = if sh.frozen { None } else { st.pending.front() };
+        let Some(front) = front else {
             if serve_requests(sh, st, myself).await? {
                 continue;
             }

@@ -151,10 +151,14 @@ impl StageShared {
         let early = self.publish_early();
         let port = &mut self.outputs[idx];
         let from = from.max(port.log.log.min_acked());
+        // under exactly_once only what is durable goes out, or committed
+        // to consumers in this process (their flushes wait for this one's)
         let upto = if early {
             u64::MAX
-        } else {
+        } else if port.local_early {
             port.log.committed_seq()
+        } else {
+            port.durable_seq
         };
         let payloads: Vec<ZBytes> = port.log.log.resend_between(from, upto, port.window);
         for payload in payloads {

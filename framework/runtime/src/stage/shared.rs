@@ -19,7 +19,24 @@ pub(crate) struct OutPort {
     /// The tokens that tell each consumer its acknowledgement of the end
     /// arrived ([`ended_key`]), by consumer.
     pub(crate) ended: std::collections::HashMap<String, LivelinessToken>,
+    /// The log's messages below this number are durable (flushed): only
+    /// they go out under `exactly_once`. The log's committed mark can be
+    /// ahead while a commit's flush runs ([`StageShared::commit_soon`]).
+    pub(crate) durable_seq: u64,
+    /// Every consumer runs in this process (`exactly_once`): the messages
+    /// go out as soon as the commit that holds them is written, before it
+    /// is flushed. The consumers' own flushes wait for this output's
+    /// ([`OutPort::mark`]), so none of them can make durable what it did
+    /// with a message that was lost.
+    pub(crate) local_early: bool,
+    /// The producer epoch and the number below which the log is durable,
+    /// for the consumers in this process (set by the flush itself).
+    pub(crate) mark: Mark,
 }
+
+/// An output's durable mark: its producer epoch, and the number below
+/// which its log is flushed ([`OutPort::mark`]).
+pub(crate) type Mark = Arc<tokio::sync::watch::Sender<(u64, u64)>>;
 
 /// How long a finished consumer waits for a producer's confirmation before
 /// it says what it waits for.
@@ -37,8 +54,16 @@ pub(crate) struct InPort {
     pub processed: u64,
     pub epoch: Option<u64>,
     pub ended: bool,
-    /// The position of the last commit.
+    /// The position of the last commit (written to the store; a new
+    /// incarnation starts from it).
     pub committed: InputPos,
+    /// The position of the last durable (flushed) commit: what an
+    /// acknowledgement says.
+    pub durable: InputPos,
+    /// The producer's durable mark ([`OutPort::mark`]) when it runs in
+    /// this process: a commit's flush waits until the producer's covers
+    /// what the commit consumed.
+    pub(crate) upstream: Option<tokio::sync::watch::Receiver<(u64, u64)>>,
     /// A `best_effort` input: gaps are skipped, nothing is asked again.
     pub lossy: bool,
     /// The producer's tokens, (epoch, session) → still live (shared with
@@ -98,6 +123,22 @@ pub struct StageShared {
     pub(crate) requests: Option<Arc<rill_core::serve::RequestQueue>>,
     pub(crate) _alive: Option<LivelinessToken>,
     pub(crate) session: Session,
+    /// Commits written to the store and not yet flushed, oldest first
+    /// ([`StageShared::commit_soon`]); what waits for each goes out when it
+    /// is durable.
+    pub(crate) unflushed: VecDeque<super::commit::Applied>,
+    /// The number of the last commit the running background flush covers.
+    pub(crate) flushing: Option<u64>,
+    /// The reports of background flushes, put there by the flushes.
+    pub(crate) flush_done: super::commit::FlushReports,
+    /// Numbers the commits.
+    pub(crate) commit_number: u64,
+    /// A commit waits for a producer in this process to flush what the
+    /// stage consumed of it: the stage takes no input until it is written.
+    pub(crate) frozen: bool,
+    /// A task waits for the producers' flushes (and then asks for the
+    /// commit again).
+    pub(crate) dep_waiter: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why the shared part of a stage could not be set up.
@@ -170,6 +211,12 @@ impl StageShared {
                 },
                 name,
                 publisher,
+                durable_seq: log.committed_seq(),
+                local_early: false,
+                mark: Arc::new(tokio::sync::watch::Sender::new((
+                    epoch,
+                    log.committed_seq(),
+                ))),
                 log,
                 window,
                 last_progress: Instant::now(),
@@ -201,6 +248,8 @@ impl StageShared {
                 epoch: position.epoch,
                 ended: position.ended,
                 committed: position,
+                durable: position,
+                upstream: None,
                 lossy: inp.delivery == Some(Delivery::BestEffort)
                     || pipeline.options.delivery == Delivery::BestEffort,
                 announced: Arc::default(),
@@ -306,6 +355,12 @@ impl StageShared {
             last_heard: vec![Instant::now(); stage.inputs.len()],
             _alive: alive,
             session: session.clone(),
+            unflushed: VecDeque::new(),
+            flushing: None,
+            flush_done: Default::default(),
+            commit_number: 0,
+            frozen: false,
+            dep_waiter: Default::default(),
         })
     }
     /// Forgets everything since the last commit: a new incarnation of the
@@ -326,6 +381,9 @@ impl StageShared {
         self.dirty_records = 0;
         self.dirty_since = None;
         self.commit_queued = false;
+        self.frozen = false;
+        // a waiter of the last incarnation wakes no one now
+        self.dep_waiter = Default::default();
         if let Some(d) = &mut self.dlq
             && let Err(e) = d.rollback()
         {
@@ -389,6 +447,8 @@ impl StageShared {
         node_done
             && self.requests.is_none()
             && !self.dirty()
+            && self.unflushed.is_empty()
+            && self.flushing.is_none()
             && self
                 .outputs
                 .iter()

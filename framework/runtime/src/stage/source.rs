@@ -25,7 +25,7 @@ pub(crate) async fn poll_source(
         // an ack will poll again; under exactly_once the consumers see
         // nothing before a commit
         if sh.dirty() {
-            sh.commit(&mut st.node).await?;
+            sh.commit_soon(&mut st.node, myself).await?;
         }
         return Ok(());
     }
@@ -79,7 +79,7 @@ pub(crate) async fn poll_source(
         SourceStatus::More => {
             myself.cast(StageMsg::Poll)?;
             if sh.commit_due() {
-                sh.commit(&mut st.node).await?;
+                sh.commit_soon(&mut st.node, myself).await?;
             }
         }
         SourceStatus::Wait(d) => {
