@@ -19,6 +19,11 @@ pub(crate) struct Applied {
     inputs: Vec<InputPos>,
 }
 
+/// How many background flushes of one stage may run at once: a second
+/// starts for the commits written while the first runs (the device syncs
+/// overlap, and those commits wait for one sync, not for one and a half).
+const FLUSHES_AT_ONCE: usize = 2;
+
 /// Where background flushes report: the number of the last commit each
 /// covered, and how it went.
 pub(crate) type FlushReports = Arc<std::sync::Mutex<Vec<(u64, Result<(), String>)>>>;
@@ -113,32 +118,38 @@ impl StageShared {
             .collect()
     }
 
-    /// Takes the report of the background flush, if it ended: publishes
-    /// and acknowledges what waited for it, and starts the next flush.
+    /// Takes the reports of background flushes that ended: publishes and
+    /// acknowledges what waited for them, and starts the next flush.
     pub(crate) async fn reap(
         &mut self,
         myself: &ActorRef<StageMsg>,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(running) = self.flushing else {
+        if self.flushing.is_empty() {
             return Ok(());
-        };
-        let report = {
+        }
+        let ended: Vec<(u64, Result<(), String>)> = {
             let mut reports = self.flush_done.lock().unwrap();
             // (a report of an earlier incarnation's flush, settled since,
             // says nothing)
-            let at = reports.iter().position(|(n, _)| *n == running);
-            let report = at.map(|i| reports.swap_remove(i));
-            reports.retain(|(n, _)| *n > running);
-            report
+            let running = &self.flushing;
+            let (ours, _stale): (Vec<_>, Vec<_>) =
+                reports.drain(..).partition(|(n, _)| running.contains(n));
+            ours
         };
-        let Some((_, result)) = report else {
+        if ended.is_empty() {
             return Ok(());
-        };
-        self.flushing = None;
-        // on failure the commits stay unflushed: the next incarnation
-        // flushes them again before it sends anything (`settle`)
-        result.map_err(|e| self.store_failed(&e))?;
-        while self.unflushed.front().is_some_and(|a| a.number <= running) {
+        }
+        self.flushing.retain(|n| !ended.iter().any(|(e, _)| e == n));
+        let mut durable = 0;
+        for (number, result) in ended {
+            // on failure the commits stay unflushed: the next incarnation
+            // flushes them again before it sends anything (`settle`)
+            result.map_err(|e| self.store_failed(&e))?;
+            durable = durable.max(number);
+        }
+        // a flush covers every write before it: one that ended makes every
+        // commit up to its own durable, whichever started first
+        while self.unflushed.front().is_some_and(|a| a.number <= durable) {
             let applied = self.unflushed.pop_front().expect("checked");
             self.made_durable(applied).await?;
         }
@@ -171,16 +182,19 @@ impl StageShared {
             .collect()
     }
 
-    /// Starts a background flush of every unflushed commit, unless one runs.
+    /// Starts a background flush of every unflushed commit not covered by
+    /// one that runs, unless [`FLUSHES_AT_ONCE`] run: a commit written while
+    /// a flush runs need not wait for it to end before its own starts.
     fn start_flush(&mut self, myself: &ActorRef<StageMsg>) {
         let Some(last) = self.unflushed.back() else {
             return;
         };
-        if self.flushing.is_some() {
+        if self.flushing.len() >= FLUSHES_AT_ONCE || self.flushing.iter().any(|&n| n >= last.number)
+        {
             return;
         }
         let number = last.number;
-        self.flushing = Some(number);
+        self.flushing.push(number);
         let (deps, marks) = (self.flush_deps(), self.flush_marks());
         let (store, reports, me) = (self.store.clone(), self.flush_done.clone(), myself.clone());
         tokio::spawn(async move {
@@ -203,7 +217,7 @@ impl StageShared {
     /// flushes it depends on) and sends what waited for them.
     pub(crate) async fn settle(&mut self) -> Result<(), ActorProcessingErr> {
         if self.unflushed.is_empty() {
-            self.flushing = None;
+            self.flushing.clear();
             return Ok(());
         }
         wait_for_producers(self.flush_deps()).await;
@@ -215,7 +229,7 @@ impl StageShared {
         }
         set_marks(&marks);
         // a background flush still running reports to no one now
-        self.flushing = None;
+        self.flushing.clear();
         while let Some(applied) = self.unflushed.pop_front() {
             self.made_durable(applied).await?;
         }

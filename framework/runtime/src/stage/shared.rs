@@ -127,8 +127,9 @@ pub struct StageShared {
     /// ([`StageShared::commit_soon`]); what waits for each goes out when it
     /// is durable.
     pub(crate) unflushed: VecDeque<super::commit::Applied>,
-    /// The number of the last commit the running background flush covers.
-    pub(crate) flushing: Option<u64>,
+    /// For each background flush running, the number of the last commit
+    /// it covers.
+    pub(crate) flushing: Vec<u64>,
     /// The reports of background flushes, put there by the flushes.
     pub(crate) flush_done: super::commit::FlushReports,
     /// Numbers the commits.
@@ -356,7 +357,7 @@ impl StageShared {
             _alive: alive,
             session: session.clone(),
             unflushed: VecDeque::new(),
-            flushing: None,
+            flushing: Vec::new(),
             flush_done: Default::default(),
             commit_number: 0,
             frozen: false,
@@ -448,7 +449,7 @@ impl StageShared {
             && self.requests.is_none()
             && !self.dirty()
             && self.unflushed.is_empty()
-            && self.flushing.is_none()
+            && self.flushing.is_empty()
             && self
                 .outputs
                 .iter()
