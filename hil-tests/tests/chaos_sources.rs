@@ -72,6 +72,10 @@ struct Plan {
     create_records: u64,
     /// Milliseconds between kills.
     gap: (u64, u64),
+    /// Milliseconds between kills of `Create`, whose input is smaller:
+    /// every restart parses the whole YAML again (seconds in a debug build
+    /// under load), so its input cannot grow as cheaply as a file's.
+    create_gap: (u64, u64),
     /// Kills per case, after which the case runs to its end.
     max_kills: u32,
     /// Kills that must land while the source is mid-stream.
@@ -457,7 +461,12 @@ fn chaos(plan: &Plan, cases: &[Case]) {
             }
             match r.next_kill {
                 None if r.source_started() => {
-                    let gap = rng.u64(plan.gap.0..=plan.gap.1);
+                    let (lo, hi) = if r.case.src == Src::Create {
+                        plan.create_gap
+                    } else {
+                        plan.gap
+                    };
+                    let gap = rng.u64(lo..=hi);
                     r.next_kill = Some(Instant::now() + Duration::from_millis(gap));
                 }
                 Some(_) if r.victim_finished() || r.victim_source_ended() => r.next_kill = None,
@@ -586,8 +595,9 @@ fn chaos_sources_short() {
     chaos(
         &Plan {
             records: 300_000,
-            create_records: 120_000,
+            create_records: 150_000,
             gap: (250, 600),
+            create_gap: (60, 200),
             max_kills: 5,
             min_mid: 3,
             limit: Duration::from_secs(400),
@@ -612,6 +622,7 @@ fn chaos_sources_long() {
                 records: 1_500_000,
                 create_records: 1_000_000,
                 gap: (300, 1500),
+                create_gap: (300, 1500),
                 max_kills: 6,
                 min_mid: 3,
                 limit: Duration::from_secs(1200),
