@@ -310,7 +310,7 @@ impl<P: Clone> OutputLog<P> {
     /// Adds to `batch` what changed since the last commit: the new
     /// messages (one value), deletes of values every consumer acknowledged,
     /// the header.
-    pub fn stage_commit(&mut self, batch: &mut WriteBatch, bytes: impl Fn(&P) -> Vec<u8>) {
+    pub fn stage_commit(&mut self, batch: &mut WriteBatch, bytes: impl Fn(&P, &mut Vec<u8>)) {
         self.log.take_trimmed();
         // the first number the log still holds: what precedes it was
         // acknowledged by every consumer
@@ -333,10 +333,13 @@ impl<P: Clone> OutputLog<P> {
         let mut group = Vec::new();
         let mut span = None;
         for (first, count, p) in self.log.entries_from(self.committed_seq) {
-            let body = bytes(p);
             group.extend_from_slice(&count.to_be_bytes());
-            group.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            group.extend_from_slice(&body);
+            let at = group.len();
+            group.extend_from_slice(&[0; 4]);
+            // the body straight into the group: no copy of it on the way
+            bytes(p, &mut group);
+            let len = (group.len() - at - 4) as u32;
+            group[at..at + 4].copy_from_slice(&len.to_be_bytes());
             let start = span.map_or(first, |(s, _)| s);
             span = Some((start, first + count));
         }
@@ -448,7 +451,7 @@ mod tests {
         out.log.append(1, payload(9, 1));
         out.log.ack("a", 3);
         let mut batch = WriteBatch::default();
-        out.stage_commit(&mut batch, |p| p.clone());
+        out.stage_commit(&mut batch, |p, o| o.extend_from_slice(p));
         store.commit(batch).unwrap();
         out.committed();
         let keys: Vec<Vec<u8>> = store
@@ -477,14 +480,14 @@ mod tests {
         // a group acknowledged in part stays whole; wholly, it goes
         out.log.ack("a", 9);
         let mut batch = WriteBatch::default();
-        out.stage_commit(&mut batch, |p| p.clone());
+        out.stage_commit(&mut batch, |p, o| o.extend_from_slice(p));
         store.commit(batch).unwrap();
         out.committed();
         assert!(store.get(&key(b'e', 3)).unwrap().is_none());
         assert!(store.get(&key(b'g', 5)).unwrap().is_some());
         out.log.ack("a", 10);
         let mut batch = WriteBatch::default();
-        out.stage_commit(&mut batch, |p| p.clone());
+        out.stage_commit(&mut batch, |p, o| o.extend_from_slice(p));
         store.commit(batch).unwrap();
         out.committed();
         assert!(store.get(&key(b'g', 5)).unwrap().is_none());
@@ -529,7 +532,7 @@ mod tests {
                     }
                     Op::Commit => {
                         let mut batch = WriteBatch::default();
-                        out.stage_commit(&mut batch, |p| p.clone());
+                        out.stage_commit(&mut batch, |p, o| o.extend_from_slice(p));
                         store.commit(batch).unwrap();
                         out.committed();
                         m_next = live_next;

@@ -326,7 +326,7 @@ impl StageShared {
         for port in &mut self.outputs {
             if durable {
                 port.log
-                    .stage_commit(&mut batch, |p| p.to_bytes().into_owned());
+                    .stage_commit(&mut batch, |p, out| out.extend_from_slice(&p.to_bytes()));
             } else {
                 // a store in memory holds no copy of the logs
                 port.log.log.take_trimmed();
