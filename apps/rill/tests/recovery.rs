@@ -113,8 +113,10 @@ fn bounded() -> String {
     )
 }
 
-fn store_dir(dir: &Path, stage: &str) -> std::path::PathBuf {
-    dir.join(".rill/state/bounded").join(stage)
+/// The store of the stages of `bounded`: one process runs them all, so
+/// they share one (`_shared`, a tree per stage).
+fn shared_store_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join(".rill/state/bounded/_shared")
 }
 
 #[test]
@@ -127,7 +129,7 @@ fn a_corrupt_or_truncated_store_is_refused_with_exit_2() {
         wait_lines(&out, 500);
         child.kill().unwrap();
         child.wait().unwrap();
-        let s = store_dir(dir.path(), "count");
+        let s = shared_store_dir(dir.path());
         match damage {
             "garbage" => {
                 // overwrite the database file with noise
@@ -165,7 +167,9 @@ fn a_corrupt_or_truncated_store_is_refused_with_exit_2() {
         );
         let err = stderr(&o);
         assert!(
-            err.contains("stage `count`") && err.contains("--reset-state"),
+            err.contains("stages `gen`, `count`, `sink`")
+                && err.contains("_shared")
+                && err.contains("--reset-state"),
             "{damage}: {err}"
         );
         assert!(!err.contains("panicked"), "{damage}: {err}");
@@ -233,9 +237,11 @@ fn every_delivery_mode_delivers_a_bounded_run_exactly() {
         assert!(o.status.success(), "{mode}: {}", stderr(&o));
         assert_eq!(check_exact(&out, 5), 6000, "{mode} {extra}");
         // best_effort writes nothing to disk
-        let stored = dir.path().join(".rill/state/bounded/count");
+        let stored = dir.path().join(".rill/state/bounded");
         if mode == "best_effort" {
             assert!(!stored.exists(), "best_effort made {}", stored.display());
+        } else {
+            assert!(stored.join("_shared").is_dir(), "{mode}: no shared store");
         }
     }
     for (bad, want) in [
@@ -326,8 +332,8 @@ options:
 /// The source's durable count of emitted records, read from its store
 /// (the process is dead).
 fn durable_emitted(dir: &Path, pipeline: &str) -> u64 {
-    let path = dir.join(".rill/state").join(pipeline).join("gen");
-    let store = rill_runtime::store::SledStore::open(&path, "gen").unwrap();
+    let store =
+        rill_runtime::store::open_stage(&dir.join(".rill/state"), pipeline, "gen", "gen").unwrap();
     rill_runtime::durable::Committed::load(&store)
         .unwrap()
         .source

@@ -87,6 +87,15 @@ pub trait StateStore: Send + Sync + fmt::Debug {
 
     /// Whether commits survive the process.
     fn durable(&self) -> bool;
+
+    /// The log this store shares with others, if any: stores that return
+    /// the same id write their commits through one log that reaches the
+    /// disk in order (a commit made after another is never durable without
+    /// it), and one flush of any of them makes all of their commits so far
+    /// durable. None: the store syncs on its own, or not at all.
+    fn shared_log(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// A store in memory: nothing survives the process.

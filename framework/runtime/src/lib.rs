@@ -735,10 +735,17 @@ pub(crate) fn panic_text(e: tokio::task::JoinError) -> String {
         .unwrap_or_else(|| "a panic".into())
 }
 
-/// Opens the state stores of the local stages: sled under
-/// `<state_dir>/<pipeline>/<stage>/` unless the pipeline runs `best_effort`
-/// (memory only). `RILL_TEST_FAIL_COMMITS_AFTER=N` wraps them in a store
-/// whose commits fail after N (the fault tests' full disk).
+/// Opens the state stores of the local stages: sled, unless the pipeline
+/// runs `best_effort` (memory only). A process that runs every stage of a
+/// pipeline (two or more) keeps them in one database under
+/// `<state_dir>/<pipeline>/_shared/`, a tree per stage, so one flush makes
+/// all of their commits durable; a process that runs some of them keeps
+/// each in its own under `<state_dir>/<pipeline>/<stage>/`, which processes
+/// running different stages can share. State left in the other layout by an
+/// earlier run is moved first. `RILL_STATE_LAYOUT=per-stage` keeps the
+/// per-stage layout for a whole pipeline too.
+/// `RILL_TEST_FAIL_COMMITS_AFTER=N` wraps the stores in a store whose
+/// commits fail after N (the fault tests' full disk).
 fn open_stores(
     pipeline: &Pipeline,
     local: &[&rill_core::spec::Stage],
@@ -749,16 +756,40 @@ fn open_stores(
     let fail_after: Option<u64> = std::env::var("RILL_TEST_FAIL_COMMITS_AFTER")
         .ok()
         .and_then(|v| v.parse().ok());
+    let durable = pipeline.options.delivery != Delivery::BestEffort;
+    let shared_dir = root.join(&pipeline.name).join(store::SHARED_DIR);
+    let use_shared = durable
+        && local.len() >= 2
+        && local.len() == pipeline.stages.len()
+        && std::env::var("RILL_STATE_LAYOUT").as_deref() != Ok("per-stage");
+    let names: Vec<&str> = local.iter().map(|s| s.name.as_str()).collect();
+    let shared = if use_shared || (durable && shared_dir.exists()) {
+        Some(store::ProcessStore::open(&shared_dir, &names).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
     let mut out = Vec::new();
     for s in local {
-        let dir = store::stage_dir(&root, &pipeline.name, &s.key_name());
-        if reset && dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| format!("--reset-state: cannot remove {}: {e}", dir.display()))?;
+        let key = s.key_name();
+        let dir = store::stage_dir(&root, &pipeline.name, &key);
+        if reset {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(|e| format!("--reset-state: cannot remove {}: {e}", dir.display()))?;
+            }
+            if let Some(sh) = &shared {
+                sh.drop_stage(&key).map_err(|e| e.to_string())?;
+            }
         }
-        let store: Arc<dyn StateStore> = if pipeline.options.delivery == Delivery::BestEffort {
+        let store: Arc<dyn StateStore> = if !durable {
             Arc::new(MemStore::new())
+        } else if let (true, Some(sh)) = (use_shared, &shared) {
+            store::move_into_shared(sh, &dir, &key, &s.name).map_err(|e| e.to_string())?;
+            Arc::new(sh.stage(&key, &s.name).map_err(|e| e.to_string())?)
         } else {
+            if let Some(sh) = &shared {
+                store::move_out_of_shared(sh, &dir, &key, &s.name).map_err(|e| e.to_string())?;
+            }
             Arc::new(store::SledStore::open(&dir, &s.name).map_err(|e| e.to_string())?)
         };
         let store: Arc<dyn StateStore> = match fail_after {
@@ -926,7 +957,10 @@ type LocalStage = (
 /// consumer's flushes wait for the producer's ([`stage::StageShared`]'s
 /// durable marks), so a crash cannot leave a consumer's state durable with
 /// input its producer lost. A record crossing N stages of one process then
-/// waits for no flush on its way; the flushes follow it in order.
+/// waits for no flush on its way; the flushes follow it in order. Stages
+/// whose stores share one log ([`StateStore::shared_log`]: the process's
+/// shared store) need not wait for each other's flushes at all: the log
+/// keeps the order, and one flush covers them all.
 async fn link_local_outputs(
     stages: &[LocalStage],
     local: &[&rill_core::spec::Stage],
@@ -940,17 +974,25 @@ async fn link_local_outputs(
             let mut consumers = port.log.log.acks().map(|(c, _)| c).peekable();
             port.local_early =
                 exactly && consumers.peek().is_some() && consumers.all(|c| here.contains(c));
+            // a consumer gets this output's messages only once the commit
+            // holding them is written: through a log shared with it, its own
+            // later commits cannot be durable without them
+            let log = if port.local_early {
+                store.shared_log()
+            } else {
+                None
+            };
             marks.insert(
                 port.publisher.key_expr().as_str().to_owned(),
-                port.mark.clone(),
+                (port.mark.clone(), log),
             );
         }
     }
-    for (_, _, sh) in stages {
+    for (_, store, sh) in stages {
         let mut sh = sh.lock().await;
         let stage = sh.stage.name.clone();
         for port in &mut sh.inputs {
-            let Some(mark) = marks.get(&port.data_key) else {
+            let Some((mark, log)) = marks.get(&port.data_key) else {
                 continue;
             };
             // what the flush order promises, checked at every start: no
@@ -961,6 +1003,10 @@ async fn link_local_outputs(
                     "stage `{stage}` has consumed the records of `{}` up to {}, but the state of `{}` holds them only up to {held}: its state is older than `{stage}`'s (restored from an older copy?); run again with --reset-state",
                     port.label, port.committed.next, port.producer_key
                 )));
+            }
+            if log.is_some() && *log == store.shared_log() {
+                // one log for both: no flush of the producer to wait for
+                continue;
             }
             port.upstream = Some(mark.subscribe());
         }

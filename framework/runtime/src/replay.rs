@@ -284,6 +284,39 @@ fn replay_dir(p: &Pipeline, stage: &Stage) -> PathBuf {
 /// stopped or killed before its end and would resume over what the replay
 /// wrote).
 fn check_idle(p: &Pipeline, rp: &Pipeline) -> Result<(), String> {
+    let unfinished = |s: &rill_core::spec::Stage| {
+        format!(
+            "stage `{}` of `{}` has the state of a run that has not finished (stopped or killed): a replay would write under what it resumes. Run the pipeline to its end (`rill run`) or discard its state (`--reset-state`), then replay",
+            s.name, p.name
+        )
+    };
+    let shared = p
+        .options
+        .state_dir
+        .join(&p.name)
+        .join(crate::store::SHARED_DIR);
+    if shared.exists() {
+        let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+        let store = crate::store::ProcessStore::open(&shared, &names).map_err(|e| {
+            format!(
+                "the stages of `{}` are in use ({}): is the pipeline running? Replay its dead letters once it has finished",
+                p.name, e.reason
+            )
+        })?;
+        for rs in &rp.stages {
+            let Some(s) = p.stage(&rs.name) else {
+                continue;
+            };
+            if store.has_data(&s.key_name())
+                && store
+                    .stage(&s.key_name(), &s.name)
+                    .map_err(|e| e.to_string())?
+                    .has_state()
+            {
+                return Err(unfinished(s));
+            }
+        }
+    }
     for rs in &rp.stages {
         let Some(s) = p.stage(&rs.name) else {
             continue;
@@ -299,10 +332,7 @@ fn check_idle(p: &Pipeline, rp: &Pipeline) -> Result<(), String> {
             )
         })?;
         if store.has_state() {
-            return Err(format!(
-                "stage `{}` of `{}` has the state of a run that has not finished (stopped or killed): a replay would write under what it resumes. Run the pipeline to its end (`rill run`) or discard its state (`--reset-state`), then replay",
-                s.name, p.name
-            ));
+            return Err(unfinished(s));
         }
     }
     Ok(())

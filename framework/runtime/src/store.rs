@@ -55,7 +55,7 @@ fn unseal(key: &[u8], v: &[u8]) -> StoreResult<Vec<u8>> {
 
 /// Why a stage's store could not be opened.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the state of stage `{stage}` at {} cannot be used: {reason}{}", dir.display(), if *reset_helps { "; to discard it and start the pipeline over, run again with --reset-state" } else { "" })]
+#[error("the state of stage{} `{stage}` at {} cannot be used: {reason}{}", if stage.contains("`, `") { "s" } else { "" }, dir.display(), if *reset_helps { "; to discard it and start the pipeline over, run again with --reset-state" } else { "" })]
 pub struct StoreOpenError {
     pub stage: String,
     pub dir: PathBuf,
@@ -83,17 +83,131 @@ pub fn stage_dir(state_dir: &Path, pipeline: &str, stage: &str) -> PathBuf {
     state_dir.join(pipeline).join(stage)
 }
 
-/// A stage's sled database.
+/// The folder, under `<state_dir>/<pipeline>/`, of the store that a
+/// process running every stage of a pipeline shares among them (stage
+/// names cannot start with `_`).
+pub const SHARED_DIR: &str = "_shared";
+
+/// A stage's store: a sled tree, either the default tree of the stage's own
+/// database (`<state_dir>/<pipeline>/<stage>/`) or the stage's tree in the
+/// database its process shares among its stages ([`ProcessStore`]).
 #[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
+    tree: sled::Tree,
     dir: PathBuf,
-    /// The blob files already synced (see [`SledStore::sync_blobs`]).
-    blobs_synced: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// The blob files of the database already synced (see
+    /// [`SledStore::sync_blobs`]); shared by the trees of one database.
+    blobs_synced: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    /// Whether the database is shared by several stages' trees.
+    shared: bool,
 }
 
 fn err(e: sled::Error) -> StoreError {
     StoreError(e.to_string())
+}
+
+/// Opens (or creates) the sled database in `dir` and checks its default
+/// tree holds rill's format marker. `fail` names what the database holds in
+/// errors.
+fn open_db(
+    dir: &Path,
+    fail: &dyn Fn(String, bool) -> StoreOpenError,
+) -> Result<sled::Db, StoreOpenError> {
+    let not_damaged = |reason: String| fail(reason, false);
+    let fail = |reason: String| fail(reason, true);
+    if !dir.exists() {
+        // a new store is made aside and moved into place once it holds
+        // its format marker: a store directory without the marker was
+        // damaged (sled opens a truncated database as an empty one)
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| not_damaged(format!("cannot create {}: {e}", parent.display())))?;
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        let fresh = parent.join(format!(".{}.new", name.unwrap_or_default()));
+        let _ = std::fs::remove_dir_all(&fresh);
+        {
+            let db = SledStore::config(&fresh)
+                .open()
+                .map_err(|e| fail(format!("sled cannot create it: {e}")))?;
+            db.insert(FORMAT_KEY, FORMAT)
+                .and_then(|_| db.flush())
+                .map_err(|e| fail(format!("cannot write it: {e}")))?;
+        }
+        std::fs::rename(&fresh, dir)
+            .map_err(|e| fail(format!("cannot move {} into place: {e}", fresh.display())))?;
+        sync_dir(parent);
+    }
+    let config = SledStore::config(dir);
+    // sled lets go of its file lock a moment after a database is
+    // dropped (its threads hold the last references): a lock held by
+    // this process's own previous handle goes away within a few ms, one
+    // held by another process does not
+    let started = std::time::Instant::now();
+    let opened = loop {
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| config.open()));
+        let locked = matches!(&r, Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock"));
+        if !locked || started.elapsed() > std::time::Duration::from_secs(2) {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let db = match opened {
+        Ok(Ok(db)) => db,
+        Ok(Err(e)) => {
+            return Err(match &e {
+                sled::Error::Io(io) if io.to_string().contains("lock") => not_damaged(format!(
+                    "another process holds it ({io}); is the stage already running?"
+                )),
+                sled::Error::Io(io) if io_reason(io).is_some() => {
+                    not_damaged(io_reason(io).unwrap_or_default())
+                }
+                _ => fail(format!("sled cannot open it: {e}")),
+            });
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic".into());
+            return Err(fail(format!("sled failed while opening it: {msg}")));
+        }
+    };
+    check_format(&db, &fail)?;
+    Ok(db)
+}
+
+/// Checks a tree's format marker (marking a version 2 tree version 3).
+fn check_format(
+    tree: &sled::Tree,
+    fail: &dyn Fn(String) -> StoreOpenError,
+) -> Result<(), StoreOpenError> {
+    match tree.get(FORMAT_KEY) {
+        Ok(Some(v)) if v.as_ref() == FORMAT => Ok(()),
+        Ok(Some(v)) if v.as_ref() == FORMAT_2 => tree
+            .insert(FORMAT_KEY, FORMAT)
+            .and_then(|_| tree.flush())
+            .map(|_| ())
+            .map_err(|e| fail(format!("cannot mark it version 3: {e}"))),
+        Ok(Some(v)) => Err(fail(format!(
+            "it was written in an unknown layout ({:?})",
+            String::from_utf8_lossy(&v)
+        ))),
+        Ok(None) => Err(fail(
+            "its format marker is missing: it was truncated, damaged or written by something else"
+                .into(),
+        )),
+        Err(e) => Err(fail(format!("cannot read it: {e}"))),
+    }
+}
+
+/// Syncs a folder, so that a file created, renamed or removed in it stays
+/// so after a power cut (best effort: some file systems refuse).
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
 }
 
 impl SledStore {
@@ -101,107 +215,52 @@ impl SledStore {
     /// marker and the mark that a run finished): a run that has not
     /// finished left it (a finished run clears its stores).
     pub fn has_state(&self) -> bool {
-        self.db.iter().keys().any(|k| {
+        self.tree.iter().keys().any(|k| {
             k.is_ok_and(|k| {
                 ![FORMAT_KEY, crate::FINISHED_KEY, crate::FINAL_ACKS_KEY].contains(&k.as_ref())
             })
         })
     }
 
+    /// Whether the store holds anything but its format marker.
+    fn has_data(&self) -> bool {
+        self.tree
+            .iter()
+            .keys()
+            .any(|k| k.is_ok_and(|k| k.as_ref() != FORMAT_KEY))
+    }
+
+    /// Replaces everything the store holds with what `from` holds, in one
+    /// atomic write, and makes it durable: a crash leaves the store as it
+    /// was or a whole copy.
+    fn copy_from(&self, from: &SledStore) -> Result<(), String> {
+        let mut b = sled::Batch::default();
+        for k in self.tree.iter().keys() {
+            b.remove(k.map_err(|e| e.to_string())?);
+        }
+        for kv in from.tree.iter() {
+            let (k, v) = kv.map_err(|e| e.to_string())?;
+            b.insert(k, v);
+        }
+        self.tree.apply_batch(b).map_err(|e| e.to_string())?;
+        self.flush().map_err(|e| e.0)
+    }
+
     /// Opens (or creates) the store in `dir` and checks it is rill's.
     pub fn open(dir: &Path, stage: &str) -> Result<SledStore, StoreOpenError> {
-        let fail = |reason: String| StoreOpenError {
+        let fail = |reason: String, reset_helps: bool| StoreOpenError {
             stage: stage.to_owned(),
             dir: dir.to_owned(),
             reason,
-            reset_helps: true,
+            reset_helps,
         };
-        let not_damaged = |reason: String| StoreOpenError {
-            reset_helps: false,
-            ..fail(reason)
-        };
-        if !dir.exists() {
-            // a new store is made aside and moved into place once it holds
-            // its format marker: a store directory without the marker was
-            // damaged (sled opens a truncated database as an empty one)
-            let parent = dir.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(parent)
-                .map_err(|e| not_damaged(format!("cannot create {}: {e}", parent.display())))?;
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-            let fresh = parent.join(format!(".{}.new", name.unwrap_or_default()));
-            let _ = std::fs::remove_dir_all(&fresh);
-            {
-                let db = Self::config(&fresh)
-                    .open()
-                    .map_err(|e| fail(format!("sled cannot create it: {e}")))?;
-                db.insert(FORMAT_KEY, FORMAT)
-                    .and_then(|_| db.flush())
-                    .map_err(|e| fail(format!("cannot write it: {e}")))?;
-            }
-            std::fs::rename(&fresh, dir)
-                .map_err(|e| fail(format!("cannot move {} into place: {e}", fresh.display())))?;
-        }
-        let config = Self::config(dir);
-        // sled lets go of its file lock a moment after a database is
-        // dropped (its threads hold the last references): a lock held by
-        // this process's own previous handle goes away within a few ms, one
-        // held by another process does not
-        let started = std::time::Instant::now();
-        let opened = loop {
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| config.open()));
-            let locked = matches!(&r, Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock"));
-            if !locked || started.elapsed() > std::time::Duration::from_secs(2) {
-                break r;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => {
-                return Err(match &e {
-                    sled::Error::Io(io) if io.to_string().contains("lock") => not_damaged(format!(
-                        "another process holds it ({io}); is the stage already running?"
-                    )),
-                    sled::Error::Io(io) if io_reason(io).is_some() => {
-                        not_damaged(io_reason(io).unwrap_or_default())
-                    }
-                    _ => fail(format!("sled cannot open it: {e}")),
-                });
-            }
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_else(|| "a panic".into());
-                return Err(fail(format!("sled failed while opening it: {msg}")));
-            }
-        };
-        match db.get(FORMAT_KEY) {
-            Ok(Some(v)) if v.as_ref() == FORMAT => {}
-            Ok(Some(v)) if v.as_ref() == FORMAT_2 => {
-                db.insert(FORMAT_KEY, FORMAT)
-                    .and_then(|_| db.flush())
-                    .map_err(|e| fail(format!("cannot mark it version 3: {e}")))?;
-            }
-            Ok(Some(v)) => {
-                return Err(fail(format!(
-                    "it was written in an unknown layout ({:?})",
-                    String::from_utf8_lossy(&v)
-                )));
-            }
-            Ok(None) => {
-                return Err(fail(
-                    "its format marker is missing: it was truncated, damaged or written by something else"
-                        .into(),
-                ));
-            }
-            Err(e) => return Err(fail(format!("cannot read it: {e}"))),
-        }
+        let db = open_db(dir, &fail)?;
         Ok(SledStore {
+            tree: (*db).clone(),
             db,
             dir: dir.to_owned(),
             blobs_synced: Default::default(),
+            shared: false,
         })
     }
 
@@ -265,7 +324,7 @@ impl SledStore {
 
 impl StateStore for SledStore {
     fn get(&self, key: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-        self.db
+        self.tree
             .get(key)
             .map_err(err)?
             .map(|v| unseal(key, &v))
@@ -273,7 +332,7 @@ impl StateStore for SledStore {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> StoreResult<Entries> {
-        self.db
+        self.tree
             .scan_prefix(prefix)
             .map(|kv| {
                 let (k, v) = kv.map_err(err)?;
@@ -287,7 +346,7 @@ impl StateStore for SledStore {
 
     fn scan_from(&self, prefix: &[u8], from: &[u8], limit: usize) -> StoreResult<Entries> {
         let start = if from > prefix { from } else { prefix };
-        self.db
+        self.tree
             .range(start..)
             .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
             .take(limit)
@@ -306,7 +365,7 @@ impl StateStore for SledStore {
                 None => b.remove(k),
             }
         }
-        self.db.apply_batch(b).map_err(err)
+        self.tree.apply_batch(b).map_err(err)
     }
 
     fn flush(&self) -> StoreResult<()> {
@@ -316,15 +375,191 @@ impl StateStore for SledStore {
     }
 
     fn clear(&self) -> StoreResult<()> {
-        self.db.clear().map_err(err)?;
-        self.db.insert(FORMAT_KEY, FORMAT).map_err(err)?;
+        self.tree.clear().map_err(err)?;
+        self.tree.insert(FORMAT_KEY, FORMAT).map_err(err)?;
         Ok(())
     }
 
     fn durable(&self) -> bool {
         true
     }
+
+    fn shared_log(&self) -> Option<usize> {
+        // the trees of one database share its log (sled recovers a prefix
+        // of it): the address of what they share names it
+        self.shared
+            .then(|| Arc::as_ptr(&self.blobs_synced) as *const () as usize)
+    }
 }
+
+/// The sled database that the stages of a process running a whole pipeline
+/// share, under `<state_dir>/<pipeline>/_shared/`: a tree per stage, one log,
+/// so one flush makes every stage's commits durable, and a commit written
+/// after another is never durable without it (sled recovers a prefix of its
+/// log). See `docs/runtime-semantics.md`, "One store per process".
+#[derive(Debug, Clone)]
+pub struct ProcessStore {
+    db: sled::Db,
+    dir: PathBuf,
+    blobs_synced: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    /// The stages it is opened for, as errors name them.
+    what: String,
+}
+
+impl ProcessStore {
+    /// Opens (or creates) the shared store in `dir`, for the stages
+    /// `stages` (named in errors).
+    pub fn open(dir: &Path, stages: &[&str]) -> Result<ProcessStore, StoreOpenError> {
+        let what = stages.join("`, `");
+        let fail = |reason: String, reset_helps: bool| StoreOpenError {
+            stage: what.clone(),
+            dir: dir.to_owned(),
+            reason,
+            reset_helps,
+        };
+        let db = open_db(dir, &fail)?;
+        Ok(ProcessStore {
+            db,
+            dir: dir.to_owned(),
+            blobs_synced: Default::default(),
+            what,
+        })
+    }
+
+    fn fail(&self, stage: &str, reason: String) -> StoreOpenError {
+        StoreOpenError {
+            stage: stage.to_owned(),
+            dir: self.dir.clone(),
+            reason,
+            reset_helps: true,
+        }
+    }
+
+    /// The store of stage `stage` (its tree `key`), made when new.
+    pub fn stage(&self, key: &str, stage: &str) -> Result<SledStore, StoreOpenError> {
+        let tree = self
+            .db
+            .open_tree(key)
+            .map_err(|e| self.fail(stage, format!("sled cannot open its tree `{key}`: {e}")))?;
+        if tree.is_empty() {
+            // a new tree; one emptied by a crash before its marker was
+            // durable held nothing either
+            tree.insert(FORMAT_KEY, FORMAT)
+                .map_err(|e| self.fail(stage, format!("cannot write it: {e}")))?;
+        }
+        check_format(&tree, &|r| self.fail(stage, r))?;
+        Ok(SledStore {
+            db: self.db.clone(),
+            tree,
+            dir: self.dir.clone(),
+            blobs_synced: self.blobs_synced.clone(),
+            shared: true,
+        })
+    }
+
+    /// Whether stage `key` has a tree holding anything but its marker.
+    pub fn has_data(&self, key: &str) -> bool {
+        self.db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == key.as_bytes())
+            && self
+                .db
+                .open_tree(key)
+                .is_ok_and(|t| t.iter().keys().any(|k| k.is_ok_and(|k| k.as_ref() != FORMAT_KEY)))
+    }
+
+    /// Removes stage `key`'s tree, durably.
+    pub fn drop_stage(&self, key: &str) -> Result<(), StoreOpenError> {
+        self.db
+            .drop_tree(key)
+            .and_then(|_| self.db.flush())
+            .map(|_| ())
+            .map_err(|e| self.fail(&self.what, format!("cannot remove the tree `{key}`: {e}")))
+    }
+}
+
+/// A stage's store, wherever its state is: its tree in the pipeline's
+/// shared store when that holds one, else its own (made when missing). For
+/// tools and tests that read a stopped pipeline's state.
+pub fn open_stage(
+    state_root: &Path,
+    pipeline: &str,
+    key: &str,
+    stage: &str,
+) -> Result<SledStore, StoreOpenError> {
+    let shared = state_root.join(pipeline).join(SHARED_DIR);
+    if shared.exists() {
+        let ps = ProcessStore::open(&shared, &[stage])?;
+        if ps.has_data(key) {
+            return ps.stage(key, stage);
+        }
+    }
+    SledStore::open(&stage_dir(state_root, pipeline, key), stage)
+}
+
+/// Where a stage's state is moved when a pipeline's stages change
+/// processes: from its own store (`<state_dir>/<pipeline>/<stage>/`) into
+/// the shared one of a process that runs them all, or back. The copy is one
+/// atomic write made durable before the original is removed; a crash in
+/// between leaves two equal copies, and the next start keeps the one its
+/// layout uses and removes the other.
+pub fn move_into_shared(
+    shared: &ProcessStore,
+    own_dir: &Path,
+    key: &str,
+    stage: &str,
+) -> Result<(), StoreOpenError> {
+    if !own_dir.exists() {
+        return Ok(());
+    }
+    {
+        let own = SledStore::open(own_dir, stage)?;
+        let tree = shared.stage(key, stage)?;
+        if !tree.has_data() && own.has_data() {
+            tree.copy_from(&own)
+                .map_err(|e| shared.fail(stage, format!("cannot move its state in from {}: {e}", own_dir.display())))?;
+        }
+    }
+    std::fs::remove_dir_all(own_dir).map_err(|e| StoreOpenError {
+        stage: stage.to_owned(),
+        dir: own_dir.to_owned(),
+        reason: format!("its state was moved into {} but the folder cannot be removed: {e}", shared.dir.display()),
+        reset_helps: false,
+    })?;
+    if let Some(parent) = own_dir.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+/// The other way: stage `key`'s tree in the shared store, if any, into its
+/// own store (see [`move_into_shared`]).
+pub fn move_out_of_shared(
+    shared: &ProcessStore,
+    own_dir: &Path,
+    key: &str,
+    stage: &str,
+) -> Result<(), StoreOpenError> {
+    if !shared.has_data(key) {
+        return Ok(());
+    }
+    {
+        let own = SledStore::open(own_dir, stage)?;
+        if !own.has_data() {
+            let tree = shared.stage(key, stage)?;
+            own.copy_from(&tree).map_err(|e| StoreOpenError {
+                stage: stage.to_owned(),
+                dir: own_dir.to_owned(),
+                reason: format!("cannot move its state out of {}: {e}", shared.dir.display()),
+                reset_helps: true,
+            })?;
+        }
+    }
+    shared.drop_stage(key)
+}
+
+
 
 /// A store that fails its commits after a number of them: the failing disk
 /// of the fault tests. Enabled with `RILL_TEST_FAIL_COMMITS_AFTER=N` (test
@@ -381,6 +616,9 @@ impl StateStore for FailingStore {
     }
     fn durable(&self) -> bool {
         self.inner.durable()
+    }
+    fn shared_log(&self) -> Option<usize> {
+        self.inner.shared_log()
     }
 }
 
@@ -585,6 +823,86 @@ mod tests {
         let e = st.get(b"s/offset").unwrap_err().to_string();
         assert!(e.contains("damaged (its checksum does not match)"), "{e}");
         assert!(st.scan_prefix(b"s/").is_err());
+    }
+
+    fn put(st: &dyn StateStore, k: &str, v: &str) {
+        let mut b = WriteBatch::default();
+        b.put(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        st.commit(b).unwrap();
+    }
+
+    #[test]
+    fn the_stages_of_a_process_share_one_log_and_one_flush_covers_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("p").join(SHARED_DIR);
+        {
+            let ps = ProcessStore::open(&dir, &["a", "b"]).unwrap();
+            let (a, b) = (ps.stage("a", "a").unwrap(), ps.stage("b", "b").unwrap());
+            assert!(a.shared_log().is_some());
+            assert_eq!(a.shared_log(), b.shared_log(), "one log");
+            put(&a, "i/x", "1");
+            put(&b, "i/y", "2");
+            // one flush, of either stage, makes both durable
+            b.flush().unwrap();
+            assert!(a.has_state() && b.has_state());
+            // a second process cannot take the stages
+            let e = ProcessStore::open(&dir, &["a", "b"]).unwrap_err();
+            assert!(e.to_string().contains("already running"), "{e}");
+            assert!(e.to_string().contains("stages `a`, `b`"), "{e}");
+        }
+        let ps = ProcessStore::open(&dir, &["a", "b"]).unwrap();
+        let (a, b) = (ps.stage("a", "a").unwrap(), ps.stage("b", "b").unwrap());
+        assert_eq!(a.get(b"i/x").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(a.get(b"i/y").unwrap(), None, "each stage sees its own tree");
+        assert_eq!(b.get(b"i/y").unwrap(), Some(b"2".to_vec()));
+        a.clear().unwrap();
+        assert!(!a.has_state() && b.has_state(), "a clear is one stage's");
+        // a stage's own store shares its log with nobody
+        let own = SledStore::open(&tmp.path().join("p/c"), "c").unwrap();
+        assert_eq!(own.shared_log(), None);
+    }
+
+    #[test]
+    fn state_moves_between_the_layouts_and_a_copy_left_by_a_crash_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let own_dir = tmp.path().join("p/s");
+        let shared_dir = tmp.path().join("p").join(SHARED_DIR);
+        {
+            let own = SledStore::open(&own_dir, "s").unwrap();
+            put(&own, "s/count", "41");
+            own.flush().unwrap();
+        }
+        // a whole-pipeline process takes it in
+        {
+            let ps = ProcessStore::open(&shared_dir, &["s", "t"]).unwrap();
+            move_into_shared(&ps, &own_dir, "s", "s").unwrap();
+            assert!(!own_dir.exists(), "the original is removed once copied");
+            let st = ps.stage("s", "s").unwrap();
+            assert_eq!(st.get(b"s/count").unwrap(), Some(b"41".to_vec()));
+            put(&st, "s/count", "42");
+            st.flush().unwrap();
+        }
+        // a process running it alone takes it out
+        {
+            let ps = ProcessStore::open(&shared_dir, &["s"]).unwrap();
+            move_out_of_shared(&ps, &own_dir, "s", "s").unwrap();
+            assert!(!ps.has_data("s"), "the tree is dropped once copied");
+        }
+        let own = SledStore::open(&own_dir, "s").unwrap();
+        assert_eq!(own.get(b"s/count").unwrap(), Some(b"42".to_vec()));
+        // a crash between the copy and the removal leaves two equal
+        // copies: the layout in use keeps its own and drops the other
+        let ps = ProcessStore::open(&shared_dir, &["s"]).unwrap();
+        ps.stage("s", "s").unwrap().copy_from(&own).unwrap();
+        drop(own);
+        put(&SledStore::open(&own_dir, "s").unwrap(), "s/count", "43");
+        move_out_of_shared(&ps, &own_dir, "s", "s").unwrap();
+        assert!(!ps.has_data("s"));
+        assert_eq!(
+            SledStore::open(&own_dir, "s").unwrap().get(b"s/count").unwrap(),
+            Some(b"43".to_vec()),
+            "the store in use was kept"
+        );
     }
 
     #[test]
