@@ -393,3 +393,66 @@ fn sigkill_while_a_producer_flushes_slowly_loses_nothing() {
     let n = check_exact(&out, 7);
     assert!(n as usize > before, "{n} records");
 }
+
+/// The same with the shared store of a process running every stage (one
+/// log, issue 21 goal 2): consumers write their commits without waiting for
+/// their producers' flushes, and one flush covers every stage. Here every
+/// stage's disk is slow and the commits of all of them wait, in the order
+/// made, in one journal in memory that each flush writes whole
+/// (`RILL_TEST_SLOW_FLUSH=*:300`): a SIGKILL loses a suffix of the process's
+/// commits, as a power cut loses the end of a log. Each killed run logged
+/// flushes that carried commits of several stages at once (consumers did
+/// not wait), no consumer waited for a producer's flush, and the output is
+/// exact.
+#[test]
+fn sigkill_while_one_shared_log_flushes_slowly_loses_nothing() {
+    let dir = sandbox();
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(dir.path().join("p.yaml"), unbounded()).unwrap();
+    let run = || {
+        command(
+            dir.path(),
+            &["run", "-q", "p.yaml", "--listen", "tcp/127.0.0.1:0"],
+        )
+        .env("RILL_TEST_SLOW_FLUSH", "*:300")
+        .env("RILL_LOG", "warn,rill::flush_order=debug")
+        .spawn()
+        .unwrap()
+    };
+    for round in 0..4 {
+        let before = lines(&out);
+        let mut child = run();
+        // a second of work: several flushes of 300 ms
+        wait_lines(&out, before + 3000);
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: the run stopped before the kill"
+        );
+        child.kill().unwrap();
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        let together = err
+            .lines()
+            .filter(|l| l.contains("a flush of the shared log writes"))
+            .filter(|l| !l.contains(" of 1 stores"))
+            .count();
+        eprintln!("round {round}: killed with {} lines written; {together} flushes carried several stages' commits", lines(&out));
+        assert!(
+            together > 0,
+            "round {round}: no flush carried several stages' commits: {err}"
+        );
+        assert!(
+            !err.contains("waits for the flush of a producer here"),
+            "round {round}: a consumer waited for its producer's flush: {err}"
+        );
+    }
+    let child = run();
+    let before = lines(&out);
+    wait_lines(&out, before + 1000);
+    signal(&child, "-TERM");
+    let o = wait(child, Duration::from_secs(10), "rill after SIGTERM");
+    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(&o));
+    let n = check_exact(&out, 7);
+    assert!(n as usize > before, "{n} records");
+}

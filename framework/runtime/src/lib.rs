@@ -763,12 +763,19 @@ fn open_stores(
         && local.len() == pipeline.stages.len()
         && std::env::var("RILL_STATE_LAYOUT").as_deref() != Ok("per-stage");
     let names: Vec<&str> = local.iter().map(|s| s.name.as_str()).collect();
+    if reset && local.len() == pipeline.stages.len() && shared_dir.exists() {
+        // every stage's state is discarded: the shared store goes whole
+        // (even one too damaged to open)
+        std::fs::remove_dir_all(&shared_dir)
+            .map_err(|e| format!("--reset-state: cannot remove {}: {e}", shared_dir.display()))?;
+    }
     let shared = if use_shared || (durable && shared_dir.exists()) {
         Some(store::ProcessStore::open(&shared_dir, &names).map_err(|e| e.to_string())?)
     } else {
         None
     };
     let mut out = Vec::new();
+    let mut journal: Option<Arc<store::SlowJournal>> = None;
     for s in local {
         let key = s.key_name();
         let dir = store::stage_dir(&root, &pipeline.name, &key);
@@ -797,7 +804,12 @@ fn open_stores(
             None => store,
         };
         let store: Arc<dyn StateStore> = match slow_flush(&s.name) {
-            Some(d) => Arc::new(store::SlowFlushStore::new(store, d)),
+            Some((d, false)) => Arc::new(store::SlowFlushStore::new(store, d)),
+            Some((d, true)) => Arc::new(store::SlowFlushStore::in_journal(
+                store,
+                d,
+                journal.get_or_insert_with(Default::default).clone(),
+            )),
             None => store,
         };
         out.push(store);
@@ -806,11 +818,16 @@ fn open_stores(
 }
 
 /// `RILL_TEST_SLOW_FLUSH=STAGE:MS`: the flushes of stage STAGE's store
-/// take MS milliseconds longer (a slow disk, for the fault tests).
-fn slow_flush(stage: &str) -> Option<Duration> {
+/// take MS milliseconds longer (a slow disk, for the fault tests); with
+/// `*` for STAGE, every stage's, through one journal (true).
+fn slow_flush(stage: &str) -> Option<(Duration, bool)> {
     let v = std::env::var("RILL_TEST_SLOW_FLUSH").ok()?;
     let (name, ms) = v.split_once(':')?;
-    (name == stage).then_some(Duration::from_millis(ms.parse().ok()?))
+    let d = Duration::from_millis(ms.parse().ok()?);
+    match name {
+        "*" => Some((d, true)),
+        _ => (name == stage).then_some((d, false)),
+    }
 }
 
 /// Why stages that finished an earlier run are not run: all of them

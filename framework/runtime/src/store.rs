@@ -628,11 +628,25 @@ impl StateStore for FailingStore {
 /// loses every commit since the last flush, as a power cut loses what was
 /// not synced. Enabled with `RILL_TEST_SLOW_FLUSH=STAGE:MS` (see
 /// `docs/runtime-semantics.md`).
+///
+/// With `RILL_TEST_SLOW_FLUSH=*:MS` every stage of the process gets one, and
+/// they share a [`SlowJournal`]: one log in memory that a flush of any of
+/// them writes whole, in the order the commits were made. A SIGKILL then
+/// loses a suffix of the process's commits, whichever stages made them: a
+/// power cut under the shared store, with its flushes made slow.
 #[derive(Debug)]
 pub struct SlowFlushStore {
     inner: Arc<dyn StateStore>,
     delay: std::time::Duration,
     cache: std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    journal: Option<Arc<SlowJournal>>,
+}
+
+/// The commits of a process's slow stores not yet flushed, in order, with
+/// the store each goes to.
+#[derive(Debug, Default)]
+pub struct SlowJournal {
+    pending: std::sync::Mutex<Vec<(Arc<dyn StateStore>, WriteBatch)>>,
 }
 
 impl SlowFlushStore {
@@ -641,6 +655,19 @@ impl SlowFlushStore {
             inner,
             delay,
             cache: Default::default(),
+            journal: None,
+        }
+    }
+
+    /// One of the stores that share `journal`.
+    pub fn in_journal(
+        inner: Arc<dyn StateStore>,
+        delay: std::time::Duration,
+        journal: Arc<SlowJournal>,
+    ) -> SlowFlushStore {
+        SlowFlushStore {
+            journal: Some(journal),
+            ..SlowFlushStore::new(inner, delay)
         }
     }
 }
@@ -670,6 +697,14 @@ impl StateStore for SlowFlushStore {
     }
     fn commit(&self, batch: WriteBatch) -> StoreResult<()> {
         let mut cache = self.cache.lock().unwrap();
+        if let Some(j) = &self.journal {
+            // (the cache keeps the newest value of each key: after a flush
+            // the store holds the same, so it is never cleared)
+            j.pending
+                .lock()
+                .unwrap()
+                .push((self.inner.clone(), batch.clone()));
+        }
         for (k, v) in batch.ops {
             cache.insert(k, v);
         }
@@ -677,6 +712,26 @@ impl StateStore for SlowFlushStore {
     }
     fn flush(&self) -> StoreResult<()> {
         std::thread::sleep(self.delay);
+        if let Some(j) = &self.journal {
+            // every commit so far, of every stage, in the order made (the
+            // lock held throughout: a flush after this one finds the
+            // commits made meanwhile after these)
+            let mut pending = j.pending.lock().unwrap();
+            let mut flush: Vec<Arc<dyn StateStore>> = Vec::new();
+            let commits = pending.len();
+            for (store, batch) in pending.drain(..) {
+                store.commit(batch)?;
+                if !flush.iter().any(|f| Arc::ptr_eq(f, &store)) {
+                    flush.push(store);
+                }
+            }
+            tracing::debug!(target: "rill::flush_order",
+                "a flush of the shared log writes {commits} commits of {} stores", flush.len());
+            for store in flush {
+                store.flush()?;
+            }
+            return self.inner.flush();
+        }
         {
             // all cached commits in one atomic write: a crash keeps all
             // of them or none
@@ -690,10 +745,21 @@ impl StateStore for SlowFlushStore {
     }
     fn clear(&self) -> StoreResult<()> {
         self.cache.lock().unwrap().clear();
+        if let Some(j) = &self.journal {
+            j.pending
+                .lock()
+                .unwrap()
+                .retain(|(s, _)| !Arc::ptr_eq(s, &self.inner));
+        }
         self.inner.clear()
     }
     fn durable(&self) -> bool {
         self.inner.durable()
+    }
+    fn shared_log(&self) -> Option<usize> {
+        self.journal
+            .as_ref()
+            .map(|j| Arc::as_ptr(j) as *const () as usize)
     }
 }
 
