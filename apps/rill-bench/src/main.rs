@@ -164,8 +164,23 @@ fn batch() -> usize {
         .unwrap_or(256)
 }
 
-fn pipeline_yaml(count: u64, rate: Option<f64>, delivery: &str) -> String {
-    let batch = batch();
+/// The benchmark's pipeline with `passes` `MapToFields` stages between the
+/// source and the sink.
+fn chain_yaml(count: u64, rate: Option<f64>, delivery: &str, passes: usize) -> String {
+    let batch = if passes == 1 { batch() } else { 256 };
+    let mut middle = String::new();
+    let mut input = "source".to_owned();
+    for i in 0..passes {
+        let name = if i == 0 {
+            "pass".to_owned()
+        } else {
+            format!("pass{i}")
+        };
+        middle.push_str(&format!(
+            "    - {{type: MapToFields, name: {name}, input: {input}, config: {{append: true, fields: {{}}}}}}\n"
+        ));
+        input = name;
+    }
     let rate = rate.map_or(String::new(), |r| format!(", rate: {r}"));
     let state = std::env::temp_dir().join(format!("rill-bench-{}", std::process::id()));
     format!(
@@ -174,8 +189,7 @@ pipeline:
   name: bench
   transforms:
     - {{type: BenchSource, name: source, config: {{count: {count}{rate}}}}}
-    - {{type: MapToFields, name: pass, input: source, config: {{append: true, fields: {{}}}}}}
-    - {{type: BenchSink, name: sink, input: pass}}
+{middle}    - {{type: BenchSink, name: sink, input: {input}}}
 options:
   batch_size: {batch}
   delivery: {delivery}
@@ -190,11 +204,20 @@ async fn run_rill(
     rate: Option<f64>,
     delivery: &str,
 ) -> anyhow::Result<(f64, Vec<u64>)> {
+    run_chain(count, rate, delivery, 1).await
+}
+
+async fn run_chain(
+    count: u64,
+    rate: Option<f64>,
+    delivery: &str,
+    passes: usize,
+) -> anyhow::Result<(f64, Vec<u64>)> {
     let mut registry = rill_nodes::registry();
     registry.register::<BenchSource>("BenchSource", "bench source");
     registry.register::<BenchSink>("BenchSink", "bench sink");
     let p = parse_str(
-        &pipeline_yaml(count, rate, delivery),
+        &chain_yaml(count, rate, delivery, passes),
         "bench",
         None,
         &registry,
@@ -301,6 +324,38 @@ async fn run_raw(count: u64, batch: usize, relay: bool) -> anyhow::Result<f64> {
     drop(publisher);
     let _ = session.close().await;
     Ok(count as f64 / secs)
+}
+
+/// `rill-bench latency`: issue 21's goal 2 along chains of 1, 3 and 6
+/// stages between the source and the sink, each stage in its own store
+/// (`RILL_STATE_LAYOUT=per-stage`) against the process's shared store,
+/// taking turns; each measurement is a child process.
+fn latency_by_layout() -> anyhow::Result<()> {
+    println!(
+        "latency at 1,000 records/s, 5000 records, source emit -> sink, exactly_once (goal p99 < 1500 us):"
+    );
+    let me = std::env::current_exe()?;
+    for passes in [1usize, 3, 6] {
+        for layout in ["per-stage", "shared"] {
+            let o = std::process::Command::new(&me)
+                .args(["latency-child", &passes.to_string()])
+                .env("RILL_STATE_LAYOUT", layout)
+                .stderr(std::process::Stdio::inherit())
+                .output()?;
+            anyhow::ensure!(o.status.success(), "latency-child failed: {:?}", o.status);
+            let out = String::from_utf8_lossy(&o.stdout);
+            let v: Vec<&str> = out.split_whitespace().collect();
+            anyhow::ensure!(v.len() == 3, "latency-child said {out:?}");
+            println!(
+                "  {} stages, {layout:<9}  p50 {:>6} us   p99 {:>6} us   max {:>6} us",
+                passes + 2,
+                v[0],
+                v[1],
+                v[2]
+            );
+        }
+    }
+    Ok(())
 }
 
 fn pct(sorted: &[u64], q: f64) -> u64 {
@@ -424,6 +479,24 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("resume") {
         return tokio::task::block_in_place(|| resume::main(&args[2..]));
+    }
+    if args.get(1).map(String::as_str) == Some("latency") {
+        return latency_by_layout();
+    }
+    if args.get(1).map(String::as_str) == Some("latency-child") {
+        // one layout (from the environment), one chain length
+        let passes: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1);
+        epoch();
+        run_chain(1_000, Some(1000.0), "exactly_once", passes).await?;
+        let (_, mut lat) = run_chain(5_000, Some(1000.0), "exactly_once", passes).await?;
+        lat.sort_unstable();
+        println!(
+            "{} {} {}",
+            pct(&lat, 0.5),
+            pct(&lat, 0.99),
+            lat.last().copied().unwrap_or(0)
+        );
+        return Ok(());
     }
     if args.get(1).map(String::as_str) == Some("pipeline") {
         // one delivery mode alone, e.g. under a profiler:

@@ -437,7 +437,10 @@ fn sigkill_while_one_shared_log_flushes_slowly_loses_nothing() {
             .filter(|l| l.contains("a flush of the shared log writes"))
             .filter(|l| !l.contains(" of 1 stores"))
             .count();
-        eprintln!("round {round}: killed with {} lines written; {together} flushes carried several stages' commits", lines(&out));
+        eprintln!(
+            "round {round}: killed with {} lines written; {together} flushes carried several stages' commits",
+            lines(&out)
+        );
         assert!(
             together > 0,
             "round {round}: no flush carried several stages' commits: {err}"

@@ -463,10 +463,11 @@ impl ProcessStore {
             .tree_names()
             .iter()
             .any(|n| n.as_ref() == key.as_bytes())
-            && self
-                .db
-                .open_tree(key)
-                .is_ok_and(|t| t.iter().keys().any(|k| k.is_ok_and(|k| k.as_ref() != FORMAT_KEY)))
+            && self.db.open_tree(key).is_ok_and(|t| {
+                t.iter()
+                    .keys()
+                    .any(|k| k.is_ok_and(|k| k.as_ref() != FORMAT_KEY))
+            })
     }
 
     /// Removes stage `key`'s tree, durably.
@@ -517,14 +518,21 @@ pub fn move_into_shared(
         let own = SledStore::open(own_dir, stage)?;
         let tree = shared.stage(key, stage)?;
         if !tree.has_data() && own.has_data() {
-            tree.copy_from(&own)
-                .map_err(|e| shared.fail(stage, format!("cannot move its state in from {}: {e}", own_dir.display())))?;
+            tree.copy_from(&own).map_err(|e| {
+                shared.fail(
+                    stage,
+                    format!("cannot move its state in from {}: {e}", own_dir.display()),
+                )
+            })?;
         }
     }
     std::fs::remove_dir_all(own_dir).map_err(|e| StoreOpenError {
         stage: stage.to_owned(),
         dir: own_dir.to_owned(),
-        reason: format!("its state was moved into {} but the folder cannot be removed: {e}", shared.dir.display()),
+        reason: format!(
+            "its state was moved into {} but the folder cannot be removed: {e}",
+            shared.dir.display()
+        ),
         reset_helps: false,
     })?;
     if let Some(parent) = own_dir.parent() {
@@ -558,8 +566,6 @@ pub fn move_out_of_shared(
     }
     shared.drop_stage(key)
 }
-
-
 
 /// A store that fails its commits after a number of them: the failing disk
 /// of the fault tests. Enabled with `RILL_TEST_FAIL_COMMITS_AFTER=N` (test
@@ -965,7 +971,10 @@ mod tests {
         move_out_of_shared(&ps, &own_dir, "s", "s").unwrap();
         assert!(!ps.has_data("s"));
         assert_eq!(
-            SledStore::open(&own_dir, "s").unwrap().get(b"s/count").unwrap(),
+            SledStore::open(&own_dir, "s")
+                .unwrap()
+                .get(b"s/count")
+                .unwrap(),
             Some(b"43".to_vec()),
             "the store in use was kept"
         );
