@@ -101,6 +101,67 @@ pub struct SledStore {
     blobs_synced: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
     /// Whether the database is shared by several stages' trees.
     shared: bool,
+    /// The flushes of a shared database, one at a time.
+    group: Option<Arc<GroupFlush>>,
+}
+
+/// The flushes of the trees of one shared database, one at a time: a
+/// flush asked for while one runs waits for the next, which covers every
+/// flush asked for meanwhile. sled holds its process-wide lock (the one
+/// every `apply_batch` takes to write) for as long as any flush waits for
+/// the disk; flushes that overlap hold it back to back, and the stages'
+/// commits wait behind them.
+#[derive(Debug, Default)]
+struct GroupFlush {
+    state: std::sync::Mutex<GroupState>,
+    ended: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// Flushes asked for so far (each caller's ticket).
+    asked: u64,
+    /// Every ticket up to this one is durable.
+    covered: u64,
+    running: bool,
+    /// The last flush failed: the tickets up to this one get its error.
+    failed: Option<(u64, String)>,
+}
+
+impl GroupFlush {
+    fn flush(&self, run: impl Fn() -> StoreResult<()>) -> StoreResult<()> {
+        let lock = || self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = lock();
+        st.asked += 1;
+        let ticket = st.asked;
+        loop {
+            if st.covered >= ticket {
+                return Ok(());
+            }
+            if let Some((upto, e)) = &st.failed
+                && *upto >= ticket
+            {
+                return Err(StoreError(e.clone()));
+            }
+            if st.running {
+                st = self.ended.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // every ticket asked for so far was asked after its commit
+            // was written: this flush covers them all
+            st.running = true;
+            let target = st.asked;
+            drop(st);
+            let r = run();
+            st = lock();
+            st.running = false;
+            match r {
+                Ok(()) => st.covered = st.covered.max(target),
+                Err(e) => st.failed = Some((target, e.0)),
+            }
+            self.ended.notify_all();
+        }
+    }
 }
 
 fn err(e: sled::Error) -> StoreError {
@@ -261,6 +322,7 @@ impl SledStore {
             dir: dir.to_owned(),
             blobs_synced: Default::default(),
             shared: false,
+            group: None,
         })
     }
 
@@ -369,9 +431,15 @@ impl StateStore for SledStore {
     }
 
     fn flush(&self) -> StoreResult<()> {
-        self.sync_blobs()
-            .map_err(|e| StoreError(format!("cannot sync sled's blob files: {e}")))?;
-        self.db.flush().map(|_| ()).map_err(err)
+        let run = || {
+            self.sync_blobs()
+                .map_err(|e| StoreError(format!("cannot sync sled's blob files: {e}")))?;
+            self.db.flush().map(|_| ()).map_err(err)
+        };
+        match &self.group {
+            Some(g) => g.flush(run),
+            None => run(),
+        }
     }
 
     fn clear(&self) -> StoreResult<()> {
@@ -388,7 +456,7 @@ impl StateStore for SledStore {
         // the trees of one database share its log (sled recovers a prefix
         // of it): the address of what they share names it
         self.shared
-            .then(|| Arc::as_ptr(&self.blobs_synced) as *const () as usize)
+            .then_some(Arc::as_ptr(&self.blobs_synced) as *const () as usize)
     }
 }
 
@@ -402,6 +470,7 @@ pub struct ProcessStore {
     db: sled::Db,
     dir: PathBuf,
     blobs_synced: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    group: Arc<GroupFlush>,
     /// The stages it is opened for, as errors name them.
     what: String,
 }
@@ -422,6 +491,7 @@ impl ProcessStore {
             db,
             dir: dir.to_owned(),
             blobs_synced: Default::default(),
+            group: Default::default(),
             what,
         })
     }
@@ -454,6 +524,7 @@ impl ProcessStore {
             dir: self.dir.clone(),
             blobs_synced: self.blobs_synced.clone(),
             shared: true,
+            group: Some(self.group.clone()),
         })
     }
 
@@ -932,6 +1003,33 @@ mod tests {
         // a stage's own store shares its log with nobody
         let own = SledStore::open(&tmp.path().join("p/c"), "c").unwrap();
         assert_eq!(own.shared_log(), None);
+    }
+
+    #[test]
+    fn flushes_asked_for_while_one_runs_share_the_next_and_a_failure_is_theirs() {
+        let g = Arc::new(GroupFlush::default());
+        let runs = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (g, runs) = (g.clone(), runs.clone());
+                std::thread::spawn(move || {
+                    g.flush(|| {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let n = runs.load(Ordering::SeqCst);
+        assert!((1..=4).contains(&n), "8 flushes asked for at once ran {n} times");
+        // a flush that fails fails whoever it covered; the next one runs
+        let e = g.flush(|| Err(StoreError("disk gone".into()))).unwrap_err();
+        assert_eq!(e.0, "disk gone");
+        g.flush(|| Ok(())).unwrap();
     }
 
     #[test]
