@@ -379,3 +379,69 @@ fn a_consumer_killed_while_it_waits_for_the_confirmation_resumes() {
     let ids = int_column(&out, "id");
     assert_eq!(ids, (0..600).collect::<Vec<_>>(), "exactly once, in order");
 }
+
+/// A pipeline run whole keeps its stages in one store (`_shared`); split
+/// over processes, each stage in its own. Here one run is SIGKILLed
+/// mid-stream in each layout in turn (whole, then split in two processes,
+/// then whole again to the end): every start moves the state to the layout
+/// it uses, and the output is exact.
+#[test]
+fn state_moves_between_a_whole_run_and_a_split_one_across_kills() {
+    let dir = sandbox();
+    let d = dir.path();
+    let yaml = PIPELINE.replace("count: 20000,", "count: 20000, rate: 4000,");
+    std::fs::write(d.join("p.yaml"), &yaml).unwrap();
+    let out = d.join("out.jsonl");
+    let state = d.join(".rill/state/split");
+    let want: Vec<i64> = (0..20000).filter(|i| i % 7 != 3).collect();
+
+    // whole, killed mid-stream
+    let mut whole = one_process(d, "whole");
+    whole.start();
+    wait_lines(&out, 3000);
+    whole.kill();
+    let at = lines(&out);
+    assert!(
+        at < want.len() - 5000,
+        "the kill came too late ({at} lines)"
+    );
+    assert!(state.join("_shared").is_dir(), "no shared store");
+    assert!(!state.join("gen").exists() && !state.join("sink").exists());
+
+    // split in two, killed mid-stream
+    let mut parts = process_per_stage(d, &["gen,double", "some,sink"]);
+    for p in &mut parts {
+        p.start();
+    }
+    wait_lines_for(&out, at + 3000, Duration::from_secs(60));
+    let logs = || parts.iter().map(Proc::logs).collect::<String>();
+    assert!(
+        !state.join("_shared").exists(),
+        "every stage moved out, the shared store stays: {}",
+        logs()
+    );
+    for s in ["gen", "double", "some", "sink"] {
+        assert!(state.join(s).is_dir(), "{s} has no store of its own");
+    }
+    for p in &mut parts {
+        p.kill();
+    }
+    let at2 = lines(&out);
+    assert!(
+        at2 < want.len() - 3000,
+        "the kill came too late ({at2} lines)"
+    );
+
+    // whole again, to the end
+    let o = rill(d, &["run", "-q", "p.yaml", "--listen", "tcp/127.0.0.1:0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(state.join("_shared").is_dir());
+    for s in ["gen", "double", "some", "sink"] {
+        assert!(!state.join(s).exists(), "{s}'s own store is left");
+    }
+    let got = int_column(&out, "id");
+    assert_eq!(got.len(), want.len(), "duplicates or gaps");
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, want);
+}

@@ -814,6 +814,15 @@ fn open_stores(
         };
         out.push(store);
     }
+    if !use_shared
+        && let Some(sh) = shared
+        && sh.is_empty()
+    {
+        // every stage has moved out: later starts of parts of the pipeline
+        // need not open it (nor wait for each other's hold on it)
+        drop(sh);
+        let _ = std::fs::remove_dir_all(&shared_dir);
+    }
     Ok(out)
 }
 

@@ -541,6 +541,15 @@ impl ProcessStore {
             })
     }
 
+    /// Whether no stage's tree holds anything but its marker.
+    pub fn is_empty(&self) -> bool {
+        self.db
+            .tree_names()
+            .iter()
+            .filter(|n| n.as_ref() != b"__sled__default")
+            .all(|n| !self.has_data(&String::from_utf8_lossy(n)))
+    }
+
     /// Removes stage `key`'s tree, durably.
     pub fn drop_stage(&self, key: &str) -> Result<(), StoreOpenError> {
         self.db
@@ -1025,7 +1034,10 @@ mod tests {
             t.join().unwrap().unwrap();
         }
         let n = runs.load(Ordering::SeqCst);
-        assert!((1..=4).contains(&n), "8 flushes asked for at once ran {n} times");
+        assert!(
+            (1..=4).contains(&n),
+            "8 flushes asked for at once ran {n} times"
+        );
         // a flush that fails fails whoever it covered; the next one runs
         let e = g.flush(|| Err(StoreError("disk gone".into()))).unwrap_err();
         assert_eq!(e.0, "disk gone");
