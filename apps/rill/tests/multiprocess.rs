@@ -381,12 +381,13 @@ fn a_consumer_killed_while_it_waits_for_the_confirmation_resumes() {
 }
 
 /// A pipeline run whole keeps its stages in one store (`_shared`); split
-/// over processes, each stage in its own. Here one run is SIGKILLed
-/// mid-stream in each layout in turn (whole, then split in two processes,
-/// then whole again to the end): every start moves the state to the layout
-/// it uses, and the output is exact.
+/// over processes, each process keeps its stages in one of its own
+/// (`_shared-<hash>`), or a single stage in its own folder. Here one run is
+/// SIGKILLed mid-stream in each layout in turn (whole; two processes of two
+/// stages; four processes of one; whole again, to the end): every start
+/// moves the state to where it now belongs, and the output is exact.
 #[test]
-fn state_moves_between_a_whole_run_and_a_split_one_across_kills() {
+fn state_moves_between_a_whole_run_and_split_ones_across_kills() {
     let dir = sandbox();
     let d = dir.path();
     let yaml = PIPELINE.replace("count: 20000,", "count: 20000, rate: 4000,");
@@ -394,51 +395,76 @@ fn state_moves_between_a_whole_run_and_a_split_one_across_kills() {
     let out = d.join("out.jsonl");
     let state = d.join(".rill/state/split");
     let want: Vec<i64> = (0..20000).filter(|i| i % 7 != 3).collect();
+    let stores = || {
+        let mut v: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.') && n != "_dlq")
+            .collect();
+        v.sort();
+        v
+    };
 
     // whole, killed mid-stream
     let mut whole = one_process(d, "whole");
     whole.start();
     wait_lines(&out, 3000);
     whole.kill();
-    let at = lines(&out);
+    let mut at = lines(&out);
     assert!(
-        at < want.len() - 5000,
+        at < want.len() - 9000,
         "the kill came too late ({at} lines)"
     );
-    assert!(state.join("_shared").is_dir(), "no shared store");
-    assert!(!state.join("gen").exists() && !state.join("sink").exists());
+    assert_eq!(stores(), ["_shared"]);
 
-    // split in two, killed mid-stream
-    let mut parts = process_per_stage(d, &["gen,double", "some,sink"]);
-    for p in &mut parts {
-        p.start();
+    // two processes of two stages, then four of one, each killed mid-stream
+    for (round, split) in [
+        vec!["gen,double", "some,sink"],
+        vec!["gen", "double", "some", "sink"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut parts = process_per_stage(d, &split);
+        for p in &mut parts {
+            p.start();
+        }
+        let t = std::time::Instant::now();
+        while lines(&out) < at + 3000 {
+            let logs = parts.iter().map(Proc::logs).collect::<String>();
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "round {round}: fewer than {} lines after 60 s: {logs}",
+                at + 3000
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let logs = parts.iter().map(Proc::logs).collect::<String>();
+        let now = stores();
+        if round == 0 {
+            assert_eq!(now.len(), 2, "{now:?}: {logs}");
+            assert!(
+                now.iter().all(|n| n.starts_with("_shared-")),
+                "{now:?}: {logs}"
+            );
+        } else {
+            assert_eq!(now, ["double", "gen", "sink", "some"], "{logs}");
+        }
+        for p in &mut parts {
+            p.kill();
+        }
+        at = lines(&out);
+        assert!(
+            at < want.len() - 3000,
+            "round {round}: the kill came too late ({at} lines)"
+        );
     }
-    wait_lines_for(&out, at + 3000, Duration::from_secs(60));
-    let logs = || parts.iter().map(Proc::logs).collect::<String>();
-    assert!(
-        !state.join("_shared").exists(),
-        "every stage moved out, the shared store stays: {}",
-        logs()
-    );
-    for s in ["gen", "double", "some", "sink"] {
-        assert!(state.join(s).is_dir(), "{s} has no store of its own");
-    }
-    for p in &mut parts {
-        p.kill();
-    }
-    let at2 = lines(&out);
-    assert!(
-        at2 < want.len() - 3000,
-        "the kill came too late ({at2} lines)"
-    );
 
     // whole again, to the end
     let o = rill(d, &["run", "-q", "p.yaml", "--listen", "tcp/127.0.0.1:0"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(state.join("_shared").is_dir());
-    for s in ["gen", "double", "some", "sink"] {
-        assert!(!state.join(s).exists(), "{s}'s own store is left");
-    }
+    assert_eq!(stores(), ["_shared"]);
     let got = int_column(&out, "id");
     assert_eq!(got.len(), want.len(), "duplicates or gaps");
     let mut sorted = got.clone();

@@ -736,14 +736,15 @@ pub(crate) fn panic_text(e: tokio::task::JoinError) -> String {
 }
 
 /// Opens the state stores of the local stages: sled, unless the pipeline
-/// runs `best_effort` (memory only). A process that runs every stage of a
-/// pipeline (two or more) keeps them in one database under
-/// `<state_dir>/<pipeline>/_shared/`, a tree per stage, so one flush makes
-/// all of their commits durable; a process that runs some of them keeps
-/// each in its own under `<state_dir>/<pipeline>/<stage>/`, which processes
-/// running different stages can share. State left in the other layout by an
-/// earlier run is moved first. `RILL_STATE_LAYOUT=per-stage` keeps the
-/// per-stage layout for a whole pipeline too.
+/// runs `best_effort` (memory only). A process that runs two or more stages
+/// keeps them in one database, a tree per stage, so one flush makes all of
+/// their commits durable: `<state_dir>/<pipeline>/_shared/` when it runs
+/// the whole pipeline, `_shared-<hash of the set>/` when it runs some. A
+/// process running one stage keeps it in `<state_dir>/<pipeline>/<stage>/`.
+/// State left elsewhere by an earlier run (another layout, another split of
+/// the stages over processes) is moved first; a store held by a process
+/// running, or `--reset-state`, stops or discards it.
+/// `RILL_STATE_LAYOUT=per-stage` keeps a store per stage in every process.
 /// `RILL_TEST_FAIL_COMMITS_AFTER=N` wraps the stores in a store whose
 /// commits fail after N (the fault tests' full disk).
 fn open_stores(
@@ -753,51 +754,105 @@ fn open_stores(
     reset: bool,
 ) -> Result<Vec<Arc<dyn StateStore>>, String> {
     let root = base_dir.join(&pipeline.options.state_dir);
+    let pipeline_dir = root.join(&pipeline.name);
     let fail_after: Option<u64> = std::env::var("RILL_TEST_FAIL_COMMITS_AFTER")
         .ok()
         .and_then(|v| v.parse().ok());
     let durable = pipeline.options.delivery != Delivery::BestEffort;
-    let shared_dir = root.join(&pipeline.name).join(store::SHARED_DIR);
-    let use_shared = durable
-        && local.len() >= 2
-        && local.len() == pipeline.stages.len()
-        && std::env::var("RILL_STATE_LAYOUT").as_deref() != Ok("per-stage");
+    let whole = local.len() == pipeline.stages.len();
+    let keys: Vec<String> = local.iter().map(|s| s.key_name()).collect();
     let names: Vec<&str> = local.iter().map(|s| s.name.as_str()).collect();
-    if reset && local.len() == pipeline.stages.len() && shared_dir.exists() {
-        // every stage's state is discarded: the shared store goes whole
-        // (even one too damaged to open)
-        std::fs::remove_dir_all(&shared_dir)
-            .map_err(|e| format!("--reset-state: cannot remove {}: {e}", shared_dir.display()))?;
-    }
-    let shared = if use_shared || (durable && shared_dir.exists()) {
-        Some(store::ProcessStore::open(&shared_dir, &names).map_err(|e| e.to_string())?)
+    let target_dir = (durable
+        && local.len() >= 2
+        && std::env::var("RILL_STATE_LAYOUT").as_deref() != Ok("per-stage"))
+    .then(|| store::shared_dir_for(&pipeline_dir, &keys, whole));
+    let text = |e: store::StoreOpenError| e.to_string();
+    // the starts of a pipeline's processes find and move their stages'
+    // state one at a time (one may remove a store another is about to open)
+    let _placement = if durable {
+        Some(store::placement_lock(&pipeline_dir)?)
     } else {
         None
     };
+    if reset && whole {
+        // every stage's state is discarded: the shared stores go whole
+        // (even one too damaged to open)
+        for dir in store::shared_dirs(&pipeline_dir) {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("--reset-state: cannot remove {}: {e}", dir.display()))?;
+        }
+    }
+    let target = match &target_dir {
+        Some(dir) => Some(store::ProcessStore::open(dir, &names, Some(&keys)).map_err(text)?),
+        None => None,
+    };
     let mut out = Vec::new();
     let mut journal: Option<Arc<store::SlowJournal>> = None;
-    for s in local {
-        let key = s.key_name();
-        let dir = store::stage_dir(&root, &pipeline.name, &key);
+    for (s, key) in local.iter().zip(&keys) {
+        let dir = store::stage_dir(&root, &pipeline.name, key);
         if reset {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)
                     .map_err(|e| format!("--reset-state: cannot remove {}: {e}", dir.display()))?;
             }
-            if let Some(sh) = &shared {
-                sh.drop_stage(&key).map_err(|e| e.to_string())?;
+            if let Some(t) = &target {
+                t.drop_stage(key).map_err(text)?;
             }
         }
+        if !durable {
+            continue;
+        }
+        // the stage's own store, when another is its place now
+        if let Some(t) = &target {
+            store::move_into_shared(t, &dir, key, &s.name).map_err(text)?;
+        }
+    }
+    if durable {
+        // the stage's tree in a shared store of another set of stages
+        for dir in store::shared_dirs(&pipeline_dir) {
+            if Some(&dir) == target_dir.as_ref() {
+                continue;
+            }
+            let held = store::shared_stages(&dir);
+            let mine: Vec<usize> = (0..keys.len())
+                .filter(|&i| held.as_ref().is_none_or(|h| h.contains(&keys[i])))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let other = store::ProcessStore::open(&dir, &names, None).map_err(text)?;
+            for i in mine {
+                let (key, name) = (&keys[i], &local[i].name);
+                if reset || !other.has_data(key) {
+                    if other.has_data(key) {
+                        other.drop_stage(key).map_err(text)?;
+                    }
+                    continue;
+                }
+                let dest = match &target {
+                    Some(t) => t.stage(key, name).map_err(text)?,
+                    None => {
+                        store::SledStore::open(&store::stage_dir(&root, &pipeline.name, key), name)
+                            .map_err(text)?
+                    }
+                };
+                store::move_out_of_shared(&other, &dest, key, name).map_err(text)?;
+            }
+            if other.is_empty() {
+                // every stage has moved out: later starts need not open it
+                drop(other);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    for (s, key) in local.iter().zip(&keys) {
         let store: Arc<dyn StateStore> = if !durable {
             Arc::new(MemStore::new())
-        } else if let (true, Some(sh)) = (use_shared, &shared) {
-            store::move_into_shared(sh, &dir, &key, &s.name).map_err(|e| e.to_string())?;
-            Arc::new(sh.stage(&key, &s.name).map_err(|e| e.to_string())?)
+        } else if let Some(t) = &target {
+            Arc::new(t.stage(key, &s.name).map_err(text)?)
         } else {
-            if let Some(sh) = &shared {
-                store::move_out_of_shared(sh, &dir, &key, &s.name).map_err(|e| e.to_string())?;
-            }
-            Arc::new(store::SledStore::open(&dir, &s.name).map_err(|e| e.to_string())?)
+            let dir = store::stage_dir(&root, &pipeline.name, key);
+            Arc::new(store::SledStore::open(&dir, &s.name).map_err(text)?)
         };
         let store: Arc<dyn StateStore> = match fail_after {
             Some(n) => Arc::new(store::FailingStore::new(store, n)),
@@ -813,15 +868,6 @@ fn open_stores(
             None => store,
         };
         out.push(store);
-    }
-    if !use_shared
-        && let Some(sh) = shared
-        && sh.is_empty()
-    {
-        // every stage has moved out: later starts of parts of the pipeline
-        // need not open it (nor wait for each other's hold on it)
-        drop(sh);
-        let _ = std::fs::remove_dir_all(&shared_dir);
     }
     Ok(out)
 }

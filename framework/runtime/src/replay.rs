@@ -290,14 +290,9 @@ fn check_idle(p: &Pipeline, rp: &Pipeline) -> Result<(), String> {
             s.name, p.name
         )
     };
-    let shared = p
-        .options
-        .state_dir
-        .join(&p.name)
-        .join(crate::store::SHARED_DIR);
-    if shared.exists() {
-        let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
-        let store = crate::store::ProcessStore::open(&shared, &names).map_err(|e| {
+    let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+    for shared in crate::store::shared_dirs(&p.options.state_dir.join(&p.name)) {
+        let store = crate::store::ProcessStore::open(&shared, &names, None).map_err(|e| {
             format!(
                 "the stages of `{}` are in use ({}): is the pipeline running? Replay its dead letters once it has finished",
                 p.name, e.reason

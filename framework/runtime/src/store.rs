@@ -85,8 +85,97 @@ pub fn stage_dir(state_dir: &Path, pipeline: &str, stage: &str) -> PathBuf {
 
 /// The folder, under `<state_dir>/<pipeline>/`, of the store that a
 /// process running every stage of a pipeline shares among them (stage
-/// names cannot start with `_`).
+/// names cannot start with `_`); a process running some of them (two or
+/// more) shares `_shared-<16 hex digits>`, named after the set.
 pub const SHARED_DIR: &str = "_shared";
+
+/// The file in a shared store's folder that lists the stages it is for (a
+/// stage key a line), so that a start finds where its stages' state is
+/// without opening a store another process holds.
+const MANIFEST: &str = "rill-stages";
+
+/// The folder of the store shared by the stages `keys` of a pipeline
+/// (`whole`: all of them).
+pub fn shared_dir_for(pipeline_dir: &Path, keys: &[String], whole: bool) -> PathBuf {
+    if whole {
+        return pipeline_dir.join(SHARED_DIR);
+    }
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    // FNV-1a, 64 bits: the same name in every build
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sorted.join("\n").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    pipeline_dir.join(format!("{SHARED_DIR}-{h:016x}"))
+}
+
+/// Holds the pipeline's placement lock (a file lock on
+/// `<state_dir>/<pipeline>/.placement`) until dropped: the starts of a
+/// pipeline's processes look for their stages' state and move it one at a
+/// time, so that none removes a store another is opening. Waits up to 60 s
+/// for another start to finish moving (it holds the lock for as long as
+/// that takes, never while it runs).
+pub fn placement_lock(pipeline_dir: &Path) -> Result<std::fs::File, String> {
+    let path = pipeline_dir.join(".placement");
+    std::fs::create_dir_all(pipeline_dir)
+        .and_then(|_| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        })
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+        .and_then(|f| {
+            let started = std::time::Instant::now();
+            loop {
+                match f.try_lock() {
+                    Ok(()) => return Ok(f),
+                    Err(std::fs::TryLockError::WouldBlock)
+                        if started.elapsed() < std::time::Duration::from_secs(60) =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(format!(
+                            "another start of this pipeline has held {} for 60 s while moving its stages' state; is it stuck?",
+                            path.display()
+                        ));
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => {
+                        return Err(format!("cannot lock {}: {e}", path.display()));
+                    }
+                }
+            }
+        })
+}
+
+/// The shared stores' folders of a pipeline.
+pub fn shared_dirs(pipeline_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(pipeline_dir) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            (n == SHARED_DIR || n.starts_with(&format!("{SHARED_DIR}-"))) && e.path().is_dir()
+        })
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The stages a shared store is for; None when it does not say (made by a
+/// start that stopped before writing it: it may hold any).
+pub fn shared_stages(dir: &Path) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(dir.join(MANIFEST)).ok()?;
+    Some(text.lines().map(str::to_owned).collect())
+}
 
 /// A stage's store: a sled tree, either the default tree of the stage's own
 /// database (`<state_dir>/<pipeline>/<stage>/`) or the stage's tree in the
@@ -477,8 +566,13 @@ pub struct ProcessStore {
 
 impl ProcessStore {
     /// Opens (or creates) the shared store in `dir`, for the stages
-    /// `stages` (named in errors).
-    pub fn open(dir: &Path, stages: &[&str]) -> Result<ProcessStore, StoreOpenError> {
+    /// `stages` (named in errors); `keys`, when given, are written as the
+    /// stages it is for when it does not say yet.
+    pub fn open(
+        dir: &Path,
+        stages: &[&str],
+        keys: Option<&[String]>,
+    ) -> Result<ProcessStore, StoreOpenError> {
         let what = stages.join("`, `");
         let fail = |reason: String, reset_helps: bool| StoreOpenError {
             stage: what.clone(),
@@ -487,6 +581,16 @@ impl ProcessStore {
             reset_helps,
         };
         let db = open_db(dir, &fail)?;
+        if let Some(keys) = keys
+            && shared_stages(dir).is_none()
+        {
+            let tmp = dir.join(format!("{MANIFEST}.new"));
+            std::fs::write(&tmp, keys.join("\n") + "\n")
+                .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| std::fs::rename(&tmp, dir.join(MANIFEST)))
+                .map_err(|e| fail(format!("cannot write {MANIFEST}: {e}"), false))?;
+            sync_dir(dir);
+        }
         Ok(ProcessStore {
             db,
             dir: dir.to_owned(),
@@ -560,18 +664,20 @@ impl ProcessStore {
     }
 }
 
-/// A stage's store, wherever its state is: its tree in the pipeline's
-/// shared store when that holds one, else its own (made when missing). For
-/// tools and tests that read a stopped pipeline's state.
+/// A stage's store, wherever its state is: its tree in a shared store of
+/// the pipeline that holds one, else its own (made when missing). For tools
+/// and tests that read a stopped pipeline's state.
 pub fn open_stage(
     state_root: &Path,
     pipeline: &str,
     key: &str,
     stage: &str,
 ) -> Result<SledStore, StoreOpenError> {
-    let shared = state_root.join(pipeline).join(SHARED_DIR);
-    if shared.exists() {
-        let ps = ProcessStore::open(&shared, &[stage])?;
+    for dir in shared_dirs(&state_root.join(pipeline)) {
+        if shared_stages(&dir).is_some_and(|k| !k.iter().any(|k| k == key)) {
+            continue;
+        }
+        let ps = ProcessStore::open(&dir, &[stage], None)?;
         if ps.has_data(key) {
             return ps.stage(key, stage);
         }
@@ -621,30 +727,29 @@ pub fn move_into_shared(
     Ok(())
 }
 
-/// The other way: stage `key`'s tree in the shared store, if any, into its
-/// own store (see [`move_into_shared`]).
+/// The other way: stage `key`'s tree in shared store `from`, if any, into
+/// `dest` (its own store, or its tree in another shared store), unless
+/// `dest` holds its state already (see [`move_into_shared`]); then the tree
+/// is dropped.
 pub fn move_out_of_shared(
-    shared: &ProcessStore,
-    own_dir: &Path,
+    from: &ProcessStore,
+    dest: &SledStore,
     key: &str,
     stage: &str,
 ) -> Result<(), StoreOpenError> {
-    if !shared.has_data(key) {
+    if !from.has_data(key) {
         return Ok(());
     }
-    {
-        let own = SledStore::open(own_dir, stage)?;
-        if !own.has_data() {
-            let tree = shared.stage(key, stage)?;
-            own.copy_from(&tree).map_err(|e| StoreOpenError {
-                stage: stage.to_owned(),
-                dir: own_dir.to_owned(),
-                reason: format!("cannot move its state out of {}: {e}", shared.dir.display()),
-                reset_helps: true,
-            })?;
-        }
+    if !dest.has_data() {
+        let tree = from.stage(key, stage)?;
+        dest.copy_from(&tree).map_err(|e| StoreOpenError {
+            stage: stage.to_owned(),
+            dir: dest.dir.clone(),
+            reason: format!("cannot move its state out of {}: {e}", from.dir.display()),
+            reset_helps: true,
+        })?;
     }
-    shared.drop_stage(key)
+    from.drop_stage(key)
 }
 
 /// A store that fails its commits after a number of them: the failing disk
@@ -988,7 +1093,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("p").join(SHARED_DIR);
         {
-            let ps = ProcessStore::open(&dir, &["a", "b"]).unwrap();
+            let ps = ProcessStore::open(&dir, &["a", "b"], None).unwrap();
             let (a, b) = (ps.stage("a", "a").unwrap(), ps.stage("b", "b").unwrap());
             assert!(a.shared_log().is_some());
             assert_eq!(a.shared_log(), b.shared_log(), "one log");
@@ -998,11 +1103,11 @@ mod tests {
             b.flush().unwrap();
             assert!(a.has_state() && b.has_state());
             // a second process cannot take the stages
-            let e = ProcessStore::open(&dir, &["a", "b"]).unwrap_err();
+            let e = ProcessStore::open(&dir, &["a", "b"], None).unwrap_err();
             assert!(e.to_string().contains("already running"), "{e}");
             assert!(e.to_string().contains("stages `a`, `b`"), "{e}");
         }
-        let ps = ProcessStore::open(&dir, &["a", "b"]).unwrap();
+        let ps = ProcessStore::open(&dir, &["a", "b"], None).unwrap();
         let (a, b) = (ps.stage("a", "a").unwrap(), ps.stage("b", "b").unwrap());
         assert_eq!(a.get(b"i/x").unwrap(), Some(b"1".to_vec()));
         assert_eq!(a.get(b"i/y").unwrap(), None, "each stage sees its own tree");
@@ -1045,6 +1150,41 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_store_is_named_after_its_stages_and_says_which_they_are() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("p");
+        let ab = vec!["a".to_owned(), "b".to_owned()];
+        let ba = vec!["b".to_owned(), "a".to_owned()];
+        assert_eq!(shared_dir_for(&p, &ab, true), p.join(SHARED_DIR));
+        let part = shared_dir_for(&p, &ab, false);
+        assert_eq!(
+            part,
+            shared_dir_for(&p, &ba, false),
+            "the order does not count"
+        );
+        assert_ne!(part, shared_dir_for(&p, &["a".to_owned()], false));
+        assert!(
+            part.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("_shared-"),
+            "{}",
+            part.display()
+        );
+        drop(ProcessStore::open(&part, &["a", "b"], Some(&ab)).unwrap());
+        assert_eq!(shared_stages(&part), Some(ab.clone()));
+        // reopened for other stages, it still says what it was made for
+        drop(ProcessStore::open(&part, &["c"], Some(&["c".to_owned()])).unwrap());
+        assert_eq!(shared_stages(&part), Some(ab));
+        std::fs::create_dir_all(p.join("a")).unwrap();
+        assert_eq!(
+            shared_dirs(&p),
+            vec![part],
+            "a stage's own folder is not one"
+        );
+    }
+
+    #[test]
     fn state_moves_between_the_layouts_and_a_copy_left_by_a_crash_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
         let own_dir = tmp.path().join("p/s");
@@ -1056,7 +1196,7 @@ mod tests {
         }
         // a whole-pipeline process takes it in
         {
-            let ps = ProcessStore::open(&shared_dir, &["s", "t"]).unwrap();
+            let ps = ProcessStore::open(&shared_dir, &["s", "t"], None).unwrap();
             move_into_shared(&ps, &own_dir, "s", "s").unwrap();
             assert!(!own_dir.exists(), "the original is removed once copied");
             let st = ps.stage("s", "s").unwrap();
@@ -1066,19 +1206,20 @@ mod tests {
         }
         // a process running it alone takes it out
         {
-            let ps = ProcessStore::open(&shared_dir, &["s"]).unwrap();
-            move_out_of_shared(&ps, &own_dir, "s", "s").unwrap();
+            let ps = ProcessStore::open(&shared_dir, &["s"], None).unwrap();
+            let own = SledStore::open(&own_dir, "s").unwrap();
+            move_out_of_shared(&ps, &own, "s", "s").unwrap();
             assert!(!ps.has_data("s"), "the tree is dropped once copied");
         }
         let own = SledStore::open(&own_dir, "s").unwrap();
         assert_eq!(own.get(b"s/count").unwrap(), Some(b"42".to_vec()));
         // a crash between the copy and the removal leaves two equal
         // copies: the layout in use keeps its own and drops the other
-        let ps = ProcessStore::open(&shared_dir, &["s"]).unwrap();
+        let ps = ProcessStore::open(&shared_dir, &["s"], None).unwrap();
         ps.stage("s", "s").unwrap().copy_from(&own).unwrap();
+        put(&own, "s/count", "43");
+        move_out_of_shared(&ps, &own, "s", "s").unwrap();
         drop(own);
-        put(&SledStore::open(&own_dir, "s").unwrap(), "s/count", "43");
-        move_out_of_shared(&ps, &own_dir, "s", "s").unwrap();
         assert!(!ps.has_data("s"));
         assert_eq!(
             SledStore::open(&own_dir, "s")
