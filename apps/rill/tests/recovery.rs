@@ -340,6 +340,47 @@ fn durable_emitted(dir: &Path, pipeline: &str) -> u64 {
         .emitted
 }
 
+/// Runs `unbounded()` under `RILL_TEST_SLOW_FLUSH=slow` four times,
+/// SIGKILLed once `lines_first` more lines are out (and up to 300 ms more), hands
+/// each killed run's stderr to `check`, then runs it to a SIGTERM and
+/// checks the output is exact.
+fn kill_under_slow_flushes(slow: &str, lines_first: usize, check: impl Fn(u32, &Path, &str)) {
+    let dir = sandbox();
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(dir.path().join("p.yaml"), unbounded()).unwrap();
+    let run = || {
+        command(
+            dir.path(),
+            &["run", "-q", "p.yaml", "--listen", "tcp/127.0.0.1:0"],
+        )
+        .env("RILL_TEST_SLOW_FLUSH", slow)
+        .env("RILL_LOG", "warn,rill::flush_order=debug")
+        .spawn()
+        .unwrap()
+    };
+    for round in 0..4 {
+        let before = lines(&out);
+        let mut child = run();
+        wait_lines(&out, before + lines_first);
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: the run stopped before the kill"
+        );
+        child.kill().unwrap();
+        let o = child.wait_with_output().unwrap();
+        check(round, dir.path(), &stderr(&o));
+    }
+    let child = run();
+    let before = lines(&out);
+    wait_lines(&out, before + 1000);
+    signal(&child, "-TERM");
+    let o = wait(child, Duration::from_secs(10), "rill after SIGTERM");
+    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(&o));
+    let n = check_exact(&out, 7);
+    assert!(n as usize > before, "{n} records");
+}
+
 /// Consumers in one process get a commit's records before it is flushed;
 /// what they do with them reaches their own store only once the producer's
 /// flush covers them (issue 21, goal 2). Here the source's disk is slow:
@@ -351,47 +392,15 @@ fn durable_emitted(dir: &Path, pipeline: &str) -> u64 {
 /// `link_local_outputs`), and the output is exact.
 #[test]
 fn sigkill_while_a_producer_flushes_slowly_loses_nothing() {
-    let dir = sandbox();
-    let out = dir.path().join("out.jsonl");
-    std::fs::write(dir.path().join("p.yaml"), unbounded()).unwrap();
-    let run = || {
-        command(
-            dir.path(),
-            &["run", "-q", "p.yaml", "--listen", "tcp/127.0.0.1:0"],
-        )
-        .env("RILL_TEST_SLOW_FLUSH", "gen:300")
-        .env("RILL_LOG", "warn,rill::flush_order=debug")
-        .spawn()
-        .unwrap()
-    };
-    for round in 0..4 {
-        let before = lines(&out);
-        let mut child = run();
-        wait_lines(&out, before + 1500);
-        std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "round {round}: the run stopped before the kill"
-        );
-        child.kill().unwrap();
-        let o = child.wait_with_output().unwrap();
-        let written = lines(&out) as u64;
-        let durable = durable_emitted(dir.path(), "resume");
+    kill_under_slow_flushes("gen:300", 1500, |round, dir, err| {
+        let written = lines(&dir.join("out.jsonl"));
+        let durable = durable_emitted(dir, "resume");
         eprintln!("round {round}: killed with {written} lines written, {durable} emitted durably");
         assert!(
-            stderr(&o).contains("waits for the flush of a producer here"),
-            "round {round}: no consumer waited for the source's flush: {}",
-            stderr(&o)
+            err.contains("waits for the flush of a producer here"),
+            "round {round}: no consumer waited for the source's flush: {err}"
         );
-    }
-    let child = run();
-    let before = lines(&out);
-    wait_lines(&out, before + 1000);
-    signal(&child, "-TERM");
-    let o = wait(child, Duration::from_secs(10), "rill after SIGTERM");
-    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(&o));
-    let n = check_exact(&out, 7);
-    assert!(n as usize > before, "{n} records");
+    });
 }
 
 /// The same with the shared store of a process running every stage (one
@@ -406,32 +415,8 @@ fn sigkill_while_a_producer_flushes_slowly_loses_nothing() {
 /// exact.
 #[test]
 fn sigkill_while_one_shared_log_flushes_slowly_loses_nothing() {
-    let dir = sandbox();
-    let out = dir.path().join("out.jsonl");
-    std::fs::write(dir.path().join("p.yaml"), unbounded()).unwrap();
-    let run = || {
-        command(
-            dir.path(),
-            &["run", "-q", "p.yaml", "--listen", "tcp/127.0.0.1:0"],
-        )
-        .env("RILL_TEST_SLOW_FLUSH", "*:300")
-        .env("RILL_LOG", "warn,rill::flush_order=debug")
-        .spawn()
-        .unwrap()
-    };
-    for round in 0..4 {
-        let before = lines(&out);
-        let mut child = run();
-        // a second of work: several flushes of 300 ms
-        wait_lines(&out, before + 3000);
-        std::thread::sleep(Duration::from_millis(fastrand::u64(0..300)));
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "round {round}: the run stopped before the kill"
-        );
-        child.kill().unwrap();
-        let o = child.wait_with_output().unwrap();
-        let err = stderr(&o);
+    // a second of work: several flushes of 300 ms
+    kill_under_slow_flushes("*:300", 3000, |round, dir, err| {
         let together = err
             .lines()
             .filter(|l| l.contains("a flush of the shared log writes"))
@@ -439,7 +424,7 @@ fn sigkill_while_one_shared_log_flushes_slowly_loses_nothing() {
             .count();
         eprintln!(
             "round {round}: killed with {} lines written; {together} flushes carried several stages' commits",
-            lines(&out)
+            lines(&dir.join("out.jsonl"))
         );
         assert!(
             together > 0,
@@ -449,13 +434,5 @@ fn sigkill_while_one_shared_log_flushes_slowly_loses_nothing() {
             !err.contains("waits for the flush of a producer here"),
             "round {round}: a consumer waited for its producer's flush: {err}"
         );
-    }
-    let child = run();
-    let before = lines(&out);
-    wait_lines(&out, before + 1000);
-    signal(&child, "-TERM");
-    let o = wait(child, Duration::from_secs(10), "rill after SIGTERM");
-    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(&o));
-    let n = check_exact(&out, 7);
-    assert!(n as usize > before, "{n} records");
+    });
 }
