@@ -21,7 +21,7 @@ pipeline:
       input: gen
       config:
         language: python
-        fields: {id: id, v: "sum(range(50000)) + id"}
+        fields: {id: id, v: "sum(range(400000)) + id"}
     - {type: WriteToJson, name: far, input: slow, config: {path: far.jsonl}}
 options: {batch_size: 16, zenoh: {listen: []}}
 "#;
